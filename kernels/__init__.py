@@ -1,0 +1,1 @@
+"""Triton kernels for RocketKV and paged decode; each module: kernels, a launcher, a torch reference."""

@@ -1,0 +1,170 @@
+"""The engine's own thread: it steps the engine while there is work and hands results to callers,
+sync (`result()`) or async (`async for` / `aresult()`)."""
+
+import asyncio
+import queue
+import threading
+from typing import Any, AsyncIterator, Optional
+
+from ..runtime.engine import LLMEngine, Update
+from ..runtime.sequence import Sequence
+from .outputs import CompletionOutput, RequestOutput
+
+
+class GenerationResult:
+    """One request's handle: its latest RequestOutput, and a stream of them while it runs."""
+
+    def __init__(self, executor: "Executor", seq: Sequence, prompt: Optional[str], streaming: bool) -> None:
+        self._executor = executor
+        self.seq = seq
+        self.request_id = seq.request_id
+        self.streaming = streaming
+        self.output = RequestOutput(seq.request_id, prompt, seq.prompt_token_ids, [CompletionOutput(0)])
+        self._done = threading.Event()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._queue: Optional[asyncio.Queue] = None
+        self._stop_strings: list[str] = list(seq.sampling_params.stop or [])
+
+    def _bind_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._queue = asyncio.Queue()
+            if self._done.is_set():
+                self._queue.put_nowait(None)
+
+    def _deliver(self, delta: Optional[tuple[list[int], str]]) -> None:
+        """Called on the engine thread with the step's new tokens and text; None marks the end."""
+        if delta is None:
+            self._done.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+
+    def result(self, timeout: Optional[float] = None) -> RequestOutput:
+        """Block until the request finishes and return its final output."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish in {timeout} s")
+        return self.output
+
+    async def aresult(self) -> RequestOutput:
+        async for _ in self:
+            pass
+        return self.output
+
+    async def __aiter__(self) -> AsyncIterator[tuple[list[int], str]]:
+        """Yields (new token ids, new text) as the request produces them."""
+        self._bind_loop()
+        while True:
+            delta = await self._queue.get()
+            if delta is None:
+                return
+            yield delta
+
+    def abort(self) -> None:
+        self._executor.abort(self)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+
+class Executor:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._results: dict[int, GenerationResult] = {}
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="rocket-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: GenerationResult) -> None:
+        self._inbox.put(("add", result))
+
+    def abort(self, result: GenerationResult) -> None:
+        self._inbox.put(("abort", result))
+
+    def call(self, fn: Any) -> Any:
+        """Run `fn(engine)` on the engine thread and return its value (for consistent snapshots)."""
+        box: queue.Queue = queue.Queue()
+        self._inbox.put(("call", (fn, box)))
+        ok, value = box.get()
+        if not ok:
+            raise value
+        return value
+
+    def shutdown(self) -> None:
+        if self._running:
+            self._inbox.put(("stop", None))
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            block = not self.engine.has_work
+            try:
+                while True:
+                    kind, item = self._inbox.get(block=block)
+                    block = False
+                    if kind == "stop":
+                        self._stop()
+                        return
+                    self._handle(kind, item)
+            except queue.Empty:
+                pass
+            for update in self.engine.step():
+                self._publish(update)
+
+    def _handle(self, kind: str, item: Any) -> None:
+        if kind == "add":
+            self._results[item.request_id] = item
+            self.engine.add(item.seq)
+        elif kind == "abort" and not item.seq.is_finished:
+            self.engine.abort(item.seq)
+            self._publish(Update(item.seq, finished=True))
+        elif kind == "call":
+            fn, box = item
+            try:
+                box.put((True, fn(self.engine)))
+            except Exception as e:  # handed back to the caller's thread
+                box.put((False, e))
+
+    def _publish(self, update: Update) -> None:
+        result = self._results.get(update.seq.request_id)
+        if result is None:
+            return
+        seq, out = update.seq, result.output.outputs[0]
+        out.token_ids = list(seq.output_token_ids)
+        new_text = ""
+        if seq.sampling_params.detokenize:
+            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+            stop_at = _find_stop(text, result._stop_strings, len(out.text))
+            if stop_at is not None:
+                idx, stop = stop_at
+                text = text[: idx + (len(stop) if seq.sampling_params.include_stop_str_in_output else 0)]
+                if not seq.is_finished:
+                    self.engine.abort(seq, "stop")
+            elif not seq.is_finished and text.endswith("\ufffd"):
+                text = out.text  # hold back a partial UTF-8 character until it completes
+            new_text, out.text = text[len(out.text) :], text
+        if update.new_token_ids or new_text:
+            result._deliver((update.new_token_ids, new_text))
+        if seq.is_finished:
+            out.finish_reason, out.error = seq.finish_reason, seq.error
+            result.output.finished = True
+            del self._results[seq.request_id]
+            result._deliver(None)
+
+    def _stop(self) -> None:
+        for result in list(self._results.values()):
+            self.engine.abort(result.seq)
+            self._publish(Update(result.seq, finished=True))
+        self._running = False
+
+
+def _find_stop(text: str, stops: list[str], already: int) -> Optional[tuple[int, str]]:
+    """The earliest stop string in `text` that ends past `already` characters."""
+    best = None
+    for stop in stops:
+        idx = text.find(stop, max(0, already - len(stop) + 1))
+        if idx >= 0 and (best is None or idx < best[0]):
+            best = (idx, stop)
+    return best

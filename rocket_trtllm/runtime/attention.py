@@ -1,0 +1,143 @@
+"""The attention-backend interface the sparse-attention registry plugs into, and the dense backend.
+
+A step's tokens are packed: every context request's prompt first, then one token per generation
+request. The model computes q/k/v (RoPE applied) for all of them and hands them to `forward`.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.paged_decode import paged_decode_ref
+from .kv_cache import KVCachePool, ModelShape
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step batch layout, built once per step and shared by every layer."""
+
+    num_contexts: int
+    context_lens: list[int]  # prompt tokens of each context request
+    kept_lens: list[int]  # tokens each context request keeps in the cache
+    block_tables: torch.Tensor  # [num_requests, max_blocks] int32, contexts first
+    cache_lens: torch.Tensor  # [num_generations] int32: cached tokens including this step's
+    max_cache_len: int  # max of cache_lens (0 without generations), known on the host
+
+    @property
+    def num_context_tokens(self) -> int:
+        return sum(self.context_lens)
+
+    @property
+    def gen_block_tables(self) -> torch.Tensor:
+        return self.block_tables[self.num_contexts :]
+
+
+class AttentionBackend:
+    """Dense attention over the paged cache; sparse methods override the marked hooks.
+
+    Hooks: `kept_len` (how many prompt tokens stay after prefill), `compress_prompt` (stage 1: which
+    of them), `after_context` (build per-request side caches), `decode` (generation-phase attention).
+    """
+
+    uses_kt_cache = False
+
+    def __init__(
+        self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Optional[Any] = None
+    ) -> None:
+        self.config = config
+        self.shape = shape
+        self.pool = pool
+        self.use_kernels = use_kernels
+        self.scale = shape.head_dim**-0.5
+
+    # q: [tokens, q_heads, head_dim]; k, v: [tokens, kv_heads, head_dim] -> [tokens, q_heads, head_dim]
+    def forward(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        n_ctx = meta.num_context_tokens
+        parts = []
+        if meta.num_contexts:
+            parts.append(self._context(layer, q[:n_ctx], k[:n_ctx], v[:n_ctx], meta))
+        if q.shape[0] > n_ctx:
+            self._store_generation(layer, k[n_ctx:], v[n_ctx:], meta)
+            parts.append(self.decode(layer, q[n_ctx:], meta))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _context(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        outs, start = [], 0
+        for i, n in enumerate(meta.context_lens):
+            qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
+            outs.append(causal_attention(qi, ki, vi, self.scale).transpose(0, 1))
+            k_kept, v_kept = self.compress_prompt(layer, qi, ki, vi)
+            self._store_prompt(layer, i, k_kept, v_kept, meta)
+            start += n
+        self.after_context(layer, meta)
+        return torch.cat(outs)
+
+    def _store_prompt(
+        self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> None:
+        # k, v: [kv_heads, n, head_dim] -> slots 0..n-1 of request i
+        slots = torch.arange(k.shape[1], device=k.device)
+        bs = self.pool.tokens_per_block
+        blocks = meta.block_tables[i].long()[slots // bs]
+        self.pool.k[layer][blocks, :, slots % bs] = k.transpose(0, 1)
+        self.pool.v[layer][blocks, :, slots % bs] = v.transpose(0, 1)
+
+    def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
+        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request
+        slot = meta.cache_lens.long() - 1
+        bs = self.pool.tokens_per_block
+        blocks = torch.gather(meta.gen_block_tables.long(), 1, (slot // bs)[:, None])[:, 0]
+        self.pool.k[layer][blocks, :, slot % bs] = k
+        self.pool.v[layer][blocks, :, slot % bs] = v
+
+    @classmethod
+    def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:
+        """Bytes of per-block side caches (e.g. the KT cache) this backend keeps beside each KV block."""
+        return 0
+
+    def kept_len(self, prompt_len: int) -> int:
+        """Prompt tokens a request keeps in the cache after its context phase."""
+        return prompt_len
+
+    def compress_prompt(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: the prompt K/V to keep. q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> [kv_heads, kept, d]."""
+        return k, v
+
+    def after_context(self, layer: int, meta: AttentionMetadata) -> None:
+        """Called once the context requests' kept K/V of `layer` are in the cache."""
+
+    def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Generation-phase attention; this step's K/V are already cached. q: [batch, q_heads, d]."""
+        return self.dense_decode(layer, q, meta)
+
+    def dense_decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        if self.use_kernels:
+            from ..kernels.paged_decode import paged_decode
+
+            return paged_decode(
+                q, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens, self.scale
+            )
+        tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
+        return paged_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, meta.cache_lens, self.scale)
+
+    def attended_tokens(self, cache_len: int) -> int:
+        """Tokens one KV head attends to at a decode step over `cache_len` cached tokens."""
+        return cache_len
+
+    def release(self, block_table: list[int]) -> None:
+        """A request's blocks are going back to the pool; drop any per-request state."""
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> [q_heads, n, d]."""
+    return F.scaled_dot_product_attention(
+        q[None], k[None], v[None], is_causal=True, scale=scale, enable_gqa=q.shape[0] != k.shape[0]
+    )[0]

@@ -1,0 +1,251 @@
+"""The engine loop's body: admit, run one step, sample, detokenize, finish."""
+
+import itertools
+import time
+from pathlib import Path
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..errors import ConfigError, RequestError
+from ..llmapi.llm_args import LlmArgs
+from ..llmapi.sampling_params import SamplingParams
+from ..models.loader import load_hf_config, load_model, resolve_dtype
+from ..sparse import lookup
+from .attention import AttentionBackend
+from .kv_cache import KVCachePool, ModelShape
+from .model_runner import ModelRunner
+from .sampler import sample
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+CPU_POOL_BYTES = 2 << 30  # the CPU's default pool cap when kv_cache_config.max_tokens is not given
+
+
+@dataclass
+class Update:
+    """What one step did to one request."""
+
+    seq: Sequence
+    new_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+
+
+class LLMEngine:
+    def __init__(self, args: LlmArgs, device: Optional[torch.device] = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.args = args
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.hf_config = load_hf_config(args.model)
+        self.dtype = resolve_dtype(self.hf_config, args.dtype)
+        self.max_seq_len = self._max_seq_len()
+        self.model = load_model(args.model, self.hf_config, self.dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        shape = self.model.shape
+        sparse = args.sparse_attention_config
+        kv = args.kv_cache_config
+        if sparse is not None:
+            sparse.check_model(shape, kv.tokens_per_block)
+        kv_dtype = self.dtype if kv.dtype == "auto" else getattr(torch, kv.dtype)
+        self.pool = KVCachePool(shape, self._num_blocks(shape, kv_dtype), kv.tokens_per_block, kv_dtype, self.device)
+        use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
+        self.backend = self._build_backend(shape, use_kernels)
+        self.runner = ModelRunner(self.model, self.backend, self.device)
+        self.scheduler = Scheduler(self.pool, args.max_batch_size, args.max_num_tokens)
+        self.eos_ids = self._eos_ids()
+        self.iteration = 0
+        self.stats: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.totals = {"decode_steps": 0, "tokens_attended": 0.0, "prompt_tokens": 0, "generated_tokens": 0}
+        self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
+        self._ids = itertools.count()
+
+    def _max_seq_len(self) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", None) or 1 << 20
+        window = getattr(self.hf_config, "sliding_window", None)
+        if window and getattr(self.hf_config, "use_sliding_window", True):
+            # Sliding-window attention is not implemented; within the window full attention is exact.
+            if self.args.max_seq_len and self.args.max_seq_len > window:
+                raise ConfigError(
+                    f"{self.args.max_seq_len} exceeds the model's sliding_window ({window}), "
+                    "past which this engine's full attention would differ from the model's",
+                    "max_seq_len",
+                )
+            limit = min(limit, window)
+        return self.args.max_seq_len or limit
+
+    def _num_blocks(self, shape: ModelShape, kv_dtype: torch.dtype) -> int:
+        kv = self.args.kv_cache_config
+        per_block = KVCachePool.bytes_per_block(shape, kv.tokens_per_block, kv_dtype)
+        per_block += self._backend_cls().side_cache_bytes_per_block(
+            shape, self.args.sparse_attention_config, kv.tokens_per_block
+        )
+        by_tokens = -(-kv.max_tokens // kv.tokens_per_block) if kv.max_tokens else None
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int((free - self._activation_bytes()) * (kv.free_gpu_memory_fraction or 0.9))
+            by_memory = max(0, budget // per_block)
+            blocks = min(by_memory, by_tokens) if by_tokens else by_memory
+        else:
+            blocks = by_tokens or min(
+                -(-4 * self.max_seq_len // kv.tokens_per_block), max(1, CPU_POOL_BYTES // per_block)
+            )
+        if blocks < 1:
+            raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
+        return blocks
+
+    def _backend_cls(self) -> type[AttentionBackend]:
+        sparse = self.args.sparse_attention_config
+        if sparse is None:
+            return AttentionBackend
+        cls = lookup(sparse.algorithm).backend_cls
+        if cls is None:
+            raise ConfigError(f"{sparse.algorithm!r} has no attention backend", "sparse_attention_config.algorithm")
+        return cls
+
+    def _activation_bytes(self) -> int:
+        # Peak activations of a max_num_tokens prefill: hidden states, q/k/v, the MLP's three
+        # intermediate tensors, plus the logits of a full decode batch.
+        c = self.hf_config
+        heads = (c.num_attention_heads + 2 * c.num_key_value_heads) * self.model.shape.head_dim
+        per_token = 4 * c.hidden_size + heads + 3 * c.intermediate_size
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        logits = 4 * c.vocab_size * min(self.args.max_batch_size, 2048)
+        return self.args.max_num_tokens * per_token * elem + logits + (1 << 30)
+
+    def _build_backend(self, shape: ModelShape, use_kernels: bool) -> AttentionBackend:
+        return self._backend_cls()(shape, self.pool, use_kernels, self.args.sparse_attention_config)
+
+    def _eos_ids(self) -> set[int]:
+        from transformers import GenerationConfig
+
+        generation = None
+        if (Path(self.args.model) / "generation_config.json").is_file():
+            generation = GenerationConfig.from_pretrained(self.args.model)
+        ids = set()
+        for source in (self.hf_config, generation, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update(eos if isinstance(eos, list) else [eos])
+        return ids
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def new_sequence(self, prompt_token_ids: list[int], params: SamplingParams) -> Sequence:
+        """Validate a request and build its Sequence; raises RequestError before any work."""
+        params.validate()
+        if not prompt_token_ids:
+            raise RequestError("the prompt is empty")
+        vocab = self.hf_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise RequestError(f"prompt token ids must be in [0, {vocab})")
+        n = len(prompt_token_ids)
+        if n + params.max_tokens > self.max_seq_len:
+            raise RequestError(
+                f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) exceeds max_seq_len ({self.max_seq_len})"
+            )
+        seq = Sequence(next(self._ids), list(prompt_token_ids), params)
+        seq.kept_prompt_len = self.backend.kept_len(n)
+        self.scheduler.check_fits(seq)
+        seq.generator = torch.Generator(self.device)
+        seq.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (1 << 63))
+        return seq
+
+    def add(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def abort(self, seq: Sequence, reason: str = "abort") -> None:
+        if not seq.is_finished:
+            self._finish(seq, reason)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
+    # ---- one step -------------------------------------------------------------------------------
+
+    def step(self) -> list[Update]:
+        start = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch.sequences:
+            return []
+        try:
+            logits = self.runner.run(batch)
+            tokens = sample(logits, batch.sequences)
+        except Exception as e:  # a failed step fails its requests, never the engine
+            for seq in batch.sequences:
+                seq.error = f"{type(e).__name__}: {e}"
+                self._finish(seq, "error")
+            return [Update(seq, finished=True) for seq in batch.sequences]
+        for seq in batch.contexts:
+            self.kept_tokens.append((seq.prompt_len, seq.kept_prompt_len))
+            self.totals["prompt_tokens"] += seq.prompt_len
+        if batch.generations:
+            self.totals["decode_steps"] += 1
+            attended = [self.backend.attended_tokens(s.cache_len) for s in batch.generations]
+            self.totals["tokens_attended"] += sum(attended) / len(attended)
+        updates = [self._append(seq, tok) for seq, tok in zip(batch.sequences, tokens)]
+        self.iteration += 1
+        self.stats.append(self._iteration_stats(batch, time.perf_counter() - start))
+        return updates
+
+    def _append(self, seq: Sequence, token: int) -> Update:
+        p = seq.sampling_params
+        seq.output_token_ids.append(token)
+        self.totals["generated_tokens"] += 1
+        update = Update(seq, [token])
+        stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else ({p.end_id} if p.end_id is not None else self.eos_ids))
+        if token in stop_ids:
+            self._finish(seq, "stop")
+        elif len(seq.output_token_ids) >= p.max_tokens:
+            self._finish(seq, "length")
+        update.finished = seq.is_finished
+        return update
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        self.backend.release(seq.block_table)
+        self.scheduler.finish(seq)
+
+    # ---- stats ----------------------------------------------------------------------------------
+
+    def _iteration_stats(self, batch: Any, seconds: float) -> dict[str, Any]:
+        alloc = self.pool.allocator
+        stats: dict[str, Any] = {
+            "iter": self.iteration,
+            "iterLatencyMS": seconds * 1e3,
+            "numActiveRequests": len(self.scheduler.running),
+            "numQueuedRequests": len(self.scheduler.waiting),
+            "maxNumActiveRequests": self.args.max_batch_size,
+            "inflightBatchingStats": {
+                "numContextRequests": len(batch.contexts),
+                "numGenRequests": len(batch.generations),
+                "numCtxTokens": sum(s.prompt_len for s in batch.contexts),
+            },
+            "kvCacheStats": {
+                "maxNumBlocks": alloc.num_blocks,
+                "freeNumBlocks": alloc.num_free,
+                "usedNumBlocks": alloc.num_used,
+                "tokensPerBlock": self.pool.tokens_per_block,
+            },
+        }
+        stats["sparseAttentionStats"] = self.sparse_stats()
+        return stats
+
+    def sparse_stats(self) -> dict[str, Any]:
+        """Counters of the compression: what eviction kept, side-cache use, tokens attended per step."""
+        steps = self.totals["decode_steps"]
+        prompt = sum(p for p, _ in self.kept_tokens)
+        kept = sum(k for _, k in self.kept_tokens)
+        return {
+            "algorithm": self.args.sparse_attention_config.algorithm if self.args.sparse_attention_config else "dense",
+            "lastKeptPromptTokens": self.kept_tokens[-1][1] if self.kept_tokens else 0,
+            "keptPromptFraction": kept / prompt if prompt else 1.0,
+            "promptTokensEvicted": prompt - kept,
+            "kvBlocksUsed": self.pool.allocator.num_used,
+            "ktBlocksUsed": self.pool.allocator.num_used if self.backend.uses_kt_cache else 0,
+            "meanTokensAttendedPerStep": self.totals["tokens_attended"] / steps if steps else 0.0,
+        }

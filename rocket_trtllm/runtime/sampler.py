@@ -1,0 +1,28 @@
+"""Pick the next token of each request from its logits."""
+
+import torch
+
+from .sequence import Sequence
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """logits: [len(seqs), vocab] float32 -> one token id per sequence."""
+    greedy = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for i, seq in enumerate(seqs):
+        p = seq.sampling_params
+        if p.greedy:
+            tokens.append(greedy[i])
+            continue
+        row = logits[i] / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
+            row = row.masked_fill(row < kth, float("-inf"))
+        probs = torch.softmax(row, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > p.top_p  # keep the smallest prefix reaching top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
+    return tokens

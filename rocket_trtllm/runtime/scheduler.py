@@ -1,0 +1,87 @@
+"""Who runs in the next step: waiting prompts are admitted while running requests keep decoding."""
+
+from collections import deque
+from dataclasses import dataclass
+
+from ..errors import RequestError
+from .kv_cache import KVCachePool
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class Batch:
+    contexts: list[Sequence]
+    generations: list[Sequence]
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return self.contexts + self.generations
+
+
+class Scheduler:
+    """First come, first served; a request is admitted only when its KV blocks for the prompt (after
+    eviction) and all its output tokens can be guaranteed, so running requests are never evicted."""
+
+    def __init__(self, pool: KVCachePool, max_batch_size: int, max_num_tokens: int) -> None:
+        self.pool = pool
+        self.max_batch_size = max_batch_size
+        self.max_num_tokens = max_num_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    @staticmethod
+    def final_cache_len(seq: Sequence) -> int:
+        # The last sampled token is returned without being fed back, so it never needs a slot.
+        return seq.kept_prompt_len + seq.sampling_params.max_tokens - 1
+
+    def check_fits(self, seq: Sequence) -> None:
+        """Raise RequestError if `seq` could never be admitted, even into an empty engine."""
+        need = self.pool.blocks_for(self.final_cache_len(seq))
+        if need > self.pool.allocator.num_blocks:
+            raise RequestError(
+                f"the request needs {need} KV blocks ({self.final_cache_len(seq)} tokens) but the whole pool "
+                f"has {self.pool.allocator.num_blocks}; shorten the prompt or max_tokens, or enlarge the KV cache"
+            )
+        if seq.prompt_len > self.max_num_tokens:
+            raise RequestError(
+                f"prompt has {seq.prompt_len} tokens, more than max_num_tokens ({self.max_num_tokens}); "
+                "raise max_num_tokens (prompts are prefilled in one step)"
+            )
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def schedule(self) -> Batch:
+        generations = list(self.running)
+        for seq in generations:
+            if len(seq.block_table) <= seq.cache_len // self.pool.tokens_per_block:
+                seq.block_table.append(self.pool.allocator.take_reserved())
+                seq.reserved_blocks -= 1
+        contexts: list[Sequence] = []
+        tokens = len(generations)
+        while self.waiting and len(self.running) < self.max_batch_size:
+            seq = self.waiting[0]
+            if tokens + seq.prompt_len > self.max_num_tokens:
+                break
+            now = self.pool.blocks_for(seq.kept_prompt_len)
+            total = self.pool.blocks_for(self.final_cache_len(seq))
+            if total > self.pool.allocator.num_available:
+                break
+            self.waiting.popleft()
+            seq.block_table = self.pool.allocator.admit(now, total - now)
+            seq.reserved_blocks = total - now
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            contexts.append(seq)
+            tokens += seq.prompt_len
+        return Batch(contexts, generations)
+
+    def finish(self, seq: Sequence) -> None:
+        """Take `seq` out of the queues and return its blocks (and unused reservation) to the pool."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.pool.allocator.release(seq.block_table, seq.reserved_blocks)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.block_table, seq.reserved_blocks = [], 0
+        seq.status = SequenceStatus.FINISHED

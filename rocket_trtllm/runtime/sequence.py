@@ -1,0 +1,47 @@
+"""A request as the engine tracks it: its tokens, its KV blocks, and where it is in its life."""
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..llmapi.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    request_id: int
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    output_token_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: Optional[str] = None
+    error: Optional[str] = None
+    block_table: list[int] = field(default_factory=list)
+    reserved_blocks: int = 0
+    cache_len: int = 0  # tokens whose K/V sit in the cache (after eviction, the same for every layer)
+    kept_prompt_len: int = 0
+    generator: Optional[torch.Generator] = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + len(self.output_token_ids)
+
+    @property
+    def last_token(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

@@ -1,0 +1,113 @@
+"""RocketSparseAttentionConfig: the fields, defaults and checks of TensorRT-LLM's class of that name."""
+
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Union
+
+from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
+
+from ..errors import ConfigError
+from .registry import BaseSparseAttentionConfig
+
+if TYPE_CHECKING:
+    from ..runtime.kv_cache import ModelShape
+
+KT_CACHE_DTYPES = ("float8_e5m2", "bfloat16", "float16")
+
+
+def check_power_of_two(v: int) -> int:
+    if v < 1 or v & (v - 1):
+        raise ValueError("must be a power of two (1, 2, 4, 8, 16, ...)")
+    return v
+
+
+class RocketSparseAttentionConfig(BaseSparseAttentionConfig):
+    """RocketKV: SnapKV++ eviction of prompt tokens at prefill, then top-k KT-page selection at decode.
+
+    Example::
+
+        RocketSparseAttentionConfig(prompt_budget=2048, topk=64, page_size=4)
+    """
+
+    algorithm: Literal["rocket"] = "rocket"
+    window_size: int = Field(default=32, description="Recent prompt tokens always kept; their queries score the prefix.")
+    kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
+    topr: Union[StrictInt, StrictFloat] = Field(
+        default=128, description="Query channels used to score KT pages: a count, or a fraction of head_dim."
+    )
+    topk: int = Field(default=64, description="KT pages selected per decode step, per KV head.")
+    prompt_budget: int = Field(default=2048, description="Prompt tokens kept after eviction, window included.")
+    page_size: int = Field(default=4, description="Tokens per KT page (power of two).")
+    kt_cache_dtype: str = Field(default="float8_e5m2", description="Storage type of the KT cache's min/max.")
+
+    evicts_prompt_tokens: ClassVar[bool] = True
+
+    @field_validator("window_size", "topk")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v < 1 or v % 2 == 0:
+            raise ValueError("must be an odd integer >= 1 (1, 3, 5, ..., 63, ...)")
+        return v
+
+    @field_validator("page_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        return check_power_of_two(v)
+
+    @field_validator("topr")
+    @classmethod
+    def _topr(cls, v: Union[int, float]) -> Union[int, float]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)")
+        if isinstance(v, float) and not 0.0 < v <= 1.0:
+            raise ValueError("must be an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)")
+        return v
+
+    @field_validator("kt_cache_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in KT_CACHE_DTYPES:
+            raise ValueError(f"must be one of {', '.join(KT_CACHE_DTYPES)}")
+        return v
+
+    @field_validator("prompt_budget")
+    @classmethod
+    def _budget(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2")
+        return v
+
+    @model_validator(mode="after")
+    def _window_within_budget(self) -> "RocketSparseAttentionConfig":
+        if self.window_size >= self.prompt_budget:
+            raise ConfigError(
+                f"{self.window_size} must be < prompt_budget ({self.prompt_budget}): "
+                "the budget holds the window plus the prefix tokens kept",
+                "window_size",
+            )
+        return self
+
+    def topr_channels(self, head_dim: int) -> int:
+        """`topr` as a channel count for a model with `head_dim` channels per head."""
+        if isinstance(self.topr, float):
+            return max(1, round(self.topr * head_dim))
+        return self.topr
+
+    def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:
+        if isinstance(self.topr, int) and self.topr > shape.head_dim:
+            raise ConfigError(
+                f"{self.topr} exceeds the model's head_dim {shape.head_dim}; use at most {shape.head_dim} "
+                f"(recommended: {shape.head_dim}) or a fraction in (0, 1]",
+                "sparse_attention_config.topr",
+            )
+        if tokens_per_block % self.page_size:
+            raise ConfigError(
+                f"{self.page_size} must divide kv_cache_config.tokens_per_block ({tokens_per_block}), "
+                "since KT pages live inside KV blocks",
+                "sparse_attention_config.page_size",
+            )

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from tiny_models import ARCHS, make_tiny_model
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {arch: make_tiny_model(root / arch, arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tiny_models):
+    return tiny_models["llama"]
