@@ -49,9 +49,7 @@ def paged_decode_ref(
     return out.reshape(batch, q_heads, head_dim)
 
 
-def gather_tokens_ref(
-    cache: torch.Tensor, block_tables: torch.Tensor, token_idx: torch.Tensor
-) -> torch.Tensor:
+def gather_tokens_ref(cache: torch.Tensor, block_tables: torch.Tensor, token_idx: torch.Tensor) -> torch.Tensor:
     """The cached rows at logical token positions, per KV head.
 
     cache: [num_blocks, kv_heads, block_size, head_dim]; block_tables: [batch, max_blocks];

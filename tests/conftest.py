@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from tiny_models import ARCHS, make_tiny_model
 
 

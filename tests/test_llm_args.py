@@ -60,7 +60,7 @@ def test_wrong_value_names_key_path_line_value_and_allowed(tmp_path):
     with pytest.raises(ConfigError) as e:
         LlmArgs.from_yaml(path, model="/m")
     msg = str(e.value)
-    assert f"{path}:8:" in msg
+    assert f"{path}:7:" in msg
     assert "sparse_attention_config.page_size" in msg and "power of two" in msg and "got 3" in msg
 
 

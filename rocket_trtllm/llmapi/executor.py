@@ -4,7 +4,8 @@ sync (`result()`) or async (`async for` / `aresult()`)."""
 import asyncio
 import queue
 import threading
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any, Optional
 
 from ..runtime.engine import LLMEngine, Update
 from ..runtime.sequence import Sequence
@@ -23,21 +24,29 @@ class GenerationResult:
         self._done = threading.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Optional[asyncio.Queue] = None
+        self._lock = threading.Lock()
+        self._early: list[Optional[tuple[list[int], str]]] = []
+        self._ended = False
         self._stop_strings: list[str] = list(seq.sampling_params.stop or [])
 
     def _bind_loop(self) -> None:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._queue = asyncio.Queue()
-            if self._done.is_set():
-                self._queue.put_nowait(None)
+        with self._lock:
+            if self._loop is None:
+                self._queue = asyncio.Queue()
+                for delta in self._early:  # what arrived before anyone listened
+                    self._queue.put_nowait(delta)
+                self._early.clear()
+                self._loop = asyncio.get_running_loop()
 
     def _deliver(self, delta: Optional[tuple[list[int], str]]) -> None:
         """Called on the engine thread with the step's new tokens and text; None marks the end."""
+        with self._lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+            elif self.streaming or delta is None:
+                self._early.append(delta)
         if delta is None:
             self._done.set()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
 
     def result(self, timeout: Optional[float] = None) -> RequestOutput:
         """Block until the request finishes and return its final output."""
@@ -53,9 +62,10 @@ class GenerationResult:
     async def __aiter__(self) -> AsyncIterator[tuple[list[int], str]]:
         """Yields (new token ids, new text) as the request produces them."""
         self._bind_loop()
-        while True:
+        while not self._ended:
             delta = await self._queue.get()
             if delta is None:
+                self._ended = True
                 return
             yield delta
 

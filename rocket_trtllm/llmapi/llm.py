@@ -1,7 +1,8 @@
 """LLM: the user's entry point, with TensorRT-LLM's names and call shapes."""
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from tqdm.auto import tqdm
 
@@ -52,7 +53,7 @@ class LLM:
         A prompt is a string or a list of token ids. Raises RequestError for invalid input before
         any work is done, and RuntimeError if a request failed while running.
         """
-        single = isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int))
+        single = not isinstance(inputs, (list, tuple)) or (bool(inputs) and isinstance(inputs[0], int))
         prompts = [inputs] if single else list(inputs)
         if isinstance(sampling_params, (list, tuple)):
             if len(sampling_params) != len(prompts):

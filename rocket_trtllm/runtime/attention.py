@@ -43,9 +43,7 @@ class AttentionBackend:
 
     uses_kt_cache = False
 
-    def __init__(
-        self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Optional[Any] = None
-    ) -> None:
+    def __init__(self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Optional[Any] = None) -> None:
         self.config = config
         self.shape = shape
         self.pool = pool
@@ -78,9 +76,7 @@ class AttentionBackend:
         self.after_context(layer, meta)
         return torch.cat(outs)
 
-    def _store_prompt(
-        self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> None:
+    def _store_prompt(self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         # k, v: [kv_heads, n, head_dim] -> slots 0..n-1 of request i
         slots = torch.arange(k.shape[1], device=k.device)
         bs = self.pool.tokens_per_block

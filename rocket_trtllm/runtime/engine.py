@@ -2,9 +2,9 @@
 
 import itertools
 import time
-from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -197,7 +197,9 @@ class LLMEngine:
         seq.output_token_ids.append(token)
         self.totals["generated_tokens"] += 1
         update = Update(seq, [token])
-        stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else ({p.end_id} if p.end_id is not None else self.eos_ids))
+        stop_ids = set(p.stop_token_ids) | (
+            set() if p.ignore_eos else ({p.end_id} if p.end_id is not None else self.eos_ids)
+        )
         if token in stop_ids:
             self._finish(seq, "stop")
         elif len(seq.output_token_ids) >= p.max_tokens:

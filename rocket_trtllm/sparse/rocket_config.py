@@ -1,6 +1,6 @@
 """RocketSparseAttentionConfig: the fields, defaults and checks of TensorRT-LLM's class of that name."""
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Union
+from typing import TYPE_CHECKING, ClassVar, Literal, Union
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
 
@@ -28,7 +28,9 @@ class RocketSparseAttentionConfig(BaseSparseAttentionConfig):
     """
 
     algorithm: Literal["rocket"] = "rocket"
-    window_size: int = Field(default=32, description="Recent prompt tokens always kept; their queries score the prefix.")
+    window_size: int = Field(
+        default=32, description="Recent prompt tokens always kept; their queries score the prefix."
+    )
     kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
     topr: Union[StrictInt, StrictFloat] = Field(
         default=128, description="Query channels used to score KT pages: a count, or a fraction of head_dim."
@@ -59,12 +61,12 @@ class RocketSparseAttentionConfig(BaseSparseAttentionConfig):
     def _pow2(cls, v: int) -> int:
         return check_power_of_two(v)
 
-    @field_validator("topr")
+    @field_validator("topr", mode="before")
     @classmethod
-    def _topr(cls, v: Union[int, float]) -> Union[int, float]:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)")
-        if isinstance(v, float) and not 0.0 < v <= 1.0:
+    def _topr(cls, v: object) -> Union[int, float]:
+        ok_int = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        ok_float = isinstance(v, float) and 0.0 < v <= 1.0
+        if not (ok_int or ok_float):
             raise ValueError("must be an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)")
         return v
 

@@ -1,0 +1,230 @@
+import asyncio
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+from tiny_models import ARCHS, make_tiny_model
+
+from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RequestError, SamplingParams
+
+PROMPTS = ["hello there, general", "a", "The quick brown fox jumps over the lazy dog. " * 3]
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+def hf_greedy(model_dir, prompt_ids, n, dtype=torch.float32, device="cpu"):
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    ids = torch.tensor([prompt_ids], device=device)
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def assert_pool_empty(llm):
+    snap = llm.snapshot()
+    assert snap["kvBlocksUsed"] == 0 and snap["kvBlocksReserved"] == 0 and snap["running"] == 0
+
+
+@pytest.fixture(scope="module")
+def llama(llama_dir):
+    with LLM(str(llama_dir), dtype="float32") as llm:
+        yield llm
+        assert_pool_empty(llm)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_matches_transformers(tiny_models, arch):
+    with LLM(str(tiny_models[arch]), dtype="float32", kv_cache_config=KvCacheConfig(tokens_per_block=8)) as llm:
+        outs = llm.generate(PROMPTS, GREEDY)
+        for out in outs:
+            assert out.finished and out.outputs[0].finish_reason == "length"
+            assert out.outputs[0].token_ids == hf_greedy(tiny_models[arch], out.prompt_token_ids, 12)
+        assert_pool_empty(llm)
+
+
+def test_batched_equals_one_by_one(llama):
+    batched = [o.outputs[0].token_ids for o in llama.generate(PROMPTS, GREEDY)]
+    single = [llama.generate(p, GREEDY).outputs[0].token_ids for p in PROMPTS]
+    assert batched == single
+
+
+def test_inputs_token_ids_and_per_prompt_params(llama):
+    ids = llama.tokenizer.encode("hello")
+    params = [SamplingParams(max_tokens=3, temperature=0), SamplingParams(max_tokens=5, temperature=0)]
+    outs = llama.generate([ids, "hello"], params)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [3, 5]
+    assert outs[1].outputs[0].token_ids[:3] == outs[0].outputs[0].token_ids
+    assert outs[0].prompt is None and outs[1].prompt == "hello"
+    single = llama.generate(ids, params[0])
+    assert single.outputs[0].token_ids == outs[0].outputs[0].token_ids
+
+
+def test_sampling_with_seed_is_reproducible(llama):
+    p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
+    a = llama.generate("seeded", p).outputs[0].token_ids
+    b = llama.generate("seeded", p).outputs[0].token_ids
+    c = llama.generate("seeded", SamplingParams(max_tokens=16, temperature=1.0, seed=8, ignore_eos=True))
+    assert a == b and a != c.outputs[0].token_ids
+
+
+def test_stop_token_ids_and_stop_strings(llama):
+    full = llama.generate("stop test", GREEDY).outputs[0]
+    stop_id = full.token_ids[4]
+    out = llama.generate("stop test", SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[stop_id]))
+    first = full.token_ids.index(stop_id)
+    assert out.outputs[0].token_ids == full.token_ids[: first + 1] and out.outputs[0].finish_reason == "stop"
+    text = full.text
+    stop = text[len(text) // 2 : len(text) // 2 + 1]
+    if stop.strip() and "\ufffd" not in stop:
+        out = llama.generate("stop test", SamplingParams(max_tokens=12, temperature=0, stop=stop, ignore_eos=True))
+        assert out.outputs[0].text == text[: text.index(stop)] and out.outputs[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "prompt,params,match",
+    [
+        ("", SamplingParams(), "empty"),
+        ([[]], SamplingParams(), "empty"),
+        ("x" * 5000, SamplingParams(), "exceeds max_seq_len"),
+        ([999999], SamplingParams(), r"token ids must be in \[0, 300\)"),
+        (3.5, SamplingParams(), "string or a list of token ids"),
+    ],
+)
+def test_bad_prompts_raise_before_work(llama, prompt, params, match):
+    with pytest.raises(RequestError, match=match):
+        llama.generate(prompt, params)
+    assert llama.generate("still ok", GREEDY).outputs[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(max_tokens=0), "max_tokens must be an integer >= 1"),
+        (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+    ],
+)
+def test_bad_sampling_params(kwargs, match):
+    with pytest.raises(RequestError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_abort_returns_blocks(llama):
+    async def run():
+        result = llama.generate_async("abort me", SamplingParams(max_tokens=2000, ignore_eos=True), streaming=True)
+        n = 0
+        async for ids, _ in result:
+            n += len(ids)
+            if n >= 3:
+                result.abort()
+        return await result.aresult()
+
+    out = asyncio.run(run())
+    assert out.outputs[0].finish_reason == "abort" and 3 <= len(out.outputs[0].token_ids) < 2000
+    assert_pool_empty(llama)
+
+
+def test_streaming_yields_every_token(llama):
+    async def run():
+        result = llama.generate_async("stream", GREEDY, streaming=True)
+        tokens, text = [], ""
+        async for ids, delta in result:
+            tokens += ids
+            text += delta
+        return tokens, text, result.output
+
+    tokens, text, final = asyncio.run(run())
+    assert tokens == final.outputs[0].token_ids and text == final.outputs[0].text
+    assert tokens == llama.generate("stream", GREEDY).outputs[0].token_ids
+
+
+def test_full_pool_makes_requests_wait_and_oversized_requests_fail(llama_dir):
+    # 4 blocks of 8 tokens: one 20-token request at a time.
+    kv = KvCacheConfig(max_tokens=32, tokens_per_block=8)
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=kv) as llm:
+        params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+        outs = llm.generate(["0123456789"] * 3, params)
+        assert all(len(o.outputs[0].token_ids) == 10 for o in outs)
+        assert len({tuple(o.outputs[0].token_ids) for o in outs}) == 1
+        stats = llm.get_stats()
+        assert max(s["numQueuedRequests"] for s in stats) >= 1
+        assert max(s["numActiveRequests"] for s in stats) <= 2
+        with pytest.raises(RequestError, match="whole pool has 4"):
+            llm.generate("x" * 30, params)
+        assert llm.generate("ok", params).outputs[0].finish_reason == "length"
+        assert_pool_empty(llm)
+
+
+def test_failed_step_fails_its_requests_and_returns_blocks(llama_dir, monkeypatch):
+    with LLM(str(llama_dir), dtype="float32") as llm:
+        calls = {"n": 0}
+        real = llm.engine.backend.decode
+
+        def flaky(layer, q, meta):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("injected")
+            return real(layer, q, meta)
+
+        monkeypatch.setattr(llm.engine.backend, "decode", flaky)
+        with pytest.raises(RuntimeError, match="injected"):
+            llm.generate("fail", GREEDY)
+        assert_pool_empty(llm)
+        assert llm.generate("recover", GREEDY).outputs[0].finish_reason == "length"
+
+
+def test_get_stats_reports_blocks(llama):
+    llama.get_stats()
+    llama.generate(PROMPTS, GREEDY)
+    stats = llama.get_stats()
+    assert [s["iter"] for s in stats] == sorted(s["iter"] for s in stats) and len(stats) >= 12
+    kv = stats[0]["kvCacheStats"]
+    assert kv["usedNumBlocks"] > 0 and kv["usedNumBlocks"] + kv["freeNumBlocks"] == kv["maxNumBlocks"]
+    assert kv["tokensPerBlock"] == 32
+    assert stats[0]["inflightBatchingStats"]["numContextRequests"] == 3
+
+
+def test_sharded_checkpoint_and_its_errors(tmp_path):
+    path = make_tiny_model(tmp_path / "sharded", "qwen2")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="60KB", safe_serialization=True)
+    (tmp_path / "sharded" / "model.safetensors").unlink(missing_ok=True)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    with LLM(str(path), dtype="float32") as llm:
+        out = llm.generate(PROMPTS[0], GREEDY)
+    assert out.outputs[0].token_ids == hf_greedy(path, out.prompt_token_ids, 12)
+    shard = sorted(set(index["weight_map"].values()))[0]
+    (path / shard).unlink()
+    with pytest.raises(ConfigError, match=f"names {shard}"):
+        LLM(str(path))
+
+
+def test_checkpoint_errors(tmp_path, llama_dir):
+    with pytest.raises(ConfigError, match="no config.json"):
+        LLM(str(tmp_path))
+    bad = tmp_path / "noweights"
+    shutil.copytree(llama_dir, bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no \\*.safetensors"):
+        LLM(str(bad))
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(llama_dir / "model.safetensors", bad)
+    with pytest.raises(ConfigError, match="unsupported architecture.*LlamaForCausalLM"):
+        LLM(str(bad))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_on_gpu_close_to_transformers(tiny_models, arch):
+    path = tiny_models[arch]
+    with LLM(str(path), dtype="bfloat16") as llm:
+        out = llm.generate(PROMPTS, GREEDY)
+    for o in out:
+        ref = hf_greedy(path, o.prompt_token_ids, 12, torch.bfloat16, "cuda")
+        # bf16 rounding can flip a near-tie; the first tokens must agree.
+        assert o.outputs[0].token_ids[:4] == ref[:4]
