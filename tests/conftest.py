@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tiny_models import ARCHS, make_tiny_model
+from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 import transformers
-from tiny_models import ARCHS, make_tiny_model
+from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RequestError, SamplingParams
 

@@ -7,6 +7,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
+import torch
+
 from ..runtime.engine import LLMEngine, Update
 from ..runtime.sequence import Sequence
 from .outputs import CompletionOutput, RequestOutput
@@ -159,6 +161,8 @@ class Executor:
             result._deliver((update.new_token_ids, new_text))
         if seq.is_finished:
             out.finish_reason, out.error = seq.finish_reason, seq.error
+            if seq.logits:
+                out.generation_logits = torch.stack(seq.logits)
             result.output.finished = True
             del self._results[seq.request_id]
             result._deliver(None)

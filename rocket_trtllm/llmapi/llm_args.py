@@ -7,8 +7,8 @@ import yaml
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
+from ..sparse.configs import check_power_of_two
 from ..sparse.registry import BaseSparseAttentionConfig, sparse_config_from_dict
-from ..sparse.rocket_config import check_power_of_two
 from ..validation import StrictModel
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")

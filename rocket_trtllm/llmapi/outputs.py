@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 
 @dataclass
 class CompletionOutput:
@@ -11,6 +13,7 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None  # "stop", "length", "abort" or "error"
     error: Optional[str] = None
+    generation_logits: Optional[torch.Tensor] = None  # [len(token_ids), vocab] float32, when asked for
 
     @property
     def length(self) -> int:

@@ -26,6 +26,7 @@ class SamplingParams:
     end_id: Optional[int] = None
     include_stop_str_in_output: bool = False
     detokenize: bool = True
+    return_generation_logits: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -180,6 +180,9 @@ class LLMEngine:
                 seq.error = f"{type(e).__name__}: {e}"
                 self._finish(seq, "error")
             return [Update(seq, finished=True) for seq in batch.sequences]
+        for i, seq in enumerate(batch.sequences):
+            if seq.sampling_params.return_generation_logits:
+                seq.logits.append(logits[i].cpu())
         for seq in batch.contexts:
             self.kept_tokens.append((seq.prompt_len, seq.kept_prompt_len))
             self.totals["prompt_tokens"] += seq.prompt_len

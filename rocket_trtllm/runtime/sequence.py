@@ -29,6 +29,7 @@ class Sequence:
     cache_len: int = 0  # tokens whose K/V sit in the cache (after eviction, the same for every layer)
     kept_prompt_len: int = 0
     generator: Optional[torch.Generator] = None
+    logits: list[torch.Tensor] = field(default_factory=list)  # per output token, if asked for
 
     @property
     def prompt_len(self) -> int:

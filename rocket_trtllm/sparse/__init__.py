@@ -1,13 +1,22 @@
 """Sparse-attention methods; importing this package registers every built-in one."""
 
+from . import quest, rocket, snapkv, streamingllm, topk_oracle  # noqa: F401  (registration)
+from .configs import (
+    QuestSparseAttentionConfig,
+    RocketSparseAttentionConfig,
+    SnapKVSparseAttentionConfig,
+    StreamingLLMSparseAttentionConfig,
+    TopkOracleSparseAttentionConfig,
+)
 from .registry import BaseSparseAttentionConfig, algorithms, lookup, register_sparse_attention
-from .rocket_config import RocketSparseAttentionConfig
-
-register_sparse_attention(RocketSparseAttentionConfig)
 
 __all__ = [
     "BaseSparseAttentionConfig",
+    "QuestSparseAttentionConfig",
     "RocketSparseAttentionConfig",
+    "SnapKVSparseAttentionConfig",
+    "StreamingLLMSparseAttentionConfig",
+    "TopkOracleSparseAttentionConfig",
     "algorithms",
     "lookup",
     "register_sparse_attention",

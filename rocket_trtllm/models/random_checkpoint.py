@@ -1,4 +1,5 @@
-"""Tiny random checkpoints written with transformers' save_pretrained, plus a byte-level tokenizer."""
+"""Random-weight checkpoints written with transformers' save_pretrained, with a byte-level tokenizer:
+the tests' tiny models, the quickstart's demo model, and rocket-bench's `--random-weights`."""
 
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def save_byte_tokenizer(path: Path) -> None:
     fast.save_pretrained(path)
 
 
-def make_tiny_model(path: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+def make_tiny_model(path: Path, arch: str = "llama", seed: int = 0, **overrides: object) -> Path:
+    """Write a random `arch` checkpoint (tiny unless `overrides` say otherwise) and its tokenizer to `path`."""
     import transformers
 
     kw = dict(COMMON, **overrides)

@@ -1,0 +1,175 @@
+"""Config classes of the built-in methods. RocketSparseAttentionConfig has the fields, defaults and
+checks of TensorRT-LLM's class of that name; the baselines reuse its stage-1 and stage-2 fields."""
+
+from typing import TYPE_CHECKING, ClassVar, Literal, Union
+
+from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
+
+from ..errors import ConfigError
+from .registry import BaseSparseAttentionConfig
+
+if TYPE_CHECKING:
+    from ..runtime.kv_cache import ModelShape
+
+KT_CACHE_DTYPES = ("float8_e5m2", "bfloat16", "float16")
+
+
+def check_power_of_two(v: int) -> int:
+    if v < 1 or v & (v - 1):
+        raise ValueError("must be a power of two (1, 2, 4, 8, 16, ...)")
+    return v
+
+
+class EvictionFields(BaseSparseAttentionConfig):
+    """Stage 1 (SnapKV++ eviction at prefill)."""
+
+    window_size: int = Field(default=32, description="Recent prompt tokens always kept; they score the prefix.")
+    kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
+    prompt_budget: int = Field(default=2048, description="Prompt tokens kept after eviction, window included.")
+
+    evicts_prompt_tokens: ClassVar[bool] = True
+
+    @field_validator("window_size")
+    @classmethod
+    def _window(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v < 1 or v % 2 == 0:
+            raise ValueError("must be an odd integer >= 1 (1, 3, 5, ..., 63, ...)")
+        return v
+
+    @field_validator("prompt_budget")
+    @classmethod
+    def _budget(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2")
+        return v
+
+    @model_validator(mode="after")
+    def _window_within_budget(self) -> "EvictionFields":
+        if self.window_size >= self.prompt_budget:
+            raise ConfigError(
+                f"{self.window_size} must be < prompt_budget ({self.prompt_budget}): "
+                "the budget holds the window plus the prefix tokens kept",
+                "window_size",
+            )
+        return self
+
+
+class PageSelectionFields(BaseSparseAttentionConfig):
+    """Stage 2 (top-k KT pages at every decode step)."""
+
+    topr: Union[StrictInt, StrictFloat] = Field(
+        default=128, description="Query channels used to score KT pages: a count, or a fraction of head_dim."
+    )
+    topk: int = Field(default=64, description="KT pages selected per decode step, per KV head.")
+    page_size: int = Field(default=4, description="Tokens per KT page (power of two).")
+    kt_cache_dtype: str = Field(default="float8_e5m2", description="Storage type of the KT cache's min/max.")
+
+    @field_validator("topk")
+    @classmethod
+    def _topk(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("page_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        return check_power_of_two(v)
+
+    @field_validator("topr", mode="before")
+    @classmethod
+    def _topr(cls, v: object) -> Union[int, float]:
+        ok_int = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        ok_float = isinstance(v, float) and 0.0 < v <= 1.0
+        if not (ok_int or ok_float):
+            raise ValueError("must be an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)")
+        return v
+
+    @field_validator("kt_cache_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in KT_CACHE_DTYPES:
+            raise ValueError(f"must be one of {', '.join(KT_CACHE_DTYPES)}")
+        return v
+
+    def topr_channels(self, head_dim: int) -> int:
+        """`topr` as a channel count for a model with `head_dim` channels per head."""
+        if isinstance(self.topr, float):
+            return max(1, round(self.topr * head_dim))
+        return self.topr
+
+    def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:
+        if isinstance(self.topr, int) and self.topr > shape.head_dim:
+            raise ConfigError(
+                f"{self.topr} exceeds the model's head_dim {shape.head_dim}; use at most {shape.head_dim} "
+                f"(recommended: {shape.head_dim}) or a fraction in (0, 1]",
+                "sparse_attention_config.topr",
+            )
+        if tokens_per_block % self.page_size:
+            raise ConfigError(
+                f"{self.page_size} must divide kv_cache_config.tokens_per_block ({tokens_per_block}), "
+                "since KT pages live inside KV blocks",
+                "sparse_attention_config.page_size",
+            )
+
+
+class RocketSparseAttentionConfig(EvictionFields, PageSelectionFields):
+    """RocketKV: SnapKV++ eviction of prompt tokens at prefill, then top-k KT-page selection at decode.
+
+    Example::
+
+        RocketSparseAttentionConfig(prompt_budget=2048, topk=64, page_size=4)
+    """
+
+    algorithm: Literal["rocket"] = "rocket"
+
+
+class SnapKVSparseAttentionConfig(EvictionFields):
+    """Baseline: stage 1 only (eviction at prefill, dense decode over what is kept)."""
+
+    algorithm: Literal["snapkv"] = "snapkv"
+
+
+class QuestSparseAttentionConfig(PageSelectionFields):
+    """Baseline: stage 2 only (Quest: no eviction; page min/max over all channels)."""
+
+    algorithm: Literal["quest"] = "quest"
+    topr: Union[StrictInt, StrictFloat] = Field(default=1.0, description="Query channels used (1.0: all).")
+    page_size: int = Field(default=16, description="Tokens per page (power of two).")
+    kt_cache_dtype: str = Field(default="float16", description="Storage type of the page min/max.")
+
+
+class StreamingLLMSparseAttentionConfig(BaseSparseAttentionConfig):
+    """Baseline: attend to the first `sink_size` tokens and the most recent `window_size`."""
+
+    algorithm: Literal["streamingllm"] = "streamingllm"
+    sink_size: int = Field(default=4, description="Attention-sink tokens at the start, always attended.")
+    window_size: int = Field(default=508, description="Most recent tokens attended.")
+
+    @field_validator("sink_size", "window_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class TopkOracleSparseAttentionConfig(BaseSparseAttentionConfig):
+    """Baseline: exact top-k tokens by the true attention weights at every decode step (an upper bound)."""
+
+    algorithm: Literal["topk_oracle"] = "topk_oracle"
+    topk: int = Field(default=512, description="Tokens attended per decode step, per KV head.")
+
+    @field_validator("topk")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v

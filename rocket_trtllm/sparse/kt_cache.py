@@ -1,0 +1,58 @@
+"""The KT cache: per-page, per-channel min and max of K, stored beside each KV block.
+
+KT pages live inside KV blocks (`tokens_per_block / page_size` pages per block), so a request's
+KT pages are addressed by its KV block table and are freed with its KV blocks.
+"""
+
+import torch
+
+from ..runtime.kv_cache import KVCachePool, ModelShape
+
+KT_DTYPES = {"float8_e5m2": torch.float8_e5m2, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class KTCache:
+    def __init__(self, shape: ModelShape, pool: KVCachePool, page_size: int, dtype: torch.dtype) -> None:
+        self.pool = pool
+        self.page_size = page_size
+        self.pages_per_block = pool.tokens_per_block // page_size
+        num_blocks = pool.allocator.num_blocks
+        dims = (shape.num_layers, num_blocks, shape.num_kv_heads, self.pages_per_block, shape.head_dim)
+        self.kmin = torch.zeros(dims, dtype=dtype, device=pool.k.device)
+        self.kmax = torch.zeros(dims, dtype=dtype, device=pool.k.device)
+
+    @staticmethod
+    def bytes_per_block(shape: ModelShape, tokens_per_block: int, page_size: int, dtype: torch.dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * shape.num_layers * shape.num_kv_heads * (tokens_per_block // page_size) * shape.head_dim * elem
+
+    def _paged_keys(self, layer: int, blocks: torch.Tensor) -> torch.Tensor:
+        # [n] block ids -> [n, kv_heads, pages_per_block, page_size, head_dim]
+        k = self.pool.k[layer][blocks]
+        n, h, _, d = k.shape
+        return k.view(n, h, self.pages_per_block, self.page_size, d)
+
+    def build(self, layer: int, block_table: torch.Tensor, num_tokens: int) -> None:
+        """Fill the KT pages of a request's first `num_tokens` cached tokens (after its prefill)."""
+        blocks = block_table[: self.pool.blocks_for(num_tokens)].long()
+        k = self._paged_keys(layer, blocks).float()
+        slot = torch.arange(blocks.numel() * self.pool.tokens_per_block, device=k.device)
+        valid = (slot < num_tokens).view(blocks.numel(), 1, self.pages_per_block, self.page_size, 1)
+        self.kmin[layer][blocks] = k.masked_fill(~valid, float("inf")).amin(3).to(self.kmin.dtype)
+        self.kmax[layer][blocks] = k.masked_fill(~valid, float("-inf")).amax(3).to(self.kmax.dtype)
+
+    def append(self, layer: int, block_tables: torch.Tensor, cache_lens: torch.Tensor) -> None:
+        """Refresh the page holding each sequence's newest token (the last, partial page).
+
+        block_tables: [batch, max_blocks]; cache_lens: [batch] (the newest token is at cache_len - 1)
+        """
+        slot = cache_lens.long() - 1
+        bs = self.pool.tokens_per_block
+        blocks = torch.gather(block_tables.long(), 1, (slot // bs)[:, None])[:, 0]
+        page = (slot % bs) // self.page_size
+        k = self._paged_keys(layer, blocks)[torch.arange(blocks.numel(), device=blocks.device), :, page]
+        k = k.float()  # [batch, kv_heads, page_size, head_dim]
+        valid = torch.arange(self.page_size, device=k.device)[None, :] <= (slot % self.page_size)[:, None]
+        valid = valid[:, None, :, None]
+        self.kmin[layer][blocks, :, page] = k.masked_fill(~valid, float("inf")).amin(2).to(self.kmin.dtype)
+        self.kmax[layer][blocks, :, page] = k.masked_fill(~valid, float("-inf")).amax(2).to(self.kmax.dtype)

@@ -1,0 +1,65 @@
+"""Stage 2, page top-k from the KT cache (Quest-style), and its registration as the `quest` baseline.
+
+RocketKV's backend builds on this class, adding stage 1 and top-r channel selection.
+"""
+
+from typing import Any
+
+import torch
+
+from ..kernels.kt_predict import kt_page_scores_ref, select_pages_ref
+from ..kernels.paged_decode import sparse_decode_ref
+from ..runtime.attention import AttentionBackend, AttentionMetadata
+from ..runtime.kv_cache import KVCachePool, ModelShape
+from .configs import QuestSparseAttentionConfig
+from .kt_cache import KT_DTYPES, KTCache
+from .registry import register_sparse_attention
+
+
+class PageSelectionAttention(AttentionBackend):
+    uses_kt_cache = True
+
+    def __init__(self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Any) -> None:
+        super().__init__(shape, pool, use_kernels, config)
+        self.page_size = config.page_size
+        self.topk = config.topk
+        self.topr = config.topr_channels(shape.head_dim)
+        self.kt = KTCache(shape, pool, config.page_size, KT_DTYPES[config.kt_cache_dtype])
+
+    @classmethod
+    def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:
+        return KTCache.bytes_per_block(shape, tokens_per_block, config.page_size, KT_DTYPES[config.kt_cache_dtype])
+
+    def after_context(self, layer: int, meta: AttentionMetadata) -> None:
+        for i, kept in enumerate(meta.kept_lens):
+            self.kt.build(layer, meta.block_tables[i], kept)
+
+    def _is_dense(self, cache_len: int) -> bool:
+        threshold = self.config.seq_len_threshold
+        pages = -(-cache_len // self.page_size)
+        return pages <= self.topk + 1 or (threshold is not None and cache_len <= threshold)
+
+    def attended_tokens(self, cache_len: int) -> int:
+        if self._is_dense(cache_len):
+            return cache_len
+        newest = cache_len - (cache_len - 1) // self.page_size * self.page_size
+        return self.topk * self.page_size + newest
+
+    def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        tables = meta.gen_block_tables
+        self.kt.append(layer, tables, meta.cache_lens)
+        if self._is_dense(meta.max_cache_len):
+            # Everything kept fits in the selection (or the batch is short): exact dense attention.
+            return self.dense_decode(layer, q, meta)
+        tables = tables[:, : self.pool.blocks_for(meta.max_cache_len)]
+        num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size
+        scores = kt_page_scores_ref(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr)
+        pages, page_ok = select_pages_ref(scores, num_pages, self.topk)
+        offsets = torch.arange(self.page_size, device=q.device)
+        token_idx = (pages[..., None] * self.page_size + offsets).flatten(2)
+        valid = page_ok[..., None] & (token_idx.view(*pages.shape, -1) < meta.cache_lens[:, None, None, None])
+        valid = valid.flatten(2)
+        return sparse_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, token_idx, valid, self.scale)
+
+
+register_sparse_attention(QuestSparseAttentionConfig, PageSelectionAttention)

@@ -1,0 +1,25 @@
+"""SnapKV(++) alone: stage-1 eviction of prompt tokens, dense decode over what is kept (a baseline)."""
+
+import torch
+
+from ..runtime.attention import AttentionBackend
+from .configs import SnapKVSparseAttentionConfig
+from .registry import register_sparse_attention
+from .stage1 import gather_kept, keep_indices
+
+
+class SnapKVAttention(AttentionBackend):
+    def kept_len(self, prompt_len: int) -> int:
+        return min(prompt_len, self.config.prompt_budget)
+
+    def compress_prompt(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        if k.shape[1] <= c.prompt_budget:
+            return k, v
+        idx = keep_indices(q, k, c.window_size, c.kernel_size, c.prompt_budget, self.scale)
+        return gather_kept(k, idx), gather_kept(v, idx)
+
+
+register_sparse_attention(SnapKVSparseAttentionConfig, SnapKVAttention)

@@ -1,0 +1,40 @@
+"""Stage 1 (SnapKV++): which prompt tokens each KV head keeps after prefill."""
+
+import torch
+import torch.nn.functional as F
+
+
+def window_scores(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, scale: float) -> torch.Tensor:
+    """How much the last `window` queries attend to each earlier key, per KV head, max-pooled.
+
+    q: [q_heads, n, d]; k: [kv_heads, n, d] -> [kv_heads, n - window] float32
+    """
+    q_heads, n, d = q.shape
+    kv_heads = k.shape[0]
+    qw = q[:, n - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
+    logits = torch.einsum("hgwd,hnd->hgwn", qw, k.float()) * scale
+    # The window's queries see the whole prefix and, causally, the window itself.
+    future = torch.arange(n, device=q.device)[None, :] > (n - window + torch.arange(window, device=q.device))[:, None]
+    probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    # One choice per KV head: sum over the window and over the GQA group's query heads.
+    scores = probs[..., : n - window].sum(dim=(1, 2))
+    return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
+
+
+def keep_indices(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, budget: int, scale: float) -> torch.Tensor:
+    """Kept token positions per KV head, ascending: the best `budget - window` prefix tokens, then the window.
+
+    Ties (common after max-pooling) go to the earlier token. q: [q_heads, n, d]; k: [kv_heads, n, d]
+    -> [kv_heads, budget] int64 (n > budget)
+    """
+    n = k.shape[1]
+    scores = window_scores(q, k, window, kernel, scale)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    prefix = torch.sort(order[:, : budget - window], dim=-1).values
+    recent = torch.arange(n - window, n, device=k.device).expand(k.shape[0], window)
+    return torch.cat([prefix, recent], dim=-1)
+
+
+def gather_kept(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x: [kv_heads, n, d]; idx: [kv_heads, m] -> [kv_heads, m, d]."""
+    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))

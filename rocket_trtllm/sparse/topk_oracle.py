@@ -1,0 +1,32 @@
+"""Exact top-k (an oracle baseline): at each step, the tokens with the largest true attention
+weights, summed over each GQA group, out of the whole cache; then exact attention over them."""
+
+import torch
+
+from ..kernels.paged_decode import gather_pages_ref, sparse_decode_ref
+from ..runtime.attention import AttentionBackend, AttentionMetadata
+from .configs import TopkOracleSparseAttentionConfig
+from .registry import register_sparse_attention
+
+
+class TopkOracleAttention(AttentionBackend):
+    def attended_tokens(self, cache_len: int) -> int:
+        return min(cache_len, self.config.topk)
+
+    def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        topk = self.config.topk
+        if meta.max_cache_len <= topk:
+            return self.dense_decode(layer, q, meta)
+        tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
+        k = gather_pages_ref(self.pool.k[layer], tables).float()  # [batch, kv_heads, slots, d]
+        b, h, n, d = k.shape
+        qg = q.float().view(b, h, -1, d)
+        logits = torch.einsum("bhgd,bhnd->bhgn", qg, k) * self.scale
+        inside = torch.arange(n, device=q.device)[None, None, None, :] < meta.cache_lens[:, None, None, None]
+        weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1).sum(2)
+        top = weights.masked_fill(~inside[:, :, 0], -1.0).topk(topk, dim=-1)
+        valid = top.values >= 0
+        return sparse_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, top.indices, valid, self.scale)
+
+
+register_sparse_attention(TopkOracleSparseAttentionConfig, TopkOracleAttention)

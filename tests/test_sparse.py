@@ -1,0 +1,109 @@
+"""RocketKV and the baselines end to end on a tiny random model, in float32."""
+
+import pytest
+import torch
+
+from rocket_trtllm import LLM, KvCacheConfig, RocketSparseAttentionConfig, SamplingParams
+from rocket_trtllm.sparse import algorithms
+
+LONG = "The quick brown fox jumps over the lazy dog while 7 owls count 42 stars. " * 6  # 444 tokens
+PROMPTS = [LONG, "short prompt", LONG[:201]]
+KV = KvCacheConfig(tokens_per_block=16)
+
+
+def run(model_dir, sparse, prompts=PROMPTS, max_tokens=16, logits=False):
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, return_generation_logits=logits)
+    with LLM(str(model_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=sparse) as llm:
+        outs = llm.generate(prompts, params)
+        snap = llm.snapshot()
+        assert snap["kvBlocksUsed"] == 0 and snap["kvBlocksReserved"] == 0
+    return [o.outputs[0] for o in outs]
+
+
+@pytest.fixture(scope="module")
+def dense(llama_dir):
+    return run(llama_dir, None, logits=True)
+
+
+def test_full_budget_rocket_equals_dense(llama_dir, dense):
+    rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=128, page_size=4, topr=16)
+    for r, d in zip(run(llama_dir, rocket, logits=True), dense):
+        assert r.token_ids == d.token_ids
+        assert torch.allclose(r.generation_logits, d.generation_logits, atol=1e-5, rtol=0)
+
+
+def test_rocket_with_full_page_budget_equals_snapkv(llama_dir):
+    # Stage 2 covering everything kept leaves stage 1 alone: RocketKV must then be SnapKV exactly.
+    stage1 = dict(prompt_budget=64, window_size=8, kernel_size=7)
+    rocket = run(llama_dir, RocketSparseAttentionConfig(topk=64, topr=16, **stage1))
+    snapkv = run(llama_dir, {"algorithm": "snapkv", **stage1})
+    assert [r.token_ids for r in rocket] == [s.token_ids for s in snapkv]
+
+
+def test_rocket_with_whole_prompt_kept_equals_quest(llama_dir):
+    rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=6, page_size=8, topr=16, kt_cache_dtype="float16")
+    quest = {"algorithm": "quest", "topk": 6, "page_size": 8, "kt_cache_dtype": "float16"}
+    assert [r.token_ids for r in run(llama_dir, rocket)] == [q.token_ids for q in run(llama_dir, quest)]
+
+
+def test_eviction_frees_blocks_per_layer_budget(llama_dir):
+    budget = 64
+    prompt = (LONG * 2)[: 8 * budget]
+    rocket = RocketSparseAttentionConfig(prompt_budget=budget, window_size=8, topk=4, topr=8)
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=rocket) as llm:
+        llm.get_stats()
+        llm.generate(prompt, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        first = llm.get_stats()[0]
+        # After prefill: the budget's 64 tokens in 16-token blocks; the dense cache would hold 32 blocks.
+        assert first["kvCacheStats"]["usedNumBlocks"] == 4
+        sparse = first["sparseAttentionStats"]
+        assert sparse["lastKeptPromptTokens"] == budget and sparse["promptTokensEvicted"] == 7 * budget
+        assert sparse["ktBlocksUsed"] == 4
+        params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+        result = llm.generate_async(prompt, params)
+        while not llm.snapshot()["running"]:
+            pass
+        result.abort()
+        assert result.result(timeout=30).outputs[0].finish_reason == "abort"
+        snap = llm.snapshot()
+        assert snap["kvBlocksUsed"] == 0 and snap["ktBlocksUsed"] == 0 and snap["kvBlocksReserved"] == 0
+
+
+def test_sparse_decode_attends_to_the_budget(llama_dir):
+    rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=8, page_size=4, topr=8)
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=rocket) as llm:
+        llm.generate(LONG, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+        mean = llm.snapshot()["meanTokensAttendedPerStep"]
+    assert 8 * 4 < mean <= 8 * 4 + 4
+
+
+@pytest.mark.parametrize(
+    "yaml_body",
+    [
+        "algorithm: rocket\n  prompt_budget: 128\n  window_size: 8\n  topk: 8\n  topr: 0.5",
+        "algorithm: snapkv\n  prompt_budget: 128\n  window_size: 8",
+        "algorithm: quest\n  topk: 4",
+        "algorithm: streamingllm\n  sink_size: 4\n  window_size: 60",
+        "algorithm: topk_oracle\n  topk: 64",
+    ],
+)
+def test_every_algorithm_runs_from_yaml(llama_dir, tmp_path, yaml_body):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"backend: pytorch\nsparse_attention_config:\n  {yaml_body}\nkv_cache_config:\n  tokens_per_block: 16\n"
+    )
+    with LLM.from_yaml(path, model=str(llama_dir), dtype="float32") as llm:
+        outs = llm.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+        assert all(len(o.outputs[0].token_ids) == 6 for o in outs)
+        assert llm.snapshot()["kvBlocksUsed"] == 0
+
+
+def test_registry_lists_every_baseline():
+    assert set(algorithms()) == {"rocket", "snapkv", "quest", "streamingllm", "topk_oracle"}
+
+
+def test_topr_larger_than_head_dim_is_a_model_check(llama_dir):
+    from rocket_trtllm import ConfigError
+
+    with pytest.raises(ConfigError, match="head_dim 16"):
+        LLM(str(llama_dir), sparse_attention_config=RocketSparseAttentionConfig())
