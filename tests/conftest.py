@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 import transformers
-from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RequestError, SamplingParams
+from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 PROMPTS = ["hello there, general", "a", "The quick brown fox jumps over the lazy dog. " * 3]
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)

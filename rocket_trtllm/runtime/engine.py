@@ -59,7 +59,13 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.iteration = 0
         self.stats: deque[dict[str, Any]] = deque(maxlen=1000)
-        self.totals = {"decode_steps": 0, "tokens_attended": 0.0, "prompt_tokens": 0, "generated_tokens": 0}
+        self.totals = {
+            "decode_steps": 0,
+            "tokens_attended": 0.0,
+            "prompt_tokens": 0,
+            "generated_tokens": 0,
+            "peak_batch": 0,
+        }
         self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
         self._ids = itertools.count()
 
@@ -186,6 +192,7 @@ class LLMEngine:
         for seq in batch.contexts:
             self.kept_tokens.append((seq.prompt_len, seq.kept_prompt_len))
             self.totals["prompt_tokens"] += seq.prompt_len
+        self.totals["peak_batch"] = max(self.totals["peak_batch"], len(batch.sequences))
         if batch.generations:
             self.totals["decode_steps"] += 1
             attended = [self.backend.attended_tokens(s.cache_len) for s in batch.generations]

@@ -1,0 +1,44 @@
+"""Server counters, written in the Prometheus text format."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Metrics:
+    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "abort": 0})
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+    def render(self, snapshot: dict[str, Any]) -> str:
+        rows = [
+            ("rocket_requests_total", "counter", "Requests finished, by outcome", None),
+            *[(f'rocket_requests_total{{outcome="{k}"}}', None, None, v) for k, v in self.requests.items()],
+            ("rocket_prompt_tokens_total", "counter", "Prompt tokens processed", self.prompt_tokens),
+            ("rocket_generation_tokens_total", "counter", "Tokens generated", self.generation_tokens),
+            ("rocket_requests_running", "gauge", "Requests in the running batch", snapshot["running"]),
+            ("rocket_requests_waiting", "gauge", "Requests queued for admission", snapshot["waiting"]),
+            ("rocket_batch_size_max", "gauge", "Largest batch run in one step", snapshot["peak_batch"]),
+            ("rocket_kv_blocks_used", "gauge", "KV cache blocks in use", snapshot["kvBlocksUsed"]),
+            ("rocket_kv_blocks_total", "gauge", "KV cache blocks in the pool", snapshot["kvBlocksTotal"]),
+            ("rocket_kt_blocks_used", "gauge", "KT cache blocks in use", snapshot["ktBlocksUsed"]),
+            (
+                "rocket_tokens_evicted_total",
+                "counter",
+                "Prompt tokens evicted by stage 1",
+                snapshot["promptTokensEvicted"],
+            ),
+            (
+                "rocket_tokens_attended_per_step",
+                "gauge",
+                "Mean tokens attended per KV head per decode step",
+                snapshot["meanTokensAttendedPerStep"],
+            ),
+        ]
+        lines = []
+        for name, kind, help_text, value in rows:
+            if kind:
+                lines += [f"# HELP {name.split('{')[0]} {help_text}", f"# TYPE {name.split('{')[0]} {kind}"]
+            if value is not None:
+                lines.append(f"{name} {value}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,180 @@
+"""rocket-serve on a real uvicorn server on loopback, driven by the official openai client."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from transformers import AutoTokenizer
+
+from rocket_trtllm import LLM, KvCacheConfig, RocketSparseAttentionConfig, SamplingParams
+from rocket_trtllm.serve.app import create_app
+
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(llama_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("chat") / "tiny"
+    import shutil
+
+    shutil.copytree(llama_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(model_dir)
+    rocket = RocketSparseAttentionConfig(prompt_budget=64, window_size=8, kernel_size=5, topk=4, topr=16)
+    llm = LLM(
+        str(model_dir),
+        dtype="float32",
+        max_seq_len=1024,
+        kv_cache_config=KvCacheConfig(tokens_per_block=16),
+        sparse_attention_config=rocket,
+    )
+    port = free_port()
+    app = create_app(llm, "tiny", api_key="secret")
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield llm, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join()
+    llm.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="secret", max_retries=0)
+
+
+def greedy(llm, prompt, n=12):
+    return llm.generate(prompt, SamplingParams(max_tokens=n, temperature=0)).outputs[0]
+
+
+def wait_blocks_free(llm):
+    for _ in range(200):
+        if llm.snapshot()["kvBlocksUsed"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"blocks still in use: {llm.snapshot()}")
+
+
+def test_completion_matches_generate(server, client):
+    llm, _ = server
+    prompt = "The quick brown fox " * 10
+    want = greedy(llm, prompt)
+    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
+    assert got.choices[0].text == want.text and got.choices[0].finish_reason == want.finish_reason
+    assert got.usage.completion_tokens == len(want.token_ids)
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == want.finish_reason
+
+
+def test_chat_matches_generate(server, client):
+    llm, _ = server
+    messages = [{"role": "user", "content": "hello there"}]
+    ids = llm.tokenizer.encode(
+        llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )
+    want = greedy(llm, ids)
+    got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    assert got.choices[0].message.content == want.text
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want.text
+
+
+def test_models_health_version_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    base = server[1]
+    assert httpx.get(base + "/health").text == "ok"
+    assert "version" in httpx.get(base + "/version").json()
+    text = httpx.get(base + "/metrics").text
+    assert "rocket_kv_blocks_used" in text and "rocket_tokens_attended_per_step" in text
+
+
+def test_concurrent_streams_batch_together(server):
+    llm, base = server
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="secret", max_retries=0)
+
+    async def one(i):
+        stream = await client.completions.create(
+            model="tiny", prompt=f"client {i} says", max_tokens=24, temperature=0, stream=True
+        )
+        return "".join([c.choices[0].text async for c in stream])
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    texts = asyncio.run(all_of_them())
+    assert len(texts) == 8
+    metrics = httpx.get(base + "/metrics").text
+    max_batch = float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("rocket_batch_size_max"))
+    )
+    assert max_batch > 1
+    assert texts[3] == greedy(llm, "client 3 says", 24).text
+
+
+@pytest.mark.parametrize(
+    "path,body,status,param",
+    [
+        ("/v1/completions", b"{not json", 400, None),
+        ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": 5}, 400, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x" * 2000}, 400, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
+        ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "model"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, 400, "messages"),
+    ],
+)
+def test_bad_requests_get_openai_errors(server, path, body, status, param):
+    base = server[1]
+    headers = {"Authorization": "Bearer secret", "Content-Type": "application/json"}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(base + path, content=data, headers=headers)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    if param:
+        assert param in (err["param"] or "") or param in err["message"]
+    assert httpx.get(base + "/health").status_code == 200
+
+
+def test_api_key(server):
+    base = server[1]
+    assert httpx.get(base + "/v1/models").status_code == 401
+    assert httpx.get(base + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_disconnect_mid_stream_frees_blocks(server):
+    llm, base = server
+    body = {"model": "tiny", "prompt": "a long story " * 20, "max_tokens": 600, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", base + "/v1/completions", json=body, headers={"Authorization": "Bearer secret"}) as r:
+        assert r.status_code == 200
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 3:
+                break
+        assert llm.snapshot()["kvBlocksUsed"] > 0
+    wait_blocks_free(llm)
+    metrics = httpx.get(base + "/metrics").text
+    assert "rocket_kv_blocks_used 0" in metrics
