@@ -81,3 +81,143 @@ def sparse_decode_ref(
     v = gather_tokens_ref(v_cache, block_tables, token_idx)
     out = attend_ref(q.view(batch, kv_heads, q_heads // kv_heads, head_dim), k, v, valid, scale)
     return out.reshape(batch, q_heads, head_dim)
+
+
+# ---- Triton: split-K flash decoding over a paged cache, GQA-aware (one program reads a KV head's
+# tokens once for its whole query group), dense (a prefix of each sequence) or sparse (listed tokens).
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only install path keeps the torch references
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_split_kernel(
+        q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, idx_ptr, valid_ptr, po_ptr, pm_ptr, pl_ptr,
+        scale, n_tokens, chunk,
+        sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, si_b, si_h,
+        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
+        SPARSE: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.program_id(2)
+        n_splits = tl.num_programs(2)
+        q_heads = tl.num_programs(1) * G
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
+        m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([G_PAD], tl.float32)
+        acc = tl.zeros([G_PAD, D], tl.float32)
+        start = s * chunk
+        end = tl.minimum(start + chunk, n_tokens)
+        if not SPARSE:
+            end = tl.minimum(end, tl.load(lens_ptr + b))
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            inside = n < end
+            if SPARSE:
+                t = tl.load(idx_ptr + b * si_b + h * si_h + n, mask=inside, other=0)
+                ok = inside & (tl.load(valid_ptr + b * si_b + h * si_h + n, mask=inside, other=0) != 0)
+            else:
+                t = n
+                ok = inside
+            blk = tl.load(tables_ptr + b * st_b + t // BS, mask=ok, other=0).to(tl.int64)
+            off = blk * sk_blk + h * sk_h + (t % BS) * sk_t
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            if IEEE:
+                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                qk = tl.dot(q, tl.trans(k))
+            qk = tl.where(ok[None, :], qk * scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(qk - m_safe[:, None])
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
+        row = (b * q_heads + h * G + g) * n_splits + s
+        tl.store(po_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
+        tl.store(pm_ptr + row, m_i, mask=g < G)
+        tl.store(pl_ptr + row, l_i, mask=g < G)
+
+    @triton.jit
+    def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr):
+        row = tl.program_id(0)  # batch * q_heads + head
+        s = tl.arange(0, S_PAD)
+        d = tl.arange(0, D)
+        m = tl.load(pm_ptr + row * S + s, mask=s < S, other=float("-inf"))
+        l_ = tl.load(pl_ptr + row * S + s, mask=s < S, other=0.0)
+        m_max = tl.max(m, 0)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))
+        o = tl.load(po_ptr + (row * S + s)[:, None] * D + d[None, :], mask=(s < S)[:, None], other=0.0)
+        out = tl.sum(w[:, None] * o, 0) / tl.sum(w * l_, 0)
+        tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
+
+
+def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
+    # Enough programs to fill the GPU about twice (132 SMs on an H100), never a split without tokens.
+    target = -(-264 // max(1, batch * kv_heads))
+    return max(1, min(target, -(-n_tokens // block_n), 64))
+
+
+def _decode(q, k_cache, v_cache, block_tables, cache_lens, token_idx, valid, scale, n_tokens):
+    batch, q_heads, d = q.shape
+    _, kv_heads, bs, _ = k_cache.shape
+    group = q_heads // kv_heads
+    block_n = 64
+    splits = _num_splits(batch, kv_heads, n_tokens, block_n)
+    chunk = -(-n_tokens // splits)
+    chunk = -(-chunk // block_n) * block_n
+    splits = -(-n_tokens // chunk)
+    po = torch.empty(batch * q_heads * splits, d, device=q.device, dtype=torch.float32)
+    pm = torch.empty(batch * q_heads * splits, device=q.device, dtype=torch.float32)
+    pl = torch.empty_like(pm)
+    sparse = token_idx is not None
+    if not sparse:
+        token_idx = valid = cache_lens  # unused placeholders
+    q = q.contiguous()
+    _decode_split_kernel[(batch, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, cache_lens, token_idx, valid, po, pm, pl,
+        scale, n_tokens, chunk,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), token_idx.stride(0) if sparse else 0, token_idx.stride(1) if sparse else 0,
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
+        SPARSE=sparse, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    out = torch.empty_like(q)
+    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits))
+    return out
+
+
+def _check(q: torch.Tensor, k_cache: torch.Tensor) -> None:
+    if triton is None:
+        raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
+    if q.shape[-1] & (q.shape[-1] - 1) or k_cache.shape[-1] != q.shape[-1]:
+        raise ValueError(f"head_dim must be a power of two shared by q and K, got {q.shape[-1]}, {k_cache.shape[-1]}")
+    if q.shape[1] % k_cache.shape[1]:
+        raise ValueError(f"q_heads ({q.shape[1]}) must be a multiple of kv_heads ({k_cache.shape[1]})")
+
+
+def paged_decode(q, k_cache, v_cache, block_tables, cache_lens, scale):  # noqa: ANN001, ANN201
+    """Triton version of `paged_decode_ref` (same arguments and result)."""
+    _check(q, k_cache)
+    n_tokens = block_tables.shape[1] * k_cache.shape[2]
+    return _decode(q, k_cache, v_cache, block_tables, cache_lens, None, None, scale, n_tokens)
+
+
+def sparse_decode(q, k_cache, v_cache, block_tables, token_idx, valid, scale):  # noqa: ANN001, ANN201
+    """Triton version of `sparse_decode_ref` (same arguments and result)."""
+    _check(q, k_cache)
+    token_idx = token_idx.to(torch.int32).contiguous()
+    valid = valid.expand_as(token_idx).to(torch.int8).contiguous()
+    return _decode(q, k_cache, v_cache, block_tables, None, token_idx, valid, scale, token_idx.shape[-1])

@@ -1,7 +1,14 @@
-import pytest
+import os
+
 import torch
 
-from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
+if not torch.cuda.is_available():
+    # Kernels run through Triton's interpreter on the CPU (set before any kernel module is imported).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -81,3 +81,38 @@ def test_select_pages_keeps_newest_and_best():
     short[..., 2:] = float("-inf")  # as kt_page_scores_ref masks pages past the sequence
     pages, ok = select_pages_ref(short, torch.tensor([2]), topk=3)
     assert set(pages[0, 0][ok[0, 0]].tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2])
+@pytest.mark.parametrize("topr", [16, 5])
+def test_triton_page_scores_match_reference(dtype, topr):
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores
+
+    gen = torch.Generator().manual_seed(topr)
+    lo = torch.randn(32, 2, 4, 16, generator=gen)
+    hi = (lo + torch.rand(32, 2, 4, 16, generator=gen)).to(dtype)
+    lo = lo.to(dtype)
+    tables = torch.randperm(32, generator=gen)[:20].view(2, 10).int()
+    pages = torch.tensor([13, 40])
+    q = torch.randn(2, 8, 16, generator=gen)
+    want = kt_page_scores_ref(q, lo, hi, tables, pages, topr)
+    got = kt_page_scores(q, lo, hi, tables, pages, topr)
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_triton_page_scores_on_gpu():
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores
+
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.randn(4096, 8, 8, 128, generator=gen)
+    hi = (lo + torch.rand(lo.shape, generator=gen)).to("cuda", torch.float8_e5m2)
+    lo = lo.to("cuda", torch.float8_e5m2)
+    tables = torch.randperm(4096, generator=gen)[:4000].view(4, 1000).int().cuda()
+    pages = torch.tensor([1, 999, 5000, 8000], device="cuda")
+    q = torch.randn(4, 32, 128, generator=gen).cuda()
+    want = kt_page_scores_ref(q, lo, hi, tables, pages, 64)
+    got = kt_page_scores(q, lo, hi, tables, pages, 64)
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-2)

@@ -24,3 +24,50 @@ def test_sparse_over_every_token_equals_dense(group, lens):
         vb = v[tables[b]].permute(1, 0, 2, 3).reshape(kv_heads, -1, d)[:, :n].repeat_interleave(group, 0)
         ref = torch.softmax(torch.einsum("hd,hnd->hn", q[b], kb) * 0.25, -1)
         assert torch.allclose(dense[b], torch.einsum("hn,hnd->hd", ref, vb), atol=1e-5)
+
+
+def random_case(group, lens, dtype, device, kv_heads=2, d=16, bs=8, n_sel=37, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    width = max(-(-n // bs) for n in lens)
+    blocks = width * len(lens) + 3
+    k = torch.randn(blocks, kv_heads, bs, d, generator=gen).to(device, dtype)
+    v = torch.randn(blocks, kv_heads, bs, d, generator=gen).to(device, dtype)
+    tables = torch.randperm(blocks, generator=gen)[: width * len(lens)].view(len(lens), width).int().to(device)
+    q = torch.randn(len(lens), kv_heads * group, d, generator=gen).to(device, dtype)
+    cache_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    idx = torch.randint(0, width * bs, (len(lens), kv_heads, n_sel), generator=gen).to(device)
+    idx[..., 0] = 0  # the real path always has a valid token (the newest page)
+    return q, k, v, tables, cache_lens, idx, idx < cache_lens[:, None, None]
+
+
+CASES = [(1, [5, 70]), (4, [1, 17, 130]), (8, [64])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group,lens", CASES)
+def test_triton_decode_matches_reference(dtype, group, lens):
+    from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
+
+    q, k, v, tables, cache_lens, idx, valid = random_case(group, lens, dtype, "cpu", seed=group)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    want = paged_decode_ref(q, k, v, tables, cache_lens, 0.25)
+    assert torch.allclose(paged_decode(q, k, v, tables, cache_lens, 0.25).float(), want.float(), atol=tol)
+    want = sparse_decode_ref(q, k, v, tables, idx, valid, 0.25)
+    assert torch.allclose(sparse_decode(q, k, v, tables, idx, valid, 0.25).float(), want.float(), atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group,lens", [(4, [1, 4095, 33000]), (8, [70000]), (1, [300] * 16)])
+def test_triton_decode_on_gpu(dtype, group, lens):
+    from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
+
+    q, k, v, tables, cache_lens, idx, valid = random_case(
+        group, lens, dtype, "cuda", kv_heads=8, d=128, bs=32, n_sel=260, seed=group
+    )
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    want = paged_decode_ref(q, k, v, tables, cache_lens, 128**-0.5)
+    got = paged_decode(q, k, v, tables, cache_lens, 128**-0.5)
+    assert torch.allclose(got.float(), want.float(), atol=tol)
+    want = sparse_decode_ref(q, k, v, tables, idx, valid, 128**-0.5)
+    assert torch.allclose(sparse_decode(q, k, v, tables, idx, valid, 128**-0.5).float(), want.float(), atol=tol)

@@ -107,3 +107,17 @@ def test_topr_larger_than_head_dim_is_a_model_check(llama_dir):
 
     with pytest.raises(ConfigError, match="head_dim 16"):
         LLM(str(llama_dir), sparse_attention_config=RocketSparseAttentionConfig())
+
+
+def test_rocket_through_kernels_equals_torch_path(llama_dir):
+    # Triton's interpreter on the CPU (conftest), the compiled kernels on a GPU.
+    rocket = RocketSparseAttentionConfig(prompt_budget=128, window_size=8, topk=6, topr=8, page_size=4)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, return_generation_logits=True)
+    outs = []
+    for kernels in (False, True):
+        with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=rocket) as llm:
+            llm.engine.backend.use_kernels = kernels
+            outs.append(llm.generate(PROMPTS[:2], params))
+    for a, b in zip(*outs):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert torch.allclose(a.outputs[0].generation_logits, b.outputs[0].generation_logits, atol=1e-4)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernels.paged_decode import paged_decode_ref
+from ..kernels.paged_decode import paged_decode, paged_decode_ref
 from .kv_cache import KVCachePool, ModelShape
 
 
@@ -115,14 +115,9 @@ class AttentionBackend:
         return self.dense_decode(layer, q, meta)
 
     def dense_decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        if self.use_kernels:
-            from ..kernels.paged_decode import paged_decode
-
-            return paged_decode(
-                q, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens, self.scale
-            )
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
-        return paged_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, meta.cache_lens, self.scale)
+        decode_fn = paged_decode if self.use_kernels else paged_decode_ref
+        return decode_fn(q, self.pool.k[layer], self.pool.v[layer], tables, meta.cache_lens, self.scale)
 
     def attended_tokens(self, cache_len: int) -> int:
         """Tokens one KV head attends to at a decode step over `cache_len` cached tokens."""

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..kernels.kt_predict import kt_page_scores_ref, select_pages_ref
-from ..kernels.paged_decode import sparse_decode_ref
+from ..kernels.kt_predict import kt_page_scores, kt_page_scores_ref, select_pages_ref
+from ..kernels.paged_decode import sparse_decode, sparse_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from ..runtime.kv_cache import KVCachePool, ModelShape
 from .configs import QuestSparseAttentionConfig
@@ -53,13 +53,15 @@ class PageSelectionAttention(AttentionBackend):
             return self.dense_decode(layer, q, meta)
         tables = tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size
-        scores = kt_page_scores_ref(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr)
+        score_fn = kt_page_scores if self.use_kernels else kt_page_scores_ref
+        scores = score_fn(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr)
         pages, page_ok = select_pages_ref(scores, num_pages, self.topk)
         offsets = torch.arange(self.page_size, device=q.device)
         token_idx = (pages[..., None] * self.page_size + offsets).flatten(2)
         valid = page_ok[..., None] & (token_idx.view(*pages.shape, -1) < meta.cache_lens[:, None, None, None])
         valid = valid.flatten(2)
-        return sparse_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, token_idx, valid, self.scale)
+        decode_fn = sparse_decode if self.use_kernels else sparse_decode_ref
+        return decode_fn(q, self.pool.k[layer], self.pool.v[layer], tables, token_idx, valid, self.scale)
 
 
 register_sparse_attention(QuestSparseAttentionConfig, PageSelectionAttention)
