@@ -107,6 +107,9 @@ class LlmArgs(StrictModel):
     sparse_attention_config: Optional[BaseSparseAttentionConfig] = None
     cuda_graph_config: Optional[CudaGraphConfig] = Field(default_factory=CudaGraphConfig)
     tensor_parallel_size: int = Field(default=1, description="GPUs per model; only 1 is supported.")
+    load_format: Literal["auto", "dummy"] = Field(
+        default="auto", description="auto: the checkpoint's safetensors; dummy: random weights (benchmarks)."
+    )
 
     def __init__(self, **data: Any) -> None:
         data = dict(data)

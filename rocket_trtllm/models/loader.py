@@ -60,17 +60,23 @@ def weight_files(model_dir: str) -> list[Path]:
     return files
 
 
-def load_model(model_dir: str, cfg: Any, dtype: torch.dtype, device: torch.device) -> CausalLM:
-    """Build the model for `cfg` on `device` in `dtype` and fill it from the folder's safetensors."""
+def load_model(
+    model_dir: str, cfg: Any, dtype: torch.dtype, device: torch.device, random_weights: bool = False
+) -> CausalLM:
+    """Build the model for `cfg` on `device` in `dtype` and fill it from the folder's safetensors
+    (or with random weights, for benchmarks of a public architecture without its checkpoint)."""
     cls = architecture_of(cfg)
-    files = weight_files(model_dir)
+    files = [] if random_weights else weight_files(model_dir)
     with torch.device("meta"):
         model = cls(cfg)
     model.to_empty(device=device)
     # Buffers built on the meta device hold nothing: compute the RoPE frequencies for real.
     model.rotary.inv_freq = inv_frequencies(rope_parameters(cfg), model.shape.head_dim).to(device)
     params = dict(model.named_parameters())
-    loaded: set[str] = set()
+    if random_weights:
+        for name, p in params.items():
+            p.data = torch.ones_like(p, dtype=dtype) if "norm" in name else torch.randn_like(p, dtype=dtype) * 0.02
+    loaded: set[str] = set(params) if random_weights else set()
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():

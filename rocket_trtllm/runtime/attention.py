@@ -129,6 +129,8 @@ class AttentionBackend:
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> [q_heads, n, d]."""
-    return F.scaled_dot_product_attention(
-        q[None], k[None], v[None], is_causal=True, scale=scale, enable_gqa=q.shape[0] != k.shape[0]
-    )[0]
+    if q.shape[0] != k.shape[0]:
+        # Expanded K/V keep SDPA on its flash kernels, which take GQA only in some torch builds.
+        group = q.shape[0] // k.shape[0]
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=scale)[0]

@@ -43,7 +43,9 @@ class LLMEngine:
         self.hf_config = load_hf_config(args.model)
         self.dtype = resolve_dtype(self.hf_config, args.dtype)
         self.max_seq_len = self._max_seq_len()
-        self.model = load_model(args.model, self.hf_config, self.dtype, self.device)
+        self.model = load_model(
+            args.model, self.hf_config, self.dtype, self.device, random_weights=args.load_format == "dummy"
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         shape = self.model.shape
         sparse = args.sparse_attention_config

@@ -1,0 +1,206 @@
+"""rocket-bench: prefill time, decode latency and throughput, and peak GPU memory, optionally against
+the dense baseline measured in the same run.
+
+    rocket-bench --arch llama-3.1-8b --random-weights --config configs/rocket.yaml \\
+        --input-len 131072 --output-len 256 --batch-size 1 --compare dense
+"""
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .errors import ConfigError
+from .llmapi.llm import LLM
+from .llmapi.llm_args import LlmArgs
+from .llmapi.sampling_params import SamplingParams
+from .models.random_checkpoint import save_byte_tokenizer
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama-3.1-8b": (
+        "LlamaConfig",
+        dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+             rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, rms_norm_eps=1e-5),
+    ),
+    "mistral-7b": (
+        "MistralConfig",
+        dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+             rope_theta=1000000.0, sliding_window=None, rms_norm_eps=1e-5),
+    ),
+    "qwen2.5-7b": (
+        "Qwen2Config",
+        dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
+             rope_theta=1000000.0, rms_norm_eps=1e-6, use_sliding_window=False),
+    ),
+}  # fmt: skip
+
+
+def write_arch(name: str, root: Path) -> Path:
+    """A checkpoint folder with the public architecture's config.json and a byte tokenizer, no weights."""
+    import transformers
+
+    cls, kwargs = ARCHS[name]
+    cfg = getattr(transformers, cls)(**kwargs, torch_dtype="bfloat16")
+    cfg.architectures = [cls.replace("Config", "ForCausalLM")]
+    path = root / name
+    cfg.save_pretrained(path)
+    save_byte_tokenizer(path)
+    return path
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="rocket-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("model", nargs="?", help="checkpoint folder (or use --arch)")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="a public architecture, built without its checkpoint")
+    p.add_argument("--random-weights", action="store_true", help="random weights (required with --arch)")
+    p.add_argument("--config", help="YAML of LLM options (default: dense)")
+    p.add_argument("--compare", choices=["dense"], help="also measure the dense baseline in the same run")
+    p.add_argument("--input-len", type=int, default=32768)
+    p.add_argument("--output-len", type=int, default=256)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--batch-size", type=int, default=1)
+    group.add_argument("--max-batch", action="store_true", help="the largest batch whose KV fits in memory")
+    p.add_argument("--json", help="write the results to this JSON file")
+    args = p.parse_args(argv)
+    if not args.model and not args.arch:
+        p.error("give a MODEL folder or --arch NAME")
+    if args.arch and not args.random_weights:
+        p.error("--arch builds a model without its checkpoint: add --random-weights")
+    if args.input_len < 1 or args.output_len < 2:
+        p.error("--input-len must be >= 1 and --output-len >= 2")
+    return args
+
+
+def kept_len(args: LlmArgs, input_len: int) -> int:
+    sparse = args.sparse_attention_config
+    budget = getattr(sparse, "prompt_budget", None)
+    return min(input_len, budget) if budget else input_len
+
+
+def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch: int) -> LlmArgs:
+    base = LlmArgs.from_yaml(config, model=model) if config else LlmArgs(model=model)
+    seq = ns.input_len + ns.output_len
+    kv = base.kv_cache_config
+    if batch > 0:  # size the pool to the run, so peak memory compares what each method needs
+        tokens = batch * (kept_len(base, ns.input_len) + ns.output_len + kv.tokens_per_block)
+        kv = kv.model_copy(update={"max_tokens": tokens})
+    update = dict(
+        max_seq_len=max(seq, base.max_seq_len or 0),
+        max_num_tokens=max(ns.input_len, base.max_num_tokens),
+        max_batch_size=max(batch, 1),
+        kv_cache_config=kv,
+        load_format="dummy" if ns.random_weights else "auto",
+    )
+    return base.model_copy(update=update)
+
+
+def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    llm = LLM(model=llm_args.model, llm_args=llm_args)
+    try:
+        if batch <= 0:  # --max-batch: what the pool can hold
+            per_request = llm.engine.pool.blocks_for(kept_len(llm_args, ns.input_len) + ns.output_len)
+            batch = max(1, llm.engine.pool.allocator.num_blocks // per_request)
+            llm.engine.scheduler.max_batch_size = batch
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, 256, (ns.input_len,), generator=gen).tolist() for _ in range(batch)]
+        params = SamplingParams(max_tokens=ns.output_len, temperature=0.0, ignore_eos=True, detokenize=False)
+        llm.generate([p[:64] for p in prompts[:1]], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+        llm.get_stats()
+        start = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        total = time.perf_counter() - start
+        stats = llm.get_stats()
+        snap = llm.snapshot()
+    finally:
+        llm.shutdown()
+    prefill = [s["iterLatencyMS"] for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
+    decode = [
+        s["iterLatencyMS"]
+        for s in stats
+        if not s["inflightBatchingStats"]["numContextRequests"]
+        and s["inflightBatchingStats"]["numGenRequests"] == batch
+    ]
+    decode_ms = sum(decode) / max(1, len(decode))
+    result = {
+        "config": name,
+        "batch_size": batch,
+        "input_len": ns.input_len,
+        "output_len": ns.output_len,
+        "prefill_s": sum(prefill) / 1e3,
+        "decode_ms_per_step": decode_ms,
+        "decode_tokens_per_s": batch * 1e3 / decode_ms if decode_ms else 0.0,
+        "end_to_end_s": total,
+        "kept_prompt_tokens": snap["lastKeptPromptTokens"],
+        "tokens_attended_per_step": snap["meanTokensAttendedPerStep"],
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+    del llm
+    gc.collect()
+    return result
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = ["config", "batch_size", "prefill_s", "decode_ms_per_step", "decode_tokens_per_s", "peak_gpu_memory_gib",
+            "kept_prompt_tokens", "tokens_attended_per_step"]  # fmt: skip
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ns = parse_args(argv)
+    model = ns.model or str(write_arch(ns.arch, Path(tempfile.mkdtemp())))
+    batch = 0 if ns.max_batch else ns.batch_size
+    runs = [(Path(ns.config).stem if ns.config else "dense", ns.config)]
+    if ns.compare == "dense":
+        runs.append(("dense", None))
+    rows = []
+    try:
+        for name, config in runs:
+            rows.append(run_one(name, build_args(model, config, ns, batch), ns, batch))
+    except ConfigError as e:
+        sys.exit(f"rocket-bench: {e}")
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "runs": rows}
+    if len(rows) == 2:
+        a, b = rows
+        out["ratios_vs_dense"] = {
+            "decode_tokens_per_s": a["decode_tokens_per_s"] / b["decode_tokens_per_s"],
+            "decode_ms_per_step": a["decode_ms_per_step"] / b["decode_ms_per_step"],
+            "prefill_s": a["prefill_s"] / b["prefill_s"],
+            "peak_gpu_memory": (a["peak_gpu_memory_gib"] / b["peak_gpu_memory_gib"])
+            if b["peak_gpu_memory_gib"]
+            else None,
+        }
+    print(table(rows))
+    if "ratios_vs_dense" in out:
+        print("ratios vs dense:", json.dumps(out["ratios_vs_dense"]))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
