@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole GPU session in one call: GPU tests, kernel bandwidth, and rocket-bench against dense.
+# Run on the device machine from the repo root with .whl carried (see ../shared/tools/offline-wheels.sh).
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=$PWD:/tmp/site || exit 1
+ln -sfn "$PWD/kernels" rocket_trtllm/kernels  # the installed package maps kernels/ here; so does this link
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_paged_decode.py tests/test_kt_cache.py tests/test_stage1.py \
+  tests/test_llm.py tests/test_sparse.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/rocket-long-context.yaml"
+$B --input-len 131072 --output-len 256 --batch-size 1 --compare dense --json "$OUT/bench_128k_b1.json" 2>&1 \
+  | grep -v Loading | tee "$OUT/bench_128k_b1.txt"
+$B --input-len 32768 --output-len 128 --batch-size ${ROCKET_BATCH:-48} --json "$OUT/bench_32k_rocket.json" 2>&1 \
+  | grep -v Loading | tee "$OUT/bench_32k_rocket.txt"
+python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/dense.yaml --input-len 32768 \
+  --output-len 128 --max-batch --json "$OUT/bench_32k_dense.json" 2>&1 | grep -v Loading | tee "$OUT/bench_32k_dense.txt"
