@@ -14,7 +14,7 @@ python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernel
 B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/rocket-long-context.yaml"
 $B --input-len 131072 --output-len 256 --batch-size 1 --compare dense --json "$OUT/bench_128k_b1.json" 2>&1 \
   | grep -v Loading | tee "$OUT/bench_128k_b1.txt"
-$B --input-len 32768 --output-len 128 --batch-size ${ROCKET_BATCH:-48} --json "$OUT/bench_32k_rocket.json" 2>&1 \
+$B --input-len 32768 --output-len 128 --batch-size ${ROCKET_BATCH:-64} --json "$OUT/bench_32k_rocket.json" 2>&1 \
   | grep -v Loading | tee "$OUT/bench_32k_rocket.txt"
 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/dense.yaml --input-len 32768 \
   --output-len 128 --max-batch --json "$OUT/bench_32k_dense.json" 2>&1 | grep -v Loading | tee "$OUT/bench_32k_dense.txt"

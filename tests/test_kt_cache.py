@@ -95,6 +95,8 @@ def test_triton_page_scores_match_reference(dtype, topr):
     tables = torch.randperm(32, generator=gen)[:20].view(2, 10).int()
     pages = torch.tensor([13, 40])
     q = torch.randn(2, 8, 16, generator=gen)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lo, hi, tables, pages, q = (t.to(device) for t in (lo, hi, tables, pages, q))
     want = kt_page_scores_ref(q, lo, hi, tables, pages, topr)
     got = kt_page_scores(q, lo, hi, tables, pages, topr)
     assert torch.equal(got.isinf(), want.isinf())

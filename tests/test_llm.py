@@ -228,3 +228,18 @@ def test_bf16_on_gpu_close_to_transformers(tiny_models, arch):
         ref = hf_greedy(path, o.prompt_token_ids, 12, torch.bfloat16, "cuda")
         # bf16 rounding can flip a near-tie; the first tokens must agree.
         assert o.outputs[0].token_ids[:4] == ref[:4]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sparse", [None, {"algorithm": "rocket", "prompt_budget": 64, "window_size": 8,
+                                           "topk": 4, "topr": 16}])  # fmt: skip
+def test_cuda_graph_decode_matches_eager(llama_dir, sparse):
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    outs = []
+    for graphs in (None, {"batch_sizes": [1, 2, 4], "enable_padding": True}):
+        with LLM(str(llama_dir), dtype="float32", cuda_graph_config=graphs, sparse_attention_config=sparse) as llm:
+            outs.append([o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)])
+            if graphs:
+                assert llm.engine.runner.graphs  # the padded batch of 3 ran as the 4-graph
+            assert_pool_empty(llm)
+    assert outs[0] == outs[1]

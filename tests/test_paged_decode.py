@@ -48,7 +48,8 @@ CASES = [(1, [5, 70]), (4, [1, 17, 130]), (8, [64])]
 def test_triton_decode_matches_reference(dtype, group, lens):
     from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 
-    q, k, v, tables, cache_lens, idx, valid = random_case(group, lens, dtype, "cpu", seed=group)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, tables, cache_lens, idx, valid = random_case(group, lens, dtype, device, seed=group)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     want = paged_decode_ref(q, k, v, tables, cache_lens, 0.25)
     assert torch.allclose(paged_decode(q, k, v, tables, cache_lens, 0.25).float(), want.float(), atol=tol)

@@ -24,6 +24,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_requests, max_blocks] int32, contexts first
     cache_lens: torch.Tensor  # [num_generations] int32: cached tokens including this step's
     max_cache_len: int  # max of cache_lens (0 without generations), known on the host
+    static: bool = False  # captured in a CUDA graph: no choice may depend on this step's lengths
 
     @property
     def num_context_tokens(self) -> int:
@@ -42,6 +43,7 @@ class AttentionBackend:
     """
 
     uses_kt_cache = False
+    supports_cuda_graphs = True
 
     def __init__(self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Optional[Any] = None) -> None:
         self.config = config

@@ -56,7 +56,16 @@ class LLMEngine:
         self.pool = KVCachePool(shape, self._num_blocks(shape, kv_dtype), kv.tokens_per_block, kv_dtype, self.device)
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)
-        self.runner = ModelRunner(self.model, self.backend, self.device)
+        graphs = args.cuda_graph_config
+        self.runner = ModelRunner(
+            self.model,
+            self.backend,
+            self.pool,
+            self.device,
+            graph_sizes=graphs.capture_sizes(args.max_batch_size) if graphs else None,
+            graph_padding=bool(graphs and graphs.enable_padding),
+            max_seq_len=self.max_seq_len,
+        )
         self.scheduler = Scheduler(self.pool, args.max_batch_size, args.max_num_tokens)
         self.eos_ids = self._eos_ids()
         self.iteration = 0

@@ -65,12 +65,16 @@ class BlockAllocator:
 
 
 class KVCachePool:
-    """K and V for every layer: `[num_layers, num_blocks, kv_heads, tokens_per_block, head_dim]` each."""
+    """K and V for every layer: `[num_layers, num_blocks + 1, kv_heads, tokens_per_block, head_dim]` each.
+
+    The extra block (`scratch_block`) is never handed out: padded rows of a CUDA-graph batch write there.
+    """
 
     def __init__(
         self, shape: ModelShape, num_blocks: int, tokens_per_block: int, dtype: torch.dtype, device: torch.device
     ) -> None:
-        dims = (shape.num_layers, num_blocks, shape.num_kv_heads, tokens_per_block, shape.head_dim)
+        dims = (shape.num_layers, num_blocks + 1, shape.num_kv_heads, tokens_per_block, shape.head_dim)
+        self.scratch_block = num_blocks
         self.k = torch.zeros(dims, dtype=dtype, device=device)
         self.v = torch.zeros(dims, dtype=dtype, device=device)
         self.tokens_per_block = tokens_per_block

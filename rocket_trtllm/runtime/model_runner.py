@@ -1,17 +1,44 @@
-"""Tensors in, logits out: packs a batch for the model and runs it."""
+"""Tensors in, logits out: packs a batch for the model and runs it, decode steps as CUDA graphs."""
+
+from typing import Optional
 
 import torch
 
 from ..models.llama import CausalLM
 from .attention import AttentionBackend, AttentionMetadata
+from .kv_cache import KVCachePool
 from .scheduler import Batch
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, backend: AttentionBackend, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        backend: AttentionBackend,
+        pool: KVCachePool,
+        device: torch.device,
+        graph_sizes: Optional[list[int]] = None,
+        graph_padding: bool = False,
+        max_seq_len: int = 0,
+    ) -> None:
         self.model = model
         self.backend = backend
+        self.pool = pool
         self.device = device
+        use_graphs = bool(graph_sizes) and device.type == "cuda" and backend.supports_cuda_graphs
+        self.graph_sizes = sorted(graph_sizes or []) if use_graphs else []
+        self.graph_padding = graph_padding
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if self.graph_sizes:
+            b, width = self.graph_sizes[-1], pool.blocks_for(max_seq_len)
+            self.static = {
+                "ids": torch.zeros(b, dtype=torch.int32, device=device),
+                "positions": torch.zeros(b, dtype=torch.int32, device=device),
+                "logit_idx": torch.arange(b, dtype=torch.int32, device=device),
+                "tables": torch.full((b, width), pool.scratch_block, dtype=torch.int32, device=device),
+                "cache_lens": torch.ones(b, dtype=torch.int32, device=device),
+            }
+            self.graph_pool = torch.cuda.graph_pool_handle()
 
     def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:
         ids: list[int] = []
@@ -45,10 +72,80 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
         """Logits of each sequence's next token, [len(batch.sequences), vocab] float32."""
-        ids, positions, logit_idx, meta = self.prepare(batch)
-        logits = self.model(ids, positions, logit_idx, self.backend, meta)
+        bucket = self._bucket(batch)
+        if bucket:
+            logits = self._replay(bucket, batch)
+        else:
+            ids, positions, logit_idx, meta = self.prepare(batch)
+            logits = self.model(ids, positions, logit_idx, self.backend, meta)
         for seq in batch.contexts:
             seq.cache_len = seq.kept_prompt_len
         for seq in batch.generations:
             seq.cache_len += 1
         return logits
+
+    # ---- CUDA graphs: one per batch-size bucket, for steps that only decode ------------------
+
+    def _bucket(self, batch: Batch) -> int:
+        n = len(batch.generations)
+        if batch.contexts or not self.graph_sizes:
+            return 0
+        if n in self.graph_sizes:
+            return n
+        if self.graph_padding:
+            return next((b for b in self.graph_sizes if b >= n), 0)
+        return 0
+
+    def _static_meta(self, bucket: int) -> AttentionMetadata:
+        tables = self.static["tables"][:bucket]
+        return AttentionMetadata(
+            num_contexts=0,
+            context_lens=[],
+            kept_lens=[],
+            block_tables=tables,
+            cache_lens=self.static["cache_lens"][:bucket],
+            max_cache_len=tables.shape[1] * self.pool.tokens_per_block,
+            static=True,
+        )
+
+    def _forward_static(self, bucket: int) -> torch.Tensor:
+        s = self.static
+        return self.model(
+            s["ids"][:bucket], s["positions"][:bucket], s["logit_idx"][:bucket], self.backend, self._static_meta(bucket)
+        )
+
+    def _capture(self, bucket: int) -> None:
+        # Padding rows (and the warm-up) read and write only the scratch block.
+        self.static["tables"].fill_(self.pool.scratch_block)
+        self.static["cache_lens"].fill_(1)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compile the Triton kernels and settle allocations before capture
+                self._forward_static(bucket)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.graph_pool):
+            out = self._forward_static(bucket)
+        self.graphs[bucket] = (graph, out)
+
+    def _replay(self, bucket: int, batch: Batch) -> torch.Tensor:
+        if bucket not in self.graphs:
+            self._capture(bucket)
+        seqs = batch.generations
+        n, width = len(seqs), self.static["tables"].shape[1]
+        scratch = self.pool.scratch_block
+        host = torch.full((bucket, 3 + width), scratch, dtype=torch.int32)
+        host[:, :3] = torch.tensor([0, 0, 1], dtype=torch.int32)
+        for i, seq in enumerate(seqs):
+            host[i, 0], host[i, 1], host[i, 2] = seq.last_token, seq.num_tokens - 1, seq.cache_len + 1
+            host[i, 3 : 3 + len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        dev = host.to(self.device, non_blocking=True)
+        s = self.static
+        s["ids"][:bucket].copy_(dev[:, 0])
+        s["positions"][:bucket].copy_(dev[:, 1])
+        s["cache_lens"][:bucket].copy_(dev[:, 2])
+        s["tables"][:bucket].copy_(dev[:, 3:])
+        graph, out = self.graphs[bucket]
+        graph.replay()
+        return out[:n]

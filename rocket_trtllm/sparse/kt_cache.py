@@ -16,7 +16,7 @@ class KTCache:
         self.pool = pool
         self.page_size = page_size
         self.pages_per_block = pool.tokens_per_block // page_size
-        num_blocks = pool.allocator.num_blocks
+        num_blocks = pool.k.shape[1]  # the scratch block included
         dims = (shape.num_layers, num_blocks, shape.num_kv_heads, self.pages_per_block, shape.head_dim)
         self.kmin = torch.zeros(dims, dtype=dtype, device=pool.k.device)
         self.kmax = torch.zeros(dims, dtype=dtype, device=pool.k.device)

@@ -48,8 +48,9 @@ class PageSelectionAttention(AttentionBackend):
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         tables = meta.gen_block_tables
         self.kt.append(layer, tables, meta.cache_lens)
-        if self._is_dense(meta.max_cache_len):
+        if not meta.static and self._is_dense(meta.max_cache_len):
             # Everything kept fits in the selection (or the batch is short): exact dense attention.
+            # (In a CUDA graph the sparse path runs; it selects every page of a short sequence.)
             return self.dense_decode(layer, q, meta)
         tables = tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size

@@ -10,6 +10,8 @@ from .registry import register_sparse_attention
 
 
 class StreamingLLMAttention(AttentionBackend):
+    supports_cuda_graphs = False  # chooses dense or sparse from this step's lengths
+
     def attended_tokens(self, cache_len: int) -> int:
         return min(cache_len, self.config.sink_size + self.config.window_size)
 
