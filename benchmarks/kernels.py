@@ -8,7 +8,8 @@ import argparse
 import json
 
 import torch
-from rocket_trtllm.kernels.kt_predict import kt_page_scores
+from rocket_trtllm.kernels.cache_update import store_token
+from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 from triton.testing import do_bench
 
@@ -48,19 +49,41 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
         lambda: torch.nn.functional.scaled_dot_product_attention(qs, kc, vc, scale=scale, enable_gqa=True),
         kv_bytes,
     )
-    pages = 64 + 1
-    idx = (torch.randint(0, n // 4, (batch, KV_HEADS, pages), device="cuda")[..., None] * 4
-           + torch.arange(4, device="cuda")).flatten(2)  # fmt: skip
-    valid = torch.ones_like(idx, dtype=torch.bool)
-    row("sparse_decode 65 pages x 4 (triton)", lambda: sparse_decode(q, k, v, tables, idx, valid, scale),
-        2 * batch * KV_HEADS * idx.shape[-1] * D * 2)  # fmt: skip
+    pages = torch.rand(batch, KV_HEADS, n // 4, device="cuda").argsort(-1)[..., :65].contiguous()
+    row("sparse_decode 65 pages x 4 (triton)", lambda: sparse_decode(q, k, v, tables, pages, lens, 4, scale),
+        2 * batch * KV_HEADS * 65 * 4 * D * 2)  # fmt: skip
     ppb = BS // 4
     kt_lo = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda").to(torch.float8_e5m2)
     kt_hi = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda").to(torch.float8_e5m2)
-    n_pages = torch.full((batch,), n // 4, device="cuda")
-    row("kt_page_scores fp8 (triton)", lambda: kt_page_scores(q, kt_lo, kt_hi, tables, n_pages, D),
-        2 * batch * KV_HEADS * (n // 4) * D)  # fmt: skip
+    n_pages = torch.full((batch,), n // 4, device="cuda", dtype=torch.int32)
+    kt_bytes = 2 * batch * KV_HEADS * (n // 4) * D
+    row("kt_page_scores fp8, top-r 64 (triton)", lambda: kt_page_scores(q, kt_lo, kt_hi, tables, n_pages, 64), kt_bytes)
+    # One layer's whole decode attention as a CUDA graph replays it (no launch overhead): write the
+    # new K/V (and its KT page), then dense attention, or predict + top-k + sparse attention.
+    k_new, v_new = torch.randn_like(q[:, :KV_HEADS]), torch.randn_like(q[:, :KV_HEADS])
+
+    def dense_layer():
+        store_token(k_new, v_new, k, v, tables, lens)
+        return paged_decode(q, k, v, tables, lens, scale)
+
+    def rocket_layer():
+        store_token(k_new, v_new, k, v, tables, lens, kt_lo, kt_hi, 4)
+        sel = predict_pages(q, kt_lo, kt_hi, tables, n_pages, 64, 64)
+        return sparse_decode(q, k, v, tables, sel, lens, 4, scale)
+
+    row("dense decode layer (graph)", graphed(dense_layer), kv_bytes)
+    sparse_bytes = kt_bytes + 2 * batch * KV_HEADS * 260 * D * 2
+    row("rocket decode layer, every page scored (graph)", graphed(rocket_layer), sparse_bytes)
     return rows
+
+
+def graphed(fn):
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def main() -> None:
@@ -69,7 +92,8 @@ def main() -> None:
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows = []
-    for batch, n in [(1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
+    # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated).
+    for batch, n in [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
         rows += case(batch, n, copy_tbs)
         torch.cuda.empty_cache()
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_tbs:.2f} TB/s (read + write)")

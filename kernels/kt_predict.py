@@ -50,15 +50,29 @@ def _pages(kt: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 1, 3, 4).reshape(b, h, nb * ppb, d)
 
 
-def select_pages_ref(scores: torch.Tensor, num_pages: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_pages_ref(scores: torch.Tensor, num_pages: torch.Tensor, topk: int) -> torch.Tensor:
     """The `topk` best pages plus each sequence's newest page (the one being written).
 
-    scores: [batch, kv_heads, max_pages] -> (pages [batch, kv_heads, min(topk + 1, max_pages)], valid mask)
+    scores: [batch, kv_heads, max_pages] (-inf past each sequence) -> pages [batch, kv_heads,
+    min(topk + 1, max_pages)]; a sequence with fewer pages also gets some past its end, which
+    `sparse_decode` masks.
     """
     last = (num_pages - 1).long()[:, None, None].expand(-1, scores.shape[1], 1)
     scores = scores.scatter(-1, last, float("inf"))
-    top = scores.topk(min(topk + 1, scores.shape[-1]), dim=-1)
-    return top.indices, top.values > float("-inf")
+    return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices
+
+
+def predict_pages_ref(
+    q: torch.Tensor,
+    kt_min: torch.Tensor,
+    kt_max: torch.Tensor,
+    block_tables: torch.Tensor,
+    num_pages: torch.Tensor,
+    topr: int,
+    topk: int,
+) -> torch.Tensor:
+    """Stage 2's prediction: score every page from the KT cache, keep the best `topk` and the newest."""
+    return select_pages_ref(kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)
 
 
 # ---- Triton: score every KT page of every sequence in one pass over the (fp8) KT cache.
@@ -73,41 +87,65 @@ if triton is not None:
 
     @triton.jit
     def _kt_score_kernel(
-        qp_ptr, qn_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr,
-        s_blk, s_h, s_p, st_b, so_b, so_h, max_pages,
-        D: tl.constexpr, PPB: tl.constexpr, BLOCK_P: tl.constexpr,
+        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr,
+        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages,
+        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
+        BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
-        kv_heads = tl.num_programs(1)
         p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+        g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
+        q = q.to(tl.float32)
+        if TOPR < D:
+            # split_query's channel choice, in registers: a channel is kept when fewer than TOPR
+            # channels have a larger |q| summed over the group (ties go to the lower channel).
+            a = tl.sum(tl.abs(q), 0)
+            ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
+            keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
+            q = tl.where(keep[None, :], q, 0.0)
+        qp = tl.sum(tl.maximum(q, 0.0), 0)
+        qn = tl.sum(tl.minimum(q, 0.0), 0)
         n_pages = tl.load(pages_ptr + b)
         ok = p < n_pages
-        qp = tl.load(qp_ptr + (b * kv_heads + h) * D + d)
-        qn = tl.load(qn_ptr + (b * kv_heads + h) * D + d)
         blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
         off = blk * s_blk + h * s_h + (p % PPB) * s_p
         hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        score = tl.sum(hi * qp[None, :] + lo * qn[None, :], 1)
-        tl.store(out_ptr + b * so_b + h * so_h + p, tl.where(ok, score, float("-inf")), mask=p < max_pages)
+        score = tl.where(ok, tl.sum(hi * qp[None, :] + lo * qn[None, :], 1), float("-inf"))
+        if NEWEST:
+            score = tl.where(p == n_pages - 1, float("inf"), score)
+        tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
 
 
-def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
-    """Triton version of `kt_page_scores_ref` (same arguments and result)."""
+def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
+    """Triton version of `kt_page_scores_ref` (same arguments and result), the top-r channel choice
+    fused in; `newest=True` also scores each sequence's newest page +inf (as `select_pages_ref` does)."""
     if triton is None:
         raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
-    batch = q.shape[0]
-    _, kv_heads, ppb, d = kt_min.shape
-    q_pos, q_neg = split_query(q, kv_heads, topr)
+    batch, q_heads, d = q.shape
+    if d & (d - 1):
+        raise ValueError(f"head_dim must be a power of two, got {d}")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    _, kv_heads, ppb, _ = kt_min.shape
+    group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
     block_p = 64
     _kt_score_kernel[(batch, kv_heads, triton.cdiv(max_pages, block_p))](
-        q_pos.contiguous(), q_neg.contiguous(), kt_min, kt_max, block_tables, num_pages.to(torch.int32), out,
-        kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
+        q, kt_min, kt_max, block_tables, num_pages, out,
+        q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), max_pages,
-        D=d, PPB=ppb, BLOCK_P=block_p,
+        G=group, G_PAD=max(2, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
+        NEWEST=newest,
     )  # fmt: skip
     return out
+
+
+def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk):  # noqa: ANN001, ANN201
+    """Triton version of `predict_pages_ref`: one fused scoring kernel, then torch's top-k."""
+    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=True)
+    return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices

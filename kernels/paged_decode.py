@@ -62,7 +62,7 @@ def gather_tokens_ref(cache: torch.Tensor, block_tables: torch.Tensor, token_idx
     return cache[blocks, heads, token_idx % block_size]
 
 
-def sparse_decode_ref(
+def token_decode_ref(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -71,7 +71,7 @@ def sparse_decode_ref(
     valid: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Sparse decode: each query group attends only to its KV head's selected tokens.
+    """Each query group attends only to its KV head's listed tokens (the baselines' token-level selection).
 
     q: [batch, q_heads, head_dim]; token_idx, valid: [batch, kv_heads, n] -> [batch, q_heads, head_dim]
     """
@@ -81,6 +81,36 @@ def sparse_decode_ref(
     v = gather_tokens_ref(v_cache, block_tables, token_idx)
     out = attend_ref(q.view(batch, kv_heads, q_heads // kv_heads, head_dim), k, v, valid, scale)
     return out.reshape(batch, q_heads, head_dim)
+
+
+def page_tokens(pages: torch.Tensor, cache_lens: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected pages -> their token positions and which of those exist (< cache_len).
+
+    pages: [batch, kv_heads, k] -> token_idx, valid: [batch, kv_heads, k * page_size]
+    """
+    offsets = torch.arange(page_size, device=pages.device)
+    token_idx = (pages.long()[..., None] * page_size + offsets).flatten(2)
+    return token_idx, token_idx < cache_lens[:, None, None]
+
+
+def sparse_decode_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    pages: torch.Tensor,
+    cache_lens: torch.Tensor,
+    page_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Sparse decode: each query group attends only to the tokens of its KV head's selected pages.
+
+    Pages past a sequence's end (picked when it has fewer pages than the selection) and the unwritten
+    slots of its last page are masked. q: [batch, q_heads, head_dim]; pages: [batch, kv_heads, k]
+    -> [batch, q_heads, head_dim]
+    """
+    token_idx, valid = page_tokens(pages, cache_lens, page_size)
+    return token_decode_ref(q, k_cache, v_cache, block_tables, token_idx, valid, scale)
 
 
 # ---- Triton: split-K flash decoding over a paged cache, GQA-aware (one program reads a KV head's
@@ -96,11 +126,11 @@ if triton is not None:
 
     @triton.jit
     def _decode_split_kernel(
-        q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, idx_ptr, valid_ptr, po_ptr, pm_ptr, pl_ptr,
+        q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, pages_ptr, po_ptr, pm_ptr, pl_ptr,
         scale, n_tokens, chunk,
-        sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, si_b, si_h,
+        sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE: tl.constexpr, IEEE: tl.constexpr,
+        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -113,16 +143,18 @@ if triton is not None:
         m_i = tl.full([G_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, D], tl.float32)
+        seq_len = tl.load(lens_ptr + b)
         start = s * chunk
         end = tl.minimum(start + chunk, n_tokens)
         if not SPARSE:
-            end = tl.minimum(end, tl.load(lens_ptr + b))
+            end = tl.minimum(end, seq_len)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             inside = n < end
-            if SPARSE:
-                t = tl.load(idx_ptr + b * si_b + h * si_h + n, mask=inside, other=0)
-                ok = inside & (tl.load(valid_ptr + b * si_b + h * si_h + n, mask=inside, other=0) != 0)
+            if SPARSE:  # the n-th token of the selection: slot n % PS of selected page n // PS
+                page = tl.load(pages_ptr + b * sp_b + h * sp_h + n // PS, mask=inside, other=0)
+                t = page * PS + n % PS
+                ok = inside & (t < seq_len)
             else:
                 t = n
                 ok = inside
@@ -170,7 +202,7 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
     return max(1, min(target, -(-n_tokens // block_n), 64))
 
 
-def _decode(q, k_cache, v_cache, block_tables, cache_lens, token_idx, valid, scale, n_tokens):
+def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
     batch, q_heads, d = q.shape
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
@@ -182,17 +214,17 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, token_idx, valid, sca
     po = torch.empty(batch * q_heads * splits, d, device=q.device, dtype=torch.float32)
     pm = torch.empty(batch * q_heads * splits, device=q.device, dtype=torch.float32)
     pl = torch.empty_like(pm)
-    sparse = token_idx is not None
+    sparse = pages is not None
     if not sparse:
-        token_idx = valid = cache_lens  # unused placeholders
+        pages = cache_lens  # an unused placeholder
     q = q.contiguous()
     _decode_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, cache_lens, token_idx, valid, po, pm, pl,
+        q, k_cache, v_cache, block_tables, cache_lens, pages, po, pm, pl,
         scale, n_tokens, chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), token_idx.stride(0) if sparse else 0, token_idx.stride(1) if sparse else 0,
+        block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
     )  # fmt: skip
     out = torch.empty_like(q)
     _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits))
@@ -212,12 +244,13 @@ def paged_decode(q, k_cache, v_cache, block_tables, cache_lens, scale):  # noqa:
     """Triton version of `paged_decode_ref` (same arguments and result)."""
     _check(q, k_cache)
     n_tokens = block_tables.shape[1] * k_cache.shape[2]
-    return _decode(q, k_cache, v_cache, block_tables, cache_lens, None, None, scale, n_tokens)
+    return _decode(q, k_cache, v_cache, block_tables, cache_lens, None, 1, scale, n_tokens)
 
 
-def sparse_decode(q, k_cache, v_cache, block_tables, token_idx, valid, scale):  # noqa: ANN001, ANN201
-    """Triton version of `sparse_decode_ref` (same arguments and result)."""
+def sparse_decode(q, k_cache, v_cache, block_tables, pages, cache_lens, page_size, scale):  # noqa: ANN001, ANN201
+    """Triton version of `sparse_decode_ref` (same arguments and result): reads exactly the selected pages."""
     _check(q, k_cache)
-    token_idx = token_idx.to(torch.int32).contiguous()
-    valid = valid.expand_as(token_idx).to(torch.int8).contiguous()
-    return _decode(q, k_cache, v_cache, block_tables, None, token_idx, valid, scale, token_idx.shape[-1])
+    if pages.stride(-1) != 1:
+        pages = pages.contiguous()
+    n_tokens = pages.shape[-1] * page_size
+    return _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens)

@@ -108,7 +108,7 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
         cuda_graph_config=graphs.model_copy(update={"enable_padding": True}) if graphs else None,
         max_seq_len=max(seq, base.max_seq_len or 0),
         max_num_tokens=max(ns.input_len, base.max_num_tokens),
-        max_batch_size=max(batch, 1),
+        max_batch_size=batch if batch > 0 else base.max_batch_size,  # --max-batch: the scheduler limits it
         kv_cache_config=kv,
         load_format="dummy" if ns.random_weights else "auto",
     )
@@ -119,7 +119,6 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     llm = LLM(model=llm_args.model, llm_args=llm_args)
     try:
         if batch <= 0:  # --max-batch: what the pool can hold
@@ -140,26 +139,33 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
         snap = llm.snapshot()
     finally:
         llm.shutdown()
-    prefill = [s["iterLatencyMS"] for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
-    decode = [
-        s["iterLatencyMS"]
-        for s in stats
-        if not s["inflightBatchingStats"]["numContextRequests"]
-        and s["inflightBatchingStats"]["numGenRequests"] == batch
-    ]
+    prefill_steps = [s for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
+    decode_steps = [s for s in stats if not s["inflightBatchingStats"]["numContextRequests"]]
+    # Decode speed at the largest batch that decoded together (all of them, unless the pool could
+    # not hold every request at once); the median skips the CUDA-graph captures.
+    decoded = max((s["inflightBatchingStats"]["numGenRequests"] for s in decode_steps), default=0)
+    decode = [s["iterLatencyMS"] for s in decode_steps if s["inflightBatchingStats"]["numGenRequests"] == decoded]
     decode_ms = statistics.median(decode) if decode else 0.0
+
+    def peak(steps: list[dict[str, Any]]) -> Optional[float]:
+        return max((s["gpuPeakMemUsage"] for s in steps), default=0) / 2**30 if cuda else None
+
     result = {
         "config": name,
         "batch_size": batch,
+        "decode_batch": decoded,
         "input_len": ns.input_len,
         "output_len": ns.output_len,
-        "prefill_s": sum(prefill) / 1e3,
+        "prefill_s": sum(s["iterLatencyMS"] for s in prefill_steps) / 1e3,
         "decode_ms_per_step": decode_ms,  # median over full-batch decode steps
-        "decode_tokens_per_s": batch * 1e3 / decode_ms if decode_ms else 0.0,
+        "decode_tokens_per_s": decoded * 1e3 / decode_ms if decode_ms else 0.0,
         "end_to_end_s": total,
         "kept_prompt_tokens": snap["lastKeptPromptTokens"],
         "tokens_attended_per_step": snap["meanTokensAttendedPerStep"],
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        # Peaks while serving the run (weights, KV pool, activations), not while loading.
+        "peak_gpu_memory_gib": peak(stats) if cuda else None,
+        "peak_prefill_gib": peak(prefill_steps),
+        "peak_decode_gib": peak(decode_steps),
     }
     del llm
     gc.collect()
@@ -167,8 +173,8 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["config", "batch_size", "prefill_s", "decode_ms_per_step", "decode_tokens_per_s", "peak_gpu_memory_gib",
-            "kept_prompt_tokens", "tokens_attended_per_step"]  # fmt: skip
+    cols = ["config", "batch_size", "decode_batch", "prefill_s", "decode_ms_per_step", "decode_tokens_per_s",
+            "peak_prefill_gib", "peak_decode_gib", "kept_prompt_tokens", "tokens_attended_per_step"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from rocket_trtllm.kernels.paged_decode import paged_decode_ref, sparse_decode_ref
+from rocket_trtllm.kernels.paged_decode import paged_decode_ref, sparse_decode_ref, token_decode_ref
 
 
 @pytest.mark.parametrize("group,lens", [(1, [5, 33]), (4, [1, 17, 64]), (3, [40])])
@@ -16,8 +16,9 @@ def test_sparse_over_every_token_equals_dense(group, lens):
     dense = paged_decode_ref(q, k, v, tables, cache_lens, 0.25)
     idx = torch.randperm(width * bs, generator=gen).expand(len(lens), kv_heads, -1)  # any order
     valid = idx < cache_lens[:, None, None]
-    sparse = sparse_decode_ref(q, k, v, tables, idx, valid, 0.25)
-    assert torch.allclose(dense, sparse, atol=1e-5)
+    assert torch.allclose(dense, token_decode_ref(q, k, v, tables, idx, valid, 0.25), atol=1e-5)
+    pages = torch.randperm(width * bs // 4, generator=gen).expand(len(lens), kv_heads, -1)
+    assert torch.allclose(dense, sparse_decode_ref(q, k, v, tables, pages, cache_lens, 4, 0.25), atol=1e-5)
     # Against plain attention on contiguous K/V.
     for b, n in enumerate(lens):
         kb = k[tables[b]].permute(1, 0, 2, 3).reshape(kv_heads, -1, d)[:, :n].repeat_interleave(group, 0)
@@ -26,7 +27,7 @@ def test_sparse_over_every_token_equals_dense(group, lens):
         assert torch.allclose(dense[b], torch.einsum("hn,hnd->hd", ref, vb), atol=1e-5)
 
 
-def random_case(group, lens, dtype, device, kv_heads=2, d=16, bs=8, n_sel=37, seed=0):
+def random_case(group, lens, dtype, device, kv_heads=2, d=16, bs=8, n_sel=9, page=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
     width = max(-(-n // bs) for n in lens)
     blocks = width * len(lens) + 3
@@ -35,9 +36,10 @@ def random_case(group, lens, dtype, device, kv_heads=2, d=16, bs=8, n_sel=37, se
     tables = torch.randperm(blocks, generator=gen)[: width * len(lens)].view(len(lens), width).int().to(device)
     q = torch.randn(len(lens), kv_heads * group, d, generator=gen).to(device, dtype)
     cache_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    idx = torch.randint(0, width * bs, (len(lens), kv_heads, n_sel), generator=gen).to(device)
-    idx[..., 0] = 0  # the real path always has a valid token (the newest page)
-    return q, k, v, tables, cache_lens, idx, idx < cache_lens[:, None, None]
+    # Distinct pages per head, some past a short sequence's end (as the selection returns them).
+    pages = torch.rand(len(lens), kv_heads, width * bs // page, generator=gen).argsort(-1)[..., :n_sel]
+    pages[..., 0] = 0  # the real path always has a valid token (the newest page)
+    return q, k, v, tables, cache_lens, pages.contiguous().to(device)
 
 
 CASES = [(1, [5, 70]), (4, [1, 17, 130]), (8, [64])]
@@ -49,12 +51,13 @@ def test_triton_decode_matches_reference(dtype, group, lens):
     from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, tables, cache_lens, idx, valid = random_case(group, lens, dtype, device, seed=group)
+    q, k, v, tables, cache_lens, pages = random_case(group, lens, dtype, device, seed=group)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     want = paged_decode_ref(q, k, v, tables, cache_lens, 0.25)
     assert torch.allclose(paged_decode(q, k, v, tables, cache_lens, 0.25).float(), want.float(), atol=tol)
-    want = sparse_decode_ref(q, k, v, tables, idx, valid, 0.25)
-    assert torch.allclose(sparse_decode(q, k, v, tables, idx, valid, 0.25).float(), want.float(), atol=tol)
+    want = sparse_decode_ref(q, k, v, tables, pages, cache_lens, 4, 0.25)
+    got = sparse_decode(q, k, v, tables, pages, cache_lens, 4, 0.25)
+    assert torch.allclose(got.float(), want.float(), atol=tol)
 
 
 @pytest.mark.gpu
@@ -63,12 +66,13 @@ def test_triton_decode_matches_reference(dtype, group, lens):
 def test_triton_decode_on_gpu(dtype, group, lens):
     from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 
-    q, k, v, tables, cache_lens, idx, valid = random_case(
-        group, lens, dtype, "cuda", kv_heads=8, d=128, bs=32, n_sel=260, seed=group
+    q, k, v, tables, cache_lens, pages = random_case(
+        group, lens, dtype, "cuda", kv_heads=8, d=128, bs=32, n_sel=65, seed=group
     )
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     want = paged_decode_ref(q, k, v, tables, cache_lens, 128**-0.5)
     got = paged_decode(q, k, v, tables, cache_lens, 128**-0.5)
     assert torch.allclose(got.float(), want.float(), atol=tol)
-    want = sparse_decode_ref(q, k, v, tables, idx, valid, 128**-0.5)
-    assert torch.allclose(sparse_decode(q, k, v, tables, idx, valid, 128**-0.5).float(), want.float(), atol=tol)
+    want = sparse_decode_ref(q, k, v, tables, pages, cache_lens, 4, 128**-0.5)
+    got = sparse_decode(q, k, v, tables, pages, cache_lens, 4, 128**-0.5)
+    assert torch.allclose(got.float(), want.float(), atol=tol)

@@ -68,8 +68,8 @@ def load_model(
     cls = architecture_of(cfg)
     files = [] if random_weights else weight_files(model_dir)
     with torch.device("meta"):
-        model = cls(cfg)
-    model.to_empty(device=device)
+        model = cls(cfg).to(dtype)
+    model.to_empty(device=device)  # allocated once, in `dtype` (float32 first would double the peak)
     # Buffers built on the meta device hold nothing: compute the RoPE frequencies for real.
     model.rotary.inv_freq = inv_frequencies(rope_parameters(cfg), model.shape.head_dim).to(device)
     params = dict(model.named_parameters())
@@ -99,4 +99,5 @@ def load_model(
         raise ConfigError(f"the checkpoint lacks {len(missing)} weights, e.g. {missing[0]}", "model")
     for p in model.parameters():
         p.data = p.data.to(dtype)
+    model.fuse_projections()
     return model.eval().requires_grad_(False)

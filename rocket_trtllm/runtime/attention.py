@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..kernels.cache_update import store_token, store_token_ref
 from ..kernels.paged_decode import paged_decode, paged_decode_ref
 from .kv_cache import KVCachePool, ModelShape
 
@@ -68,15 +69,16 @@ class AttentionBackend:
     def _context(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        outs, start = [], 0
+        out = torch.empty_like(q)
+        start = 0
         for i, n in enumerate(meta.context_lens):
             qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
-            outs.append(causal_attention(qi, ki, vi, self.scale).transpose(0, 1))
+            causal_attention(qi, ki, vi, self.scale, out=out[start : start + n].transpose(0, 1))
             k_kept, v_kept = self.compress_prompt(layer, qi, ki, vi)
             self._store_prompt(layer, i, k_kept, v_kept, meta)
             start += n
         self.after_context(layer, meta)
-        return torch.cat(outs)
+        return out
 
     def _store_prompt(self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         # k, v: [kv_heads, n, head_dim] -> slots 0..n-1 of request i
@@ -88,11 +90,8 @@ class AttentionBackend:
 
     def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request
-        slot = meta.cache_lens.long() - 1
-        bs = self.pool.tokens_per_block
-        blocks = torch.gather(meta.gen_block_tables.long(), 1, (slot // bs)[:, None])[:, 0]
-        self.pool.k[layer][blocks, :, slot % bs] = k
-        self.pool.v[layer][blocks, :, slot % bs] = v
+        store = store_token if self.use_kernels else store_token_ref
+        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens)
 
     @classmethod
     def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:
@@ -129,10 +128,14 @@ class AttentionBackend:
         """A request's blocks are going back to the pool; drop any per-request state."""
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> [q_heads, n, d]."""
-    if q.shape[0] != k.shape[0]:
-        # Expanded K/V keep SDPA on its flash kernels, which take GQA only in some torch builds.
-        group = q.shape[0] // k.shape[0]
-        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=scale)[0]
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+    """q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> out: [q_heads, n, d] (any strides).
+
+    One KV head's query group at a time: its K/V repeated over the group keep SDPA on its flash
+    kernels (GQA support varies across torch builds) and cost 1/kv_heads of repeating them all.
+    """
+    group = q.shape[0] // k.shape[0]
+    for h in range(k.shape[0]):
+        heads = slice(h * group, (h + 1) * group)
+        kh, vh = k[h : h + 1].expand(group, -1, -1).contiguous(), v[h : h + 1].expand(group, -1, -1).contiguous()
+        out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], is_causal=True, scale=scale)[0]

@@ -189,6 +189,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.sequences:
             return []
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # for this iteration's gpuPeakMemUsage
         try:
             logits = self.runner.run(batch)
             tokens = sample(logits, batch.sequences)
@@ -255,6 +257,9 @@ class LLMEngine:
                 "tokensPerBlock": self.pool.tokens_per_block,
             },
         }
+        if self.device.type == "cuda":
+            stats["gpuMemUsage"] = torch.cuda.memory_allocated(self.device)
+            stats["gpuPeakMemUsage"] = torch.cuda.max_memory_allocated(self.device)  # during this iteration
         stats["sparseAttentionStats"] = self.sparse_stats()
         return stats
 

@@ -28,7 +28,7 @@ class ModelRunner:
         use_graphs = bool(graph_sizes) and device.type == "cuda" and backend.supports_cuda_graphs
         self.graph_sizes = sorted(graph_sizes or []) if use_graphs else []
         self.graph_padding = graph_padding
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if self.graph_sizes:
             b, width = self.graph_sizes[-1], pool.blocks_for(max_seq_len)
             self.static = {
@@ -74,7 +74,7 @@ class ModelRunner:
         """Logits of each sequence's next token, [len(batch.sequences), vocab] float32."""
         bucket = self._bucket(batch)
         if bucket:
-            logits = self._replay(bucket, batch)
+            logits = self._replay(bucket, self._width(batch), batch)
         else:
             ids, positions, logit_idx, meta = self.prepare(batch)
             logits = self.model(ids, positions, logit_idx, self.backend, meta)
@@ -84,7 +84,17 @@ class ModelRunner:
             seq.cache_len += 1
         return logits
 
-    # ---- CUDA graphs: one per batch-size bucket, for steps that only decode ------------------
+    # ---- CUDA graphs for steps that only decode: one per (batch-size bucket, block-table width) ---
+    # The width is a power of two of KV blocks (at least MIN_GRAPH_BLOCKS, at most max_seq_len's), so
+    # a graph's kernels cover the batch's longest sequence and not max_seq_len: after RocketKV's
+    # eviction a 128k prompt keeps ~2k tokens, and its graph scans ~2k-token tables.
+
+    MIN_GRAPH_BLOCKS = 16
+
+    def _width(self, batch: Batch) -> int:
+        longest = max(len(s.block_table) for s in batch.generations)
+        width = max(self.MIN_GRAPH_BLOCKS, 1 << (longest - 1).bit_length())
+        return min(width, self.static["tables"].shape[1])
 
     def _bucket(self, batch: Batch) -> int:
         n = len(batch.generations)
@@ -96,8 +106,8 @@ class ModelRunner:
             return next((b for b in self.graph_sizes if b >= n), 0)
         return 0
 
-    def _static_meta(self, bucket: int) -> AttentionMetadata:
-        tables = self.static["tables"][:bucket]
+    def _static_meta(self, bucket: int, width: int) -> AttentionMetadata:
+        tables = self.static["tables"][:bucket, :width]
         return AttentionMetadata(
             num_contexts=0,
             context_lens=[],
@@ -108,13 +118,12 @@ class ModelRunner:
             static=True,
         )
 
-    def _forward_static(self, bucket: int) -> torch.Tensor:
+    def _forward_static(self, bucket: int, width: int) -> torch.Tensor:
         s = self.static
-        return self.model(
-            s["ids"][:bucket], s["positions"][:bucket], s["logit_idx"][:bucket], self.backend, self._static_meta(bucket)
-        )
+        meta = self._static_meta(bucket, width)
+        return self.model(s["ids"][:bucket], s["positions"][:bucket], s["logit_idx"][:bucket], self.backend, meta)
 
-    def _capture(self, bucket: int) -> None:
+    def _capture(self, bucket: int, width: int) -> None:
         # Padding rows (and the warm-up) read and write only the scratch block.
         self.static["tables"].fill_(self.pool.scratch_block)
         self.static["cache_lens"].fill_(1)
@@ -122,18 +131,18 @@ class ModelRunner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # compile the Triton kernels and settle allocations before capture
-                self._forward_static(bucket)
+                self._forward_static(bucket, width)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.graph_pool):
-            out = self._forward_static(bucket)
-        self.graphs[bucket] = (graph, out)
+            out = self._forward_static(bucket, width)
+        self.graphs[bucket, width] = (graph, out)
 
-    def _replay(self, bucket: int, batch: Batch) -> torch.Tensor:
-        if bucket not in self.graphs:
-            self._capture(bucket)
+    def _replay(self, bucket: int, width: int, batch: Batch) -> torch.Tensor:
+        if (bucket, width) not in self.graphs:
+            self._capture(bucket, width)
         seqs = batch.generations
-        n, width = len(seqs), self.static["tables"].shape[1]
+        n = len(seqs)
         scratch = self.pool.scratch_block
         host = torch.full((bucket, 3 + width), scratch, dtype=torch.int32)
         host[:, :3] = torch.tensor([0, 0, 1], dtype=torch.int32)
@@ -145,7 +154,7 @@ class ModelRunner:
         s["ids"][:bucket].copy_(dev[:, 0])
         s["positions"][:bucket].copy_(dev[:, 1])
         s["cache_lens"][:bucket].copy_(dev[:, 2])
-        s["tables"][:bucket].copy_(dev[:, 3:])
-        graph, out = self.graphs[bucket]
+        s["tables"][:bucket, :width].copy_(dev[:, 3:])
+        graph, out = self.graphs[bucket, width]
         graph.replay()
         return out[:n]

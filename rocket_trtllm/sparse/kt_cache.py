@@ -1,7 +1,8 @@
 """The KT cache: per-page, per-channel min and max of K, stored beside each KV block.
 
 KT pages live inside KV blocks (`tokens_per_block / page_size` pages per block), so a request's
-KT pages are addressed by its KV block table and are freed with its KV blocks.
+KT pages are addressed by its KV block table and are freed with its KV blocks. Decode steps refresh
+the newest page as they write its K (`kernels.cache_update.store_token`).
 """
 
 import torch
@@ -40,19 +41,3 @@ class KTCache:
         valid = (slot < num_tokens).view(blocks.numel(), 1, self.pages_per_block, self.page_size, 1)
         self.kmin[layer][blocks] = k.masked_fill(~valid, float("inf")).amin(3).to(self.kmin.dtype)
         self.kmax[layer][blocks] = k.masked_fill(~valid, float("-inf")).amax(3).to(self.kmax.dtype)
-
-    def append(self, layer: int, block_tables: torch.Tensor, cache_lens: torch.Tensor) -> None:
-        """Refresh the page holding each sequence's newest token (the last, partial page).
-
-        block_tables: [batch, max_blocks]; cache_lens: [batch] (the newest token is at cache_len - 1)
-        """
-        slot = cache_lens.long() - 1
-        bs = self.pool.tokens_per_block
-        blocks = torch.gather(block_tables.long(), 1, (slot // bs)[:, None])[:, 0]
-        page = (slot % bs) // self.page_size
-        k = self._paged_keys(layer, blocks)[torch.arange(blocks.numel(), device=blocks.device), :, page]
-        k = k.float()  # [batch, kv_heads, page_size, head_dim]
-        valid = torch.arange(self.page_size, device=k.device)[None, :] <= (slot % self.page_size)[:, None]
-        valid = valid[:, None, :, None]
-        self.kmin[layer][blocks, :, page] = k.masked_fill(~valid, float("inf")).amin(2).to(self.kmin.dtype)
-        self.kmax[layer][blocks, :, page] = k.masked_fill(~valid, float("-inf")).amax(2).to(self.kmax.dtype)

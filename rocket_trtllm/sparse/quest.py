@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from ..kernels.kt_predict import kt_page_scores, kt_page_scores_ref, select_pages_ref
+from ..kernels.cache_update import store_token, store_token_ref
+from ..kernels.kt_predict import predict_pages, predict_pages_ref
 from ..kernels.paged_decode import sparse_decode, sparse_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from ..runtime.kv_cache import KVCachePool, ModelShape
@@ -45,24 +46,24 @@ class PageSelectionAttention(AttentionBackend):
         newest = cache_len - (cache_len - 1) // self.page_size * self.page_size
         return self.topk * self.page_size + newest
 
+    def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
+        store = store_token if self.use_kernels else store_token_ref
+        pool, kt = self.pool, self.kt
+        store(k, v, pool.k[layer], pool.v[layer], meta.gen_block_tables, meta.cache_lens,
+              kt.kmin[layer], kt.kmax[layer], self.page_size)  # fmt: skip
+
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        tables = meta.gen_block_tables
-        self.kt.append(layer, tables, meta.cache_lens)
         if not meta.static and self._is_dense(meta.max_cache_len):
             # Everything kept fits in the selection (or the batch is short): exact dense attention.
             # (In a CUDA graph the sparse path runs; it selects every page of a short sequence.)
             return self.dense_decode(layer, q, meta)
-        tables = tables[:, : self.pool.blocks_for(meta.max_cache_len)]
+        tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size
-        score_fn = kt_page_scores if self.use_kernels else kt_page_scores_ref
-        scores = score_fn(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr)
-        pages, page_ok = select_pages_ref(scores, num_pages, self.topk)
-        offsets = torch.arange(self.page_size, device=q.device)
-        token_idx = (pages[..., None] * self.page_size + offsets).flatten(2)
-        valid = page_ok[..., None] & (token_idx.view(*pages.shape, -1) < meta.cache_lens[:, None, None, None])
-        valid = valid.flatten(2)
-        decode_fn = sparse_decode if self.use_kernels else sparse_decode_ref
-        return decode_fn(q, self.pool.k[layer], self.pool.v[layer], tables, token_idx, valid, self.scale)
+        predict = predict_pages if self.use_kernels else predict_pages_ref
+        pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk)
+        attend = sparse_decode if self.use_kernels else sparse_decode_ref
+        pool = self.pool
+        return attend(q, pool.k[layer], pool.v[layer], tables, pages, meta.cache_lens, self.page_size, self.scale)
 
 
 register_sparse_attention(QuestSparseAttentionConfig, PageSelectionAttention)

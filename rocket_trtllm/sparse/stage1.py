@@ -12,12 +12,14 @@ def window_scores(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, sc
     q_heads, n, d = q.shape
     kv_heads = k.shape[0]
     qw = q[:, n - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
-    logits = torch.einsum("hgwd,hnd->hgwn", qw, k.float()) * scale
     # The window's queries see the whole prefix and, causally, the window itself.
     future = torch.arange(n, device=q.device)[None, :] > (n - window + torch.arange(window, device=q.device))[:, None]
-    probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
-    # One choice per KV head: sum over the window and over the GQA group's query heads.
-    scores = probs[..., : n - window].sum(dim=(1, 2))
+    scores = torch.empty(kv_heads, n - window, device=q.device)
+    for h in range(kv_heads):  # one KV head at a time: a long prompt's float32 logits stay small
+        logits = torch.einsum("gwd,nd->gwn", qw[h], k[h].float()) * scale
+        probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+        # One choice per KV head: sum over the window and over the GQA group's query heads.
+        scores[h] = probs[..., : n - window].sum(dim=(0, 1))
     return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
 
 

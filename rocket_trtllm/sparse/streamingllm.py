@@ -3,7 +3,7 @@ positions (no re-rotation), and nothing is evicted: the selection happens at eac
 
 import torch
 
-from ..kernels.paged_decode import sparse_decode_ref
+from ..kernels.paged_decode import token_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from .configs import StreamingLLMSparseAttentionConfig
 from .registry import register_sparse_attention
@@ -29,7 +29,7 @@ class StreamingLLMAttention(AttentionBackend):
         heads = self.shape.num_kv_heads
         idx, valid = idx.clamp(min=0)[:, None].expand(-1, heads, -1), valid[:, None].expand(-1, heads, -1)
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
-        return sparse_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, idx, valid, self.scale)
+        return token_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, idx, valid, self.scale)
 
 
 register_sparse_attention(StreamingLLMSparseAttentionConfig, StreamingLLMAttention)

@@ -3,7 +3,7 @@ weights, summed over each GQA group, out of the whole cache; then exact attentio
 
 import torch
 
-from ..kernels.paged_decode import gather_pages_ref, sparse_decode_ref
+from ..kernels.paged_decode import gather_pages_ref, token_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from .configs import TopkOracleSparseAttentionConfig
 from .registry import register_sparse_attention
@@ -28,7 +28,7 @@ class TopkOracleAttention(AttentionBackend):
         weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1).sum(2)
         top = weights.masked_fill(~inside[:, :, 0], -1.0).topk(topk, dim=-1)
         valid = top.values >= 0
-        return sparse_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, top.indices, valid, self.scale)
+        return token_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, top.indices, valid, self.scale)
 
 
 register_sparse_attention(TopkOracleSparseAttentionConfig, TopkOracleAttention)

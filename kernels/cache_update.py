@@ -1,0 +1,95 @@
+"""Decode-step cache writes: each generation request's new K/V into its paged slot, and with a KT
+cache the refreshed min/max of the page that slot belongs to (the last, possibly partial page)."""
+
+from typing import Optional
+
+import torch
+
+
+def store_token_ref(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cache_lens: torch.Tensor,
+    kt_min: Optional[torch.Tensor] = None,
+    kt_max: Optional[torch.Tensor] = None,
+    page_size: int = 1,
+) -> None:
+    """Write slot `cache_len - 1` of each sequence; with `kt_min`/`kt_max`, recompute that slot's page.
+
+    k, v: [batch, kv_heads, d]; k_cache, v_cache: [num_blocks, kv_heads, block_size, d];
+    block_tables: [batch, max_blocks]; cache_lens: [batch]; kt_min, kt_max: [num_blocks, kv_heads,
+    block_size // page_size, d]. The page's min/max cover its slots up to and including the new one.
+    """
+    slot = cache_lens.long() - 1
+    block_size = k_cache.shape[2]
+    blocks = torch.gather(block_tables.long(), 1, (slot // block_size)[:, None])[:, 0]
+    within = slot % block_size
+    k_cache[blocks, :, within] = k
+    v_cache[blocks, :, within] = v
+    if kt_min is None or kt_max is None:
+        return
+    page = within // page_size
+    offsets = torch.arange(page_size, device=k.device)
+    rows = page[:, None] * page_size + offsets  # [batch, page_size]
+    keys = k_cache[blocks[:, None], :, rows].float()  # [batch, page_size, kv_heads, d]
+    valid = (offsets[None, :] <= (within % page_size)[:, None])[:, :, None, None]
+    kt_min[blocks, :, page] = keys.masked_fill(~valid, float("inf")).amin(1).to(kt_min.dtype)
+    kt_max[blocks, :, page] = keys.masked_fill(~valid, float("-inf")).amax(1).to(kt_max.dtype)
+
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only install path keeps the torch references
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _store_token_kernel(
+        k_ptr, v_ptr, kc_ptr, vc_ptr, tables_ptr, lens_ptr, lo_ptr, hi_ptr,
+        sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_blk, skt_h, skt_p,
+        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, D)
+        slot = tl.load(lens_ptr + b) - 1
+        blk = tl.load(tables_ptr + b * st_b + slot // BS).to(tl.int64)
+        within = slot % BS
+        base = blk * sc_blk + h * sc_h
+        k_new = tl.load(k_ptr + b * sk_b + h * sk_h + d)
+        tl.store(kc_ptr + base + within * sc_t + d, k_new)
+        tl.store(vc_ptr + base + within * sc_t + d, tl.load(v_ptr + b * sv_b + h * sv_h + d))
+        if KT:
+            j = tl.arange(0, PS)
+            last = within % PS  # the new token's place in its page; the page's earlier rows are cached
+            rows = tl.load(
+                kc_ptr + base + (within - last + j)[:, None] * sc_t + d[None, :], mask=(j < last)[:, None], other=0.0
+            )
+            rows = tl.where((j == last)[:, None], k_new[None, :], rows).to(tl.float32)
+            valid = (j <= last)[:, None]
+            kt = blk * skt_blk + h * skt_h + (within // PS) * skt_p + d
+            tl.store(lo_ptr + kt, tl.min(tl.where(valid, rows, float("inf")), 0).to(lo_ptr.dtype.element_ty))
+            tl.store(hi_ptr + kt, tl.max(tl.where(valid, rows, float("-inf")), 0).to(hi_ptr.dtype.element_ty))
+
+
+def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, kt_max=None, page_size=1):  # noqa: ANN001, ANN201
+    """Triton version of `store_token_ref` (same arguments and effect), one program per sequence and KV head."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
+    batch, kv_heads, d = k.shape
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    with_kt = kt_min is not None and kt_max is not None
+    if not with_kt:
+        kt_min = kt_max = k_cache  # unused placeholders
+    _store_token_kernel[(batch, kv_heads)](
+        k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
+        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt,
+    )  # fmt: skip

@@ -1,0 +1,129 @@
+"""The decoder layer's elementwise work as one kernel each: RMSNorm, rotary embedding, SiLU-and-multiply.
+
+In torch each is five to a dozen small kernels; at decode, where the GEMMs read the weights once
+and are done, those launches are a large share of the step. The references are the torch code
+the model runs on the CPU, written as Hugging Face's Llama does it.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x: [..., n]; weight: [n] -> [..., n] in x's dtype (normalised in float32)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [tokens, heads, head_dim], rotating the two halves of each head (the Hugging Face layout);
+    cos, sin: [tokens, 1, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [tokens, 2 * n] (gate, then up) -> silu(gate) * up: [tokens, n]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only install path keeps the torch references
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, sx, so, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, BLOCK)
+        ok = i < n
+        x = tl.load(x_ptr + row * sx + i, mask=ok, other=0.0)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
+        # As the reference: normalise in float32, round to x's dtype, then scale by the weight.
+        y = (xf * rstd).to(x.dtype).to(tl.float32) * tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _rotary_kernel(
+        x_ptr, out_ptr, cos_ptr, sin_ptr, sx_t, sx_h, so_t, so_h, sc_t, heads,
+        HALF: tl.constexpr, H_PAD: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0)
+        h = tl.arange(0, H_PAD)[:, None]
+        d = tl.arange(0, HALF)[None, :]
+        ok = h < heads
+        x1 = tl.load(x_ptr + t * sx_t + h * sx_h + d, mask=ok, other=0.0).to(tl.float32)
+        x2 = tl.load(x_ptr + t * sx_t + h * sx_h + HALF + d, mask=ok, other=0.0).to(tl.float32)
+        c1 = tl.load(cos_ptr + t * sc_t + d).to(tl.float32)
+        c2 = tl.load(cos_ptr + t * sc_t + HALF + d).to(tl.float32)
+        s1 = tl.load(sin_ptr + t * sc_t + d).to(tl.float32)
+        s2 = tl.load(sin_ptr + t * sc_t + HALF + d).to(tl.float32)
+        dtype = out_ptr.dtype.element_ty
+        tl.store(out_ptr + t * so_t + h * so_h + d, (x1 * c1 - x2 * s1).to(dtype), mask=ok)
+        tl.store(out_ptr + t * so_t + h * so_h + HALF + d, (x2 * c2 + x1 * s2).to(dtype), mask=ok)
+
+    @triton.jit
+    def _silu_mul_kernel(x_ptr, out_ptr, sx, so, n, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        gate = tl.load(x_ptr + row * sx + i, mask=ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * sx + n + i, mask=ok, other=0.0).to(tl.float32)
+        y = gate / (1.0 + tl.exp(-gate)) * up
+        tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _require_triton() -> None:
+    if triton is None:
+        raise RuntimeError("Triton is not installed; the torch references run instead on the CPU")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Triton version of `rms_norm_ref`, one program per row."""
+    _require_triton()
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), n, eps,
+                                       BLOCK=triton.next_power_of_2(n))  # fmt: skip
+    return out.view(x.shape)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Triton version of `rotary_ref` (x may be a strided view, e.g. of a fused q/k/v projection);
+    `out=x` rotates in place (each program reads its rows before writing them)."""
+    _require_triton()
+    tokens, heads, d = x.shape
+    if d % 2 or (d // 2) & (d // 2 - 1) or x.stride(-1) != 1:
+        result = rotary_ref(x, cos, sin)  # the kernel's tiles need a power-of-two half head
+        return result if out is None else out.copy_(result)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _rotary_kernel[(tokens,)](x, out, cos, sin, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                              cos.stride(0), heads, HALF=d // 2, H_PAD=triton.next_power_of_2(heads))  # fmt: skip
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """Triton version of `silu_mul_ref`."""
+    _require_triton()
+    tokens, n2 = gate_up.shape
+    n = n2 // 2
+    if gate_up.stride(-1) != 1:
+        gate_up = gate_up.contiguous()
+    out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(tokens, triton.cdiv(n, block))](gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=block)
+    return out

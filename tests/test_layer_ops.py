@@ -1,0 +1,51 @@
+import pytest
+import torch
+from rocket_trtllm.kernels import layer_ops
+
+from rocket_trtllm.models.rope import RotaryEmbedding
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("n", [16, 48])
+def test_rms_norm_matches_reference(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(5, 3, n, generator=gen).to(DEVICE)
+    w = torch.rand(n, generator=gen).to(DEVICE)
+    got = layer_ops.rms_norm(x, w, 1e-5)
+    assert got.shape == x.shape
+    assert torch.allclose(got, layer_ops.rms_norm_ref(x, w, 1e-5), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,d", [(4, 16), (3, 8)])
+def test_rotary_matches_reference_on_strided_views(heads, d):
+    gen = torch.Generator().manual_seed(heads)
+    fused = torch.randn(6, (heads + 2) * d, generator=gen).to(DEVICE)
+    x = fused[:, : heads * d].view(6, heads, d)  # a view into a fused projection, as the model passes it
+    rope = RotaryEmbedding({"rope_type": "default", "rope_theta": 10000.0}, d).to(DEVICE)
+    cos, sin = rope(torch.arange(6, device=DEVICE) * 37, torch.float32)
+    want = layer_ops.rotary_ref(x, cos, sin)
+    assert torch.allclose(layer_ops.rotary(x, cos, sin), want, atol=1e-5)
+    layer_ops.rotary(x, cos, sin, out=x)  # in place, as the model rotates q and k
+    assert torch.allclose(x, want, atol=1e-5)
+
+
+def test_silu_mul_matches_reference():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2 * 1100, generator=gen).to(DEVICE)  # past one 1024-wide block
+    assert torch.allclose(layer_ops.silu_mul(x), layer_ops.silu_mul_ref(x), atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_layer_ops_bf16_on_gpu():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4096, generator=gen).cuda().bfloat16()
+    w = torch.rand(4096, generator=gen).cuda().bfloat16()
+    assert torch.allclose(layer_ops.rms_norm(x, w, 1e-5).float(), layer_ops.rms_norm_ref(x, w, 1e-5).float(), rtol=1e-2)
+    q = torch.randn(300, 32, 128, generator=gen).cuda().bfloat16()
+    cos, sin = RotaryEmbedding({"rope_type": "default", "rope_theta": 5e5}, 128).cuda()(
+        torch.arange(300, device="cuda") * 400, torch.bfloat16
+    )
+    assert torch.allclose(layer_ops.rotary(q, cos, sin).float(), layer_ops.rotary_ref(q, cos, sin).float(), atol=2e-2)
+    g = torch.randn(300, 2 * 14336, generator=gen).cuda().bfloat16()
+    assert torch.allclose(layer_ops.silu_mul(g).float(), layer_ops.silu_mul_ref(g).float(), atol=2e-2, rtol=1e-2)
