@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The whole GPU session in one call: GPU tests, kernel bandwidth, and rocket-bench against dense.
 # Run on the device machine from the repo root with .whl carried (see ../shared/tools/offline-wheels.sh).
+# `bash benchmarks/gpu.sh check` runs the tests and kernel benchmarks only, `... bench` the rocket-bench runs.
 set -uo pipefail
+PART=${1:-all}
 OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=$PWD:/tmp/site || exit 1
 ln -sfn "$PWD/kernels" rocket_trtllm/kernels  # the installed package maps kernels/ here; so does this link
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_paged_decode.py tests/test_kt_cache.py tests/test_stage1.py \
-  tests/test_llm.py tests/test_sparse.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
-python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+if [ "$PART" != bench ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_paged_decode.py tests/test_kt_cache.py tests/test_stage1.py \
+    tests/test_layer_ops.py tests/test_llm.py tests/test_sparse.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+  python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+fi
+[ "$PART" = check ] && exit 0
 B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/rocket-long-context.yaml"
 $B --input-len 131072 --output-len 256 --batch-size 1 --compare dense --json "$OUT/bench_128k_b1.json" 2>&1 \
   | grep -v Loading | tee "$OUT/bench_128k_b1.txt"

@@ -115,7 +115,7 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
     return base.model_copy(update=update)
 
 
-def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) -> dict[str, Any]:
+def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, copy_bpms: float) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.empty_cache()
@@ -137,6 +137,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
         total = time.perf_counter() - start
         stats = llm.get_stats()
         snap = llm.snapshot()
+        step_bytes = decode_step_bytes(llm, llm_args, ns, snap["meanTokensAttendedPerStep"])
     finally:
         llm.shutdown()
     prefill_steps = [s for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
@@ -150,6 +151,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
     def peak(steps: list[dict[str, Any]]) -> Optional[float]:
         return max((s["gpuPeakMemUsage"] for s in steps), default=0) / 2**30 if cuda else None
 
+    decoded_bytes = decoded * step_bytes["per_request"] + step_bytes["weights"]
     result = {
         "config": name,
         "batch_size": batch,
@@ -160,6 +162,9 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
         "decode_ms_per_step": decode_ms,  # median over full-batch decode steps
         "decode_tokens_per_s": decoded * 1e3 / decode_ms if decode_ms else 0.0,
         "end_to_end_s": total,
+        # What one full-batch decode step must read (weights once, KV attended, KT scored) over the
+        # measured copy bandwidth: the step's floor, and how far the measured step is from it.
+        "decode_floor_ms": decoded_bytes / copy_bpms if copy_bpms else None,
         "kept_prompt_tokens": snap["lastKeptPromptTokens"],
         "tokens_attended_per_step": snap["meanTokensAttendedPerStep"],
         # Peaks while serving the run (weights, KV pool, activations), not while loading.
@@ -172,9 +177,43 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int) ->
     return result
 
 
+def copy_bandwidth() -> float:
+    """Bytes per millisecond a device-to-device copy moves (read + write)."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    y.copy_(x)
+    start.record()
+    for _ in range(20):
+        y.copy_(x)
+    end.record()
+    end.synchronize()
+    return 2 * 20 * x.numel() / start.elapsed_time(end)
+
+
+def decode_step_bytes(llm: LLM, args: LlmArgs, ns: argparse.Namespace, attended: float) -> dict[str, float]:
+    """Bytes a decode step reads: the weights (all but the embedding table), and per request the
+    K/V of the tokens it attends to plus, with a KT cache, the KT pages it scores."""
+    model = llm.engine.model
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    if model.tie_word_embeddings:
+        weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    shape, elem = model.shape, llm.engine.pool.k.element_size()
+    per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * elem
+    per_request = attended * per_token
+    sparse = args.sparse_attention_config
+    if getattr(llm.engine.backend, "uses_kt_cache", False):
+        kt = llm.engine.backend.kt
+        mean_len = kept_len(args, ns.input_len) + ns.output_len / 2
+        pages = mean_len / sparse.page_size
+        per_request += 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * kt.kmin.element_size() * pages
+    return {"weights": float(weights), "per_request": per_request}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["config", "batch_size", "decode_batch", "prefill_s", "decode_ms_per_step", "decode_tokens_per_s",
-            "peak_prefill_gib", "peak_decode_gib", "kept_prompt_tokens", "tokens_attended_per_step"]  # fmt: skip
+    cols = ["config", "batch_size", "decode_batch", "prefill_s", "decode_ms_per_step", "decode_floor_ms",
+            "decode_tokens_per_s", "peak_prefill_gib", "peak_decode_gib", "kept_prompt_tokens",
+            "tokens_attended_per_step"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
@@ -184,6 +223,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
     ns = parse_args(argv)
+    copy_bpms = copy_bandwidth() if torch.cuda.is_available() else 0.0
     model = ns.model or str(write_arch(ns.arch, Path(tempfile.mkdtemp())))
     batch = 0 if ns.max_batch else ns.batch_size
     runs = [(Path(ns.config).stem if ns.config else "dense", ns.config)]
@@ -192,10 +232,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = []
     try:
         for name, config in runs:
-            rows.append(run_one(name, build_args(model, config, ns, batch), ns, batch))
+            rows.append(run_one(name, build_args(model, config, ns, batch), ns, batch, copy_bpms))
     except ConfigError as e:
         sys.exit(f"rocket-bench: {e}")
     out: dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "runs": rows}
+    if copy_bpms:
+        out["copy_tb_s"] = copy_bpms / 1e9
     if len(rows) == 2:
         a, b = rows
         out["ratios_vs_dense"] = {
