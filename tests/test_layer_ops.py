@@ -46,6 +46,8 @@ def test_layer_ops_bf16_on_gpu():
     cos, sin = RotaryEmbedding({"rope_type": "default", "rope_theta": 5e5}, 128).cuda()(
         torch.arange(300, device="cuda") * 400, torch.bfloat16
     )
-    assert torch.allclose(layer_ops.rotary(q, cos, sin).float(), layer_ops.rotary_ref(q, cos, sin).float(), atol=2e-2)
+    # Against float32 references: the kernels compute in float32 and round once.
+    want = layer_ops.rotary_ref(q.float(), cos.float(), sin.float())
+    assert torch.allclose(layer_ops.rotary(q, cos, sin).float(), want, atol=1e-2, rtol=1e-2)
     g = torch.randn(300, 2 * 14336, generator=gen).cuda().bfloat16()
-    assert torch.allclose(layer_ops.silu_mul(g).float(), layer_ops.silu_mul_ref(g).float(), atol=2e-2, rtol=1e-2)
+    assert torch.allclose(layer_ops.silu_mul(g).float(), layer_ops.silu_mul_ref(g.float()), atol=1e-2, rtol=1e-2)

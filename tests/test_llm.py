@@ -221,13 +221,21 @@ def test_checkpoint_errors(tmp_path, llama_dir):
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_on_gpu_close_to_transformers(tiny_models, arch):
+    # Tiny random models have near-tied logits, so bf16 rounding (ours fuses ops, rounding less often)
+    # can flip a greedy token. The check: our bf16 logits are as close to transformers' float32 ones
+    # as transformers' own bf16 logits are, at every step of the same token sequence.
     path = tiny_models[arch]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, return_generation_logits=True)
     with LLM(str(path), dtype="bfloat16") as llm:
-        out = llm.generate(PROMPTS, GREEDY)
-    for o in out:
-        ref = hf_greedy(path, o.prompt_token_ids, 12, torch.bfloat16, "cuda")
-        # bf16 rounding can flip a near-tie; the first tokens must agree.
-        assert o.outputs[0].token_ids[:4] == ref[:4]
+        outs = llm.generate(PROMPTS, params)
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    models = {dt: load(path, dtype=dt).cuda() for dt in (torch.float32, torch.bfloat16)}
+    for o in outs:
+        ids = torch.tensor([o.prompt_token_ids + o.outputs[0].token_ids[:-1]], device="cuda")
+        n = len(o.outputs[0].token_ids)
+        ref, hf_bf16 = (models[dt](ids).logits[0, -n:].float().cpu() for dt in (torch.float32, torch.bfloat16))
+        ours = o.outputs[0].generation_logits
+        assert (ours - ref).abs().max() <= 2 * (hf_bf16 - ref).abs().max() + 1e-2
 
 
 @pytest.mark.gpu
