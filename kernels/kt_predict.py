@@ -88,13 +88,12 @@ if triton is not None:
     @triton.jit
     def _kt_score_kernel(
         q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr,
-        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages,
+        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
         BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
-        p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
@@ -109,15 +108,18 @@ if triton is not None:
         qp = tl.sum(tl.maximum(q, 0.0), 0)
         qn = tl.sum(tl.minimum(q, 0.0), 0)
         n_pages = tl.load(pages_ptr + b)
-        ok = p < n_pages
-        blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
-        off = blk * s_blk + h * s_h + (p % PPB) * s_p
-        hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        score = tl.where(ok, tl.sum(hi * qp[None, :] + lo * qn[None, :], 1), float("-inf"))
-        if NEWEST:
-            score = tl.where(p == n_pages - 1, float("inf"), score)
-        tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
+        start = tl.program_id(2) * chunk
+        for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            ok = p < n_pages
+            blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
+            off = blk * s_blk + h * s_h + (p % PPB) * s_p
+            hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            score = tl.where(ok, tl.sum(hi * qp[None, :] + lo * qn[None, :], 1), float("-inf"))
+            if NEWEST:
+                score = tl.where(p == n_pages - 1, float("inf"), score)
+            tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
 
 
 def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
@@ -134,11 +136,16 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=Fals
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
+    # Each program scores a chunk of pages for one (sequence, KV head), choosing the channels once;
+    # enough chunks to fill the GPU about twice (132 SMs on an H100).
     block_p = 64
-    _kt_score_kernel[(batch, kv_heads, triton.cdiv(max_pages, block_p))](
+    tiles = triton.cdiv(max_pages, block_p)
+    chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
+    chunk = triton.cdiv(tiles, chunks) * block_p
+    _kt_score_kernel[(batch, kv_heads, triton.cdiv(max_pages, chunk))](
         q, kt_min, kt_max, block_tables, num_pages, out,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), max_pages,
+        out.stride(0), out.stride(1), max_pages, chunk,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
         NEWEST=newest,
     )  # fmt: skip

@@ -103,12 +103,12 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2])
-@pytest.mark.parametrize("topr,group", [(16, 4), (5, 4), (3, 1)])
-def test_triton_page_scores_match_reference(dtype, topr, group):
+@pytest.mark.parametrize("topr,group,lens", [(16, 4, (13, 40)), (5, 4, (13, 150)), (3, 1, (2, 70))])
+def test_triton_page_scores_match_reference(dtype, topr, group, lens):
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, lo, hi, tables, pages = kt_case(dtype, device, topr, group=group)
+    q, lo, hi, tables, pages = kt_case(dtype, device, topr, blocks=80, group=group, lens=lens)
     want = kt_page_scores_ref(q, lo, hi, tables, pages, topr)
     got = kt_page_scores(q, lo, hi, tables, pages, topr)
     assert torch.equal(got.isinf(), want.isinf())

@@ -65,23 +65,30 @@ class Attention(nn.Module):
         self.qkv_weight = nn.Parameter(weight, requires_grad=False)
         self.qkv_bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
-    # x: [tokens, hidden]; cos, sin: [tokens, 1, head_dim] -> [tokens, hidden]
+    # x: normed hidden states [tokens, hidden] -> fused q/k/v projection [tokens, (heads + 2 * kv_heads) * head_dim]
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.qkv_weight, self.qkv_bias)
+
+    # qkv: from `project`; cos, sin: [tokens, 1, head_dim] -> attention output [tokens, heads * head_dim]
+    # (before o_proj, which the layer applies once it has dropped qkv)
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend, meta: AttentionMetadata
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        backend: AttentionBackend,
+        meta: AttentionMetadata,
     ) -> torch.Tensor:
-        t, d, fused = x.shape[0], self.head_dim, fused_ops(x)
-        qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
-        del x  # the caller's normed hidden states: a long prompt's prefill should not hold them
+        t, d = qkv.shape[0], self.head_dim
         q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if fused:  # in place, into the fused projection's buffer
+        if fused_ops(qkv):  # in place, into the fused projection's buffer
             q, k = layer_ops.rotary(q, cos, sin, out=q), layer_ops.rotary(k, cos, sin, out=k)
         else:
             q, k = layer_ops.rotary_ref(q, cos, sin), layer_ops.rotary_ref(k, cos, sin)
-        out = backend.forward(self.layer, q, k, v, meta)
-        return self.o_proj(out.reshape(t, -1))
+        return backend.forward(self.layer, q, k, v, meta).reshape(t, -1)
 
 
 class MLP(nn.Module):
@@ -111,7 +118,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend, meta)
+        # The normed input lives only for the projection, and the residual adds in place: at 128k
+        # tokens each [tokens, hidden] tensor is 1 GB of prefill peak.
+        qkv = self.self_attn.project(self.input_layernorm(x))
+        out = self.self_attn(qkv, cos, sin, backend, meta)
+        del qkv  # q/k/v are 1.5 GB at 128k tokens: gone before o_proj allocates
+        x += self.self_attn.o_proj(out)
         # A long prompt's MLP runs in slices: its [tokens, intermediate] tensors would dominate
         # the prefill's peak memory (11 GB for Llama-3.1-8B at 128k tokens).
         for part in x.split(MLP_CHUNK_TOKENS):
