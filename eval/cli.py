@@ -1,0 +1,156 @@
+"""rocket-eval: accuracy of a model with full KV, RocketKV and the baselines on synthetic long-context
+tasks, optionally swept over token budgets.
+
+    rocket-eval MODEL --config configs/rocket.yaml niah_single variable_tracking --lengths 4096 8192
+    rocket-eval MODEL niah_single niah_multikey --sweep --budgets 256 512 1024 --json sweep.json --plot sweep.png
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import ConfigError
+from ..llmapi.llm import LLM
+from ..llmapi.llm_args import LlmArgs
+from ..llmapi.sampling_params import SamplingParams
+from .tasks import TASKS, make_samples
+
+ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
+
+
+def sparse_config(algorithm: str, budget: int) -> Optional[dict[str, Any]]:
+    """The sparse-attention config spending `budget` tokens of attention per decode step."""
+    if algorithm == "full":
+        return None
+    if algorithm == "rocket":  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
+        return {"algorithm": "rocket", "prompt_budget": 8 * budget, "topk": budget // 4, "page_size": 4, "topr": 1.0}
+    if algorithm == "snapkv":
+        return {"algorithm": "snapkv", "prompt_budget": budget}
+    if algorithm == "quest":
+        return {"algorithm": "quest", "topk": budget // 16, "page_size": 16}
+    if algorithm == "streamingllm":
+        return {"algorithm": "streamingllm", "sink_size": 4, "window_size": budget - 4}
+    if algorithm == "topk_oracle":
+        return {"algorithm": "topk_oracle", "topk": budget}
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("model", help="checkpoint folder")
+    p.add_argument("tasks", nargs="+", choices=sorted(TASKS), metavar="TASK", help=f"any of {', '.join(TASKS)}")
+    p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens")
+    p.add_argument("--samples", type=int, default=20, help="samples per task and length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=48, help="tokens generated per answer")
+    p.add_argument("--sweep", action="store_true", help="every --algorithms x --budgets instead of --config's method")
+    p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS)
+    p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
+    p.add_argument("--json", help="write every result to this JSON file")
+    p.add_argument("--markdown", help="write the results table to this file")
+    p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
+    ns = p.parse_args(argv)
+    if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64:
+        p.error("--budgets must be >= 16, --samples >= 1 and --lengths >= 64")
+    return ns
+
+
+def evaluate(base: LlmArgs, ns: argparse.Namespace, label: str, budget: Optional[int]) -> list[dict[str, Any]]:
+    rows = []
+    with LLM(model=base.model, llm_args=base) as llm:
+        tokenizer = llm.tokenizer
+        for task in ns.tasks:
+            for length in ns.lengths:
+                samples = make_samples(task, length, ns.samples, ns.seed, lambda s: len(tokenizer.encode(s)))
+                params = SamplingParams(max_tokens=ns.max_tokens, temperature=0.0)
+                outs = llm.generate([s.prompt for s in samples], params, use_tqdm=True)
+                scores = [s.score(o.outputs[0].text) for s, o in zip(samples, outs)]
+                rows.append({"algorithm": label, "budget": budget, "task": task, "length": length,
+                             "accuracy": 100 * sum(scores) / len(scores), "samples": len(scores)})  # fmt: skip
+                print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>6}: {rows[-1]['accuracy']:.1f}%")
+    return rows
+
+
+def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
+    base = LlmArgs.from_yaml(ns.config, model=ns.model) if ns.config else LlmArgs(model=ns.model)
+    longest = max(ns.lengths) * 11 // 10 + ns.max_tokens  # prompts land within a few tokens of their length
+    base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
+                                   "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
+    if not ns.sweep:
+        sparse = base.sparse_attention_config
+        return [(sparse.algorithm if sparse else "full", None, base)]
+    out = []
+    for algorithm in ns.algorithms:
+        for budget in [None] if algorithm == "full" else ns.budgets:
+            cfg = sparse_config(algorithm, budget or 0)
+            # Only what the user set carries over, so each method gets its own defaults (block reuse).
+            fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
+            args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})
+            out.append((algorithm, budget, args))
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    cols = sorted({(r["task"], r["length"]) for r in rows})
+    lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
+             "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
+    for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
+        acc = {(r["task"], r["length"]): r["accuracy"] for r in rows if (r["algorithm"], r["budget"]) == key}
+        cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
+        mean = sum(acc.values()) / len(acc)
+        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("rocket-eval: --plot needs matplotlib (pip install 'rocket-trtllm[eval]'); skipped", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    budgets = sorted({r["budget"] for r in rows if r["budget"]})
+    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+        mine = [r for r in rows if r["algorithm"] == algorithm]
+        mean = {b: [r["accuracy"] for r in mine if r["budget"] == b] for b in {r["budget"] for r in mine}}
+        if algorithm == "full":
+            ax.axhline(sum(mean[None]) / len(mean[None]), color="black", linestyle="--", label="full KV")
+            continue
+        xs = [b for b in budgets if b in mean]
+        ax.plot(xs, [sum(mean[b]) / len(mean[b]) for b in xs], marker="o", label=algorithm)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token budget per decode step")
+    ax.set_ylabel("accuracy (%), mean over tasks and lengths")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ns = parse_args(argv)
+    rows = []
+    try:
+        for label, budget, args in runs(ns):
+            rows += evaluate(args, ns, label, budget)
+    except ConfigError as e:
+        sys.exit(f"rocket-eval: {e}")
+    table = markdown(rows)
+    print(table)
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"args": vars(ns), "results": rows}, indent=2))
+    if ns.markdown:
+        Path(ns.markdown).write_text(table + "\n")
+    if ns.plot:
+        plot(rows, ns.plot)
+
+
+if __name__ == "__main__":
+    main()
