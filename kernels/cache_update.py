@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 
+from ._triton import require_triton, tl, triton
+
 
 def store_token_ref(
     k: torch.Tensor,
@@ -40,12 +42,6 @@ def store_token_ref(
     kt_max[blocks, :, page] = keys.masked_fill(~valid, float("-inf")).amax(1).to(kt_max.dtype)
 
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the CPU-only install path keeps the torch references
-    triton = None
-
 if triton is not None:
 
     @triton.jit
@@ -79,8 +75,7 @@ if triton is not None:
 
 def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, kt_max=None, page_size=1):  # noqa: ANN001, ANN201
     """Triton version of `store_token_ref` (same arguments and effect), one program per sequence and KV head."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
+    require_triton()
     batch, kv_heads, d = k.shape
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()

@@ -2,6 +2,8 @@
 
 import torch
 
+from ._triton import require_triton, tl, triton
+
 
 def kt_page_scores_ref(
     q: torch.Tensor,
@@ -77,12 +79,6 @@ def predict_pages_ref(
 
 # ---- Triton: score every KT page of every sequence in one pass over the (fp8) KT cache.
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the CPU-only install path keeps the torch references
-    triton = None
-
 if triton is not None:
 
     @triton.jit
@@ -125,8 +121,7 @@ if triton is not None:
 def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
     """Triton version of `kt_page_scores_ref` (same arguments and result), the top-r channel choice
     fused in; `newest=True` also scores each sequence's newest page +inf (as `select_pages_ref` does)."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
+    require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1):
         raise ValueError(f"head_dim must be a power of two, got {d}")

@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._triton import require_triton, tl, triton
+
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [..., n]; weight: [n] -> [..., n] in x's dtype (normalised in float32)."""
@@ -31,12 +33,6 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the CPU-only install path keeps the torch references
-    triton = None
 
 if triton is not None:
 
@@ -82,14 +78,9 @@ if triton is not None:
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _require_triton() -> None:
-    if triton is None:
-        raise RuntimeError("Triton is not installed; the torch references run instead on the CPU")
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Triton version of `rms_norm_ref`, one program per row."""
-    _require_triton()
+    require_triton()
     n = x.shape[-1]
     rows = x.reshape(-1, n)
     if rows.stride(-1) != 1:
@@ -103,7 +94,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton version of `rotary_ref` (x may be a strided view, e.g. of a fused q/k/v projection);
     `out=x` rotates in place (each program reads its rows before writing them)."""
-    _require_triton()
+    require_triton()
     tokens, heads, d = x.shape
     if d % 2 or (d // 2) & (d // 2 - 1) or x.stride(-1) != 1:
         result = rotary_ref(x, cos, sin)  # the kernel's tiles need a power-of-two half head
@@ -118,7 +109,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """Triton version of `silu_mul_ref`."""
-    _require_triton()
+    require_triton()
     tokens, n2 = gate_up.shape
     n = n2 // 2
     if gate_up.stride(-1) != 1:

@@ -2,6 +2,8 @@
 
 import torch
 
+from ._triton import require_triton, tl, triton
+
 
 def attend_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
     """Exact attention of each query group over its own gathered tokens, in float32.
@@ -116,12 +118,6 @@ def sparse_decode_ref(
 # ---- Triton: split-K flash decoding over a paged cache, GQA-aware (one program reads a KV head's
 # tokens once for its whole query group), dense (a prefix of each sequence) or sparse (listed tokens).
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the CPU-only install path keeps the torch references
-    triton = None
-
 if triton is not None:
 
     @triton.jit
@@ -232,8 +228,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor) -> None:
-    if triton is None:
-        raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
+    require_triton()
     if q.shape[-1] & (q.shape[-1] - 1) or k_cache.shape[-1] != q.shape[-1]:
         raise ValueError(f"head_dim must be a power of two shared by q and K, got {q.shape[-1]}, {k_cache.shape[-1]}")
     if q.shape[1] % k_cache.shape[1]:
