@@ -26,6 +26,11 @@ class Sample:
         """Fraction of the answers found in `text` (1.0 when all are)."""
         return sum(a in text for a in self.answers) / len(self.answers)
 
+    @property
+    def target(self) -> str:
+        """The reference completion: every answer, in the order the prompt states them."""
+        return " " + ", ".join(sorted(self.answers, key=self.prompt.index))
+
 
 def _key(rng: random.Random) -> str:
     return f"{rng.choice(WORDS)}-{rng.randrange(1000, 9999)}"
