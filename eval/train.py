@@ -43,7 +43,8 @@ def build_tokenizer(vocab_size: int, seed: int) -> Any:
         vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    bos = ("<s>", tok.token_to_id("<s>"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
@@ -75,7 +76,8 @@ class Batches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = random.Random(f"train/{self.seed}/{step}")
         length = self.length(step, rng)
-        rows = [self.sample(rng.choice(list(TASKS)), length, rng) for _ in range(max(1, self.cfg["tokens_per_step"] // length))]
+        count = max(1, self.cfg["tokens_per_step"] // length)
+        rows = [self.sample(rng.choice(list(TASKS)), length, rng) for _ in range(count)]
         width = max(len(c) + len(a) for c, a in rows)
         ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
         weight = torch.zeros((len(rows), width))  # weight of predicting token t from the ones before it
