@@ -3,6 +3,7 @@ tasks, optionally swept over token budgets.
 
     rocket-eval MODEL --config configs/rocket.yaml niah_single variable_tracking --lengths 4096 8192
     rocket-eval MODEL niah_single niah_multikey --sweep --budgets 256 512 1024 --json sweep.json --plot sweep.png
+    rocket-eval MODEL longbench_v2 --dataset LongBench-v2/data.json --config configs/rocket.yaml
 """
 
 import argparse
@@ -15,9 +16,12 @@ from ..errors import ConfigError
 from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
 from ..llmapi.sampling_params import SamplingParams
+from . import longbench
 from .tasks import TASKS, make_samples
 
 ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
+LONGBENCH = "longbench_v2"
+LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
 def sparse_config(algorithm: str, budget: int) -> Optional[dict[str, Any]]:
@@ -42,9 +46,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("model", help="checkpoint folder")
-    p.add_argument("tasks", nargs="+", choices=sorted(TASKS), metavar="TASK", help=f"any of {', '.join(TASKS)}")
+    tasks = [*TASKS, LONGBENCH]
+    p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
-    p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens")
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens (synthetic tasks)")
+    p.add_argument("--dataset", help=f"LongBench v2's data.json (official format), for {LONGBENCH}")
+    p.add_argument("--truncate", type=int, default=128000,
+                   help=f"{LONGBENCH} prompts over this many tokens lose the middle of their context")  # fmt: skip
     p.add_argument("--samples", type=int, default=20, help="samples per task and length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=48, help="tokens generated per answer")
@@ -55,30 +63,51 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
     ns = p.parse_args(argv)
-    if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64:
-        p.error("--budgets must be >= 16, --samples >= 1 and --lengths >= 64")
+    if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64 or ns.truncate < 256:
+        p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64 and --truncate >= 256")
+    if LONGBENCH in ns.tasks and not ns.dataset:
+        p.error(f"{LONGBENCH} needs --dataset PATH (LongBench v2's data.json)")
     return ns
 
 
-def evaluate(base: LlmArgs, ns: argparse.Namespace, label: str, budget: Optional[int]) -> list[dict[str, Any]]:
+def evaluate(
+    base: LlmArgs, ns: argparse.Namespace, label: str, budget: Optional[int], records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     rows = []
+
+    def add(task: str, length: Any, accuracy: float, samples: int) -> None:
+        rows.append({"algorithm": label, "budget": budget, "task": task, "length": length,
+                     "accuracy": accuracy, "samples": samples})  # fmt: skip
+        print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>7}: {accuracy:.1f}%")
+
     with LLM(model=base.model, llm_args=base) as llm:
         tokenizer = llm.tokenizer
         for task in ns.tasks:
+            if task == LONGBENCH:
+                limit = min(ns.truncate, llm.engine.max_seq_len - LONGBENCH_MAX_TOKENS)
+                prompts = [longbench.prompt(r, tokenizer, limit) for r in records]
+                params = SamplingParams(max_tokens=LONGBENCH_MAX_TOKENS, temperature=0.0)
+                texts = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=True)]
+                for subset, result in longbench.score(records, texts).items():
+                    add(task, subset, result["accuracy"], result["samples"])
+                continue
             for length in ns.lengths:
                 samples = make_samples(task, length, ns.samples, ns.seed, lambda s: len(tokenizer.encode(s)))
                 params = SamplingParams(max_tokens=ns.max_tokens, temperature=0.0)
                 outs = llm.generate([s.prompt for s in samples], params, use_tqdm=True)
                 scores = [s.score(o.outputs[0].text) for s, o in zip(samples, outs)]
-                rows.append({"algorithm": label, "budget": budget, "task": task, "length": length,
-                             "accuracy": 100 * sum(scores) / len(scores), "samples": len(scores)})  # fmt: skip
-                print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>6}: {rows[-1]['accuracy']:.1f}%")
+                add(task, length, 100 * sum(scores) / len(scores), len(scores))
     return rows
 
 
 def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     base = LlmArgs.from_yaml(ns.config, model=ns.model) if ns.config else LlmArgs(model=ns.model)
     longest = max(ns.lengths) * 11 // 10 + ns.max_tokens  # prompts land within a few tokens of their length
+    if LONGBENCH in ns.tasks:
+        import transformers
+
+        window = getattr(transformers.AutoConfig.from_pretrained(ns.model), "max_position_embeddings", None)
+        longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + LONGBENCH_MAX_TOKENS)
     base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
                                    "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
     if not ns.sweep:
@@ -95,16 +124,26 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     return out
 
 
+def headline(row: dict[str, Any]) -> bool:
+    """Rows that count in the mean: every synthetic task and length, and LongBench v2 overall."""
+    return row["task"] != LONGBENCH or row["length"] == "overall"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    cols = sorted({(r["task"], r["length"]) for r in rows})
+    cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
     lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
              "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
     for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
-        acc = {(r["task"], r["length"]): r["accuracy"] for r in rows if (r["algorithm"], r["budget"]) == key}
+        mine = [r for r in rows if (r["algorithm"], r["budget"]) == key]
+        acc = {(r["task"], r["length"]): r["accuracy"] for r in mine}
         cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
-        mean = sum(acc.values()) / len(acc)
-        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean:.1f} |")
+        counted = [r["accuracy"] for r in mine if headline(r)]
+        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} |")
     return "\n".join(lines)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -119,13 +158,13 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     budgets = sorted({r["budget"] for r in rows if r["budget"]})
     for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
-        mine = [r for r in rows if r["algorithm"] == algorithm]
-        mean = {b: [r["accuracy"] for r in mine if r["budget"] == b] for b in {r["budget"] for r in mine}}
+        mine = [r for r in rows if r["algorithm"] == algorithm and headline(r)]
+        acc = {b: mean([r["accuracy"] for r in mine if r["budget"] == b]) for b in {r["budget"] for r in mine}}
         if algorithm == "full":
-            ax.axhline(sum(mean[None]) / len(mean[None]), color="black", linestyle="--", label="full KV")
+            ax.axhline(acc[None], color="black", linestyle="--", label="full KV")
             continue
-        xs = [b for b in budgets if b in mean]
-        ax.plot(xs, [sum(mean[b]) / len(mean[b]) for b in xs], marker="o", label=algorithm)
+        xs = [b for b in budgets if b in acc]
+        ax.plot(xs, [acc[b] for b in xs], marker="o", label=algorithm)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("token budget per decode step")
     ax.set_ylabel("accuracy (%), mean over tasks and lengths")
@@ -138,9 +177,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     ns = parse_args(argv)
     rows = []
     try:
+        records = longbench.load(ns.dataset) if LONGBENCH in ns.tasks else []
         for label, budget, args in runs(ns):
-            rows += evaluate(args, ns, label, budget)
-    except ConfigError as e:
+            rows += evaluate(args, ns, label, budget, records)
+    except (ConfigError, ValueError) as e:
         sys.exit(f"rocket-eval: {e}")
     table = markdown(rows)
     print(table)

@@ -24,6 +24,7 @@ from .tasks import TASKS, Sample, make_samples
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SPECIAL = ["<s>", "</s>"]
+PAD, CONTEXT, ANSWER = 0, 1, 2  # what a training token is (the first one of a prompt, BOS, is PAD)
 
 
 def build_tokenizer(vocab_size: int, seed: int) -> Any:
@@ -80,12 +81,12 @@ class Batches(torch.utils.data.Dataset):
         rows = [self.sample(rng.choice(list(TASKS)), length, rng) for _ in range(count)]
         width = max(len(c) + len(a) for c, a in rows)
         ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
-        weight = torch.zeros((len(rows), width))  # weight of predicting token t from the ones before it
+        part = torch.full((len(rows), width), PAD, dtype=torch.int8)  # what each token is
         for i, (context, answer) in enumerate(rows):
             ids[i, : len(context) + len(answer)] = torch.tensor(context + answer)
-            weight[i, 1 : len(context)] = self.cfg["context_loss_weight"]
-            weight[i, len(context) : len(context) + len(answer)] = 1.0
-        return ids, weight
+            part[i, 1 : len(context)] = CONTEXT
+            part[i, len(context) : len(context) + len(answer)] = ANSWER
+        return ids, part
 
 
 def build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
@@ -143,7 +144,7 @@ def train(cfg: dict[str, Any], out: Path) -> None:
     start, limit = time.perf_counter(), 60 * tcfg["time_limit_minutes"]
     log: list[dict[str, float]] = []
     model.train()
-    for step, (ids, weight) in enumerate(loader):
+    for step, (ids, part) in enumerate(loader):
         progress = max(step / tcfg["steps"], (time.perf_counter() - start) / limit)
         if progress >= 1.0:
             break
@@ -151,20 +152,20 @@ def train(cfg: dict[str, Any], out: Path) -> None:
         lr = tcfg["lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in opt.param_groups:
             group["lr"] = lr
-        ids, weight = ids.to(device, non_blocking=True), weight.to(device, non_blocking=True)
+        ids, part = ids.to(device, non_blocking=True), part.to(device, non_blocking=True)
         with torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
             logits = model(input_ids=ids[:, :-1], use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        w = weight[:, 1:]
-        answer = w == 1.0
-        loss = (nll * w).sum() / w.sum()
+        answer, context = part[:, 1:] == ANSWER, part[:, 1:] == CONTEXT
+        # Each part is averaged on its own: answers are a few tokens among thousands of context ones.
+        answer_loss = nll[answer].mean()
+        loss = answer_loss + tcfg["context_loss_weight"] * nll[context].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0:
-            answer_loss = (nll[answer].mean()).item()
-            entry = {"step": step, "length": ids.shape[1], "loss": loss.item(), "answer_loss": answer_loss,
+            entry = {"step": step, "length": ids.shape[1], "loss": loss.item(), "answer_loss": answer_loss.item(),
                      "lr": lr, "elapsed_s": time.perf_counter() - start}  # fmt: skip
             log.append(entry)
             print(json.dumps(entry), flush=True)

@@ -43,3 +43,85 @@ def test_plot_of_a_sweep(llama_dir, tmp_path):
     main([str(llama_dir), "niah_single", "--lengths", "300", "--samples", "1", "--max-tokens", "2",
           "--sweep", "--algorithms", "full", "rocket", "--budgets", "64", "128", "--plot", str(png)])  # fmt: skip
     assert png.stat().st_size > 1000
+
+
+def longbench_records(n=6):
+    """Records in LongBench v2's official format (data.json)."""
+    return [
+        {"_id": f"id{i}", "domain": "Single-Document QA", "sub_domain": "Financial",
+         "difficulty": ["easy", "hard"][i % 2], "length": ["short", "medium", "long"][i % 3],
+         "question": f"Which number is {i}?", "choice_A": "one", "choice_B": "two", "choice_C": "three",
+         "choice_D": "four", "answer": "ABCD"[i % 4], "context": f"Context {i}. " + "filler words " * 40}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_longbench_answer_extraction_follows_the_official_patterns():
+    from rocket_trtllm.eval.longbench import extract_answer
+
+    assert extract_answer("The correct answer is (B).") == "B"
+    assert extract_answer("**The correct answer is (C)**") == "C"
+    assert extract_answer("The correct answer is D") == "D"
+    assert extract_answer("I think (A)") is None and extract_answer("The correct answer is (E)") is None
+
+
+def test_longbench_scores_overall_by_difficulty_and_length():
+    from rocket_trtllm.eval.longbench import score
+
+    records = longbench_records()
+    responses = [f"The correct answer is ({r['answer']})" if i < 3 else "no idea" for i, r in enumerate(records)]
+    result = score(records, responses)
+    assert result["overall"] == {"accuracy": 50.0, "samples": 6}
+    # right: id0 (easy, short), id1 (hard, medium), id2 (easy, long)
+    assert result["easy"]["accuracy"] == pytest.approx(200 / 3) and result["hard"]["accuracy"] == pytest.approx(100 / 3)
+    by_length = {k: result[k]["accuracy"] for k in ("short", "medium", "long")}
+    assert by_length == {"short": 50.0, "medium": 50.0, "long": 50.0}
+
+
+def test_longbench_loader_names_what_is_wrong(tmp_path):
+    from rocket_trtllm.eval.longbench import load
+
+    path = tmp_path / "data.json"
+    records = longbench_records(2)
+    path.write_text(json.dumps(records))
+    assert load(str(path)) == records
+    del records[1]["choice_C"]
+    path.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="record 1 lacks choice_C"):
+        load(str(path))
+    records = longbench_records(2)
+    records[0]["difficulty"] = "medium"
+    path.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="difficulty='medium'; allowed: easy, hard"):
+        load(str(path))
+
+
+def test_longbench_prompt_is_the_official_template_cut_in_the_middle(llama_dir):
+    from rocket_trtllm.eval.longbench import prompt
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    record = longbench_records(1)[0]
+    full = tok.decode(prompt(record, tok, 10**6), skip_special_tokens=True)
+    assert full.startswith("Please read the following text and answer the question below.\n\n<text>\nContext 0.")
+    assert "What is the correct answer to this question: Which number is 0?\nChoices:\n(A) one\n" in full
+    assert full.endswith('Format your response as follows: "The correct answer is (insert answer here)".')
+    text = tok.decode(prompt(record, tok, 300), skip_special_tokens=True)
+    assert len(tok.encode(text, add_special_tokens=False)) == 300
+    assert text[:150] == full[:150] and text[-150:] == full[-150:] and "Context 0." in text
+
+
+def test_rocket_eval_runs_longbench_v2_from_a_local_file(llama_dir, tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(longbench_records(3)))
+    out = tmp_path / "lb.json"
+    main([str(llama_dir), "longbench_v2", "--dataset", str(data), "--truncate", "400", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    subsets = {r["length"]: r["samples"] for r in rows}
+    assert subsets == {"overall": 3, "easy": 2, "hard": 1, "short": 1, "medium": 1, "long": 1}
+
+
+def test_rocket_eval_longbench_v2_without_a_dataset_is_an_error(llama_dir, capsys):
+    with pytest.raises(SystemExit):
+        main([str(llama_dir), "longbench_v2"])
+    assert "needs --dataset" in capsys.readouterr().err
