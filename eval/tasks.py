@@ -29,7 +29,21 @@ class Sample:
     @property
     def target(self) -> str:
         """The reference completion: every answer, in the order the prompt states them."""
-        return " " + ", ".join(sorted(self.answers, key=self.prompt.index))
+        return completion(self.answers, self.prompt)
+
+
+@dataclass
+class Query:
+    """Facts to hide in a haystack, in the order the text must state them, and what to ask about them."""
+
+    facts: list[str]
+    question: str
+    answers: list[str]
+
+
+def completion(answers: list[str], text: str) -> str:
+    """The answers as a model should write them: in the order `text` states them."""
+    return " " + ", ".join(sorted(answers, key=text.index))
 
 
 def _key(rng: random.Random) -> str:
@@ -40,52 +54,37 @@ def _value(rng: random.Random) -> str:
     return str(rng.randrange(1_000_000, 9_999_999))
 
 
-def _haystack(facts: list[str], n_chars: int, rng: random.Random) -> str:
-    """Filler of about `n_chars` characters with each fact inserted at a random sentence boundary."""
-    sentences = (FILLER * (n_chars // len(FILLER) + 1))[:n_chars].split(". ")
-    for fact in facts:
-        sentences.insert(rng.randrange(len(sentences) + 1), fact.rstrip("."))
-    return ". ".join(sentences)
-
-
-def niah_single(n_chars: int, rng: random.Random) -> tuple[str, list[str]]:
+def niah_single(rng: random.Random) -> Query:
     key, value = _key(rng), _value(rng)
-    facts = [f"The special magic number for {key} is {value}."]
-    question = f"What is the special magic number for {key}?"
-    return _prompt(_haystack(facts, n_chars, rng), question), [value]
+    return Query(
+        [f"The special magic number for {key} is {value}."], f"What is the special magic number for {key}?", [value]
+    )
 
 
-def niah_multikey(n_chars: int, rng: random.Random) -> tuple[str, list[str]]:
+def niah_multikey(rng: random.Random) -> Query:
     keys = list(dict.fromkeys(_key(rng) for _ in range(4)))
     values = [_value(rng) for _ in keys]
     facts = [f"The special magic number for {k} is {v}." for k, v in zip(keys, values)]
+    rng.shuffle(facts)
     target = rng.randrange(len(keys))
-    question = f"What is the special magic number for {keys[target]}?"
-    return _prompt(_haystack(facts, n_chars, rng), question), [values[target]]
+    return Query(facts, f"What is the special magic number for {keys[target]}?", [values[target]])
 
 
-def niah_multivalue(n_chars: int, rng: random.Random) -> tuple[str, list[str]]:
+def niah_multivalue(rng: random.Random) -> Query:
     key = _key(rng)
     values = [_value(rng) for _ in range(3)]
     facts = [f"One of the special magic numbers for {key} is {v}." for v in values]
-    question = f"What are all the special magic numbers for {key}?"
-    return _prompt(_haystack(facts, n_chars, rng), question), values
+    return Query(facts, f"What are all the special magic numbers for {key}?", values)
 
 
-def variable_tracking(n_chars: int, rng: random.Random) -> tuple[str, list[str]]:
+def variable_tracking(rng: random.Random) -> Query:
     names = rng.sample(["VAR " + "".join(rng.choices("ABCDEFGHJKLMNPQRSTUVWXYZ", k=4)) for _ in range(8)], 4)
     value = _value(rng)
     facts = [f"{names[0]} = {value}."] + [f"{b} = {a}." for a, b in zip(names, names[1:])]
-    # The chain is assigned in order, so insert it in order: sorted positions.
-    sentences = _haystack([], n_chars, rng).split(". ")
-    spots = sorted(rng.randrange(len(sentences) + 1) for _ in facts)
-    for offset, (spot, fact) in enumerate(zip(spots, facts)):
-        sentences.insert(spot + offset, fact.rstrip("."))
-    question = f"Which variables are assigned the value {value}? List them all."
-    return _prompt(". ".join(sentences), question), names
+    return Query(facts, f"Which variables are assigned the value {value}? List them all.", names)
 
 
-TASKS: dict[str, Callable[[int, random.Random], tuple[str, list[str]]]] = {
+TASKS: dict[str, Callable[[random.Random], Query]] = {
     "niah_single": niah_single,
     "niah_multikey": niah_multikey,
     "niah_multivalue": niah_multivalue,
@@ -93,8 +92,27 @@ TASKS: dict[str, Callable[[int, random.Random], tuple[str, list[str]]]] = {
 }
 
 
-def _prompt(context: str, question: str) -> str:
+def haystack(queries: list[Query], n_chars: int, rng: random.Random) -> str:
+    """Filler of about `n_chars` characters with every query's facts at random sentence boundaries,
+    each query's facts in their own order."""
+    sentences = (FILLER * (n_chars // len(FILLER) + 1))[:n_chars].split(". ")
+    owners = [i for i, q in enumerate(queries) for _ in q.facts]
+    rng.shuffle(owners)  # a random interleaving of the queries' fact lists
+    spots = sorted(rng.randrange(len(sentences) + 1) for _ in owners)
+    pending = [iter(q.facts) for q in queries]
+    for offset, (spot, owner) in enumerate(zip(spots, owners)):
+        sentences.insert(spot + offset, next(pending[owner]).rstrip("."))
+    return ". ".join(sentences)
+
+
+def prompt(context: str, question: str) -> str:
     return f"Read the text and answer the question.\n\n{context}\n\nQuestion: {question}\nAnswer:"
+
+
+def generate(task: str, n_chars: int, rng: random.Random) -> Sample:
+    """One sample of `task` with about `n_chars` characters of haystack."""
+    query = TASKS[task](rng)
+    return Sample(task, prompt(haystack([query], n_chars, rng), query.question), query.answers)
 
 
 def make_samples(
@@ -108,11 +126,10 @@ def make_samples(
         name = f"{task}/{length}/{seed}/{i}"
         # Tokens grow linearly with the haystack's characters: two probes give the size that
         # lands the prompt on `length` tokens of this tokenizer.
-        small, large = (count_tokens(TASKS[task](n, random.Random(name))[0]) for n in (length, 2 * length))
+        small, large = (count_tokens(generate(task, n, random.Random(name)).prompt) for n in (length, 2 * length))
         per_char = max(1e-6, (large - small) / length)
         chars = int(length + (length - small) / per_char)
         if chars < 1:
             raise ValueError(f"{task} needs more than {length} tokens for its question and facts")
-        prompt, answers = TASKS[task](chars, random.Random(name))
-        samples.append(Sample(task, prompt, answers))
+        samples.append(generate(task, chars, random.Random(name)))
     return samples

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from .tasks import TASKS, Sample, make_samples
+from .tasks import TASKS, completion, generate, haystack, make_samples, prompt
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SPECIAL = ["<s>", "</s>"]
@@ -34,7 +34,7 @@ def build_tokenizer(vocab_size: int, seed: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(f"tokenizer/{seed}")
-    corpus = [TASKS[task](4000, rng)[0] for task in TASKS for _ in range(50)]
+    corpus = [generate(task, 4000, rng).prompt for task in TASKS for _ in range(50)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -51,11 +51,14 @@ def build_tokenizer(vocab_size: int, seed: int) -> Any:
 
 class Batches(torch.utils.data.Dataset):
     """Batch `step`: one prompt length for the whole batch (log-uniform, its ceiling ramping up from
-    min_length), tokens_per_step tokens, a random task per sample; inputs padded with EOS."""
+    min_length), about tokens_per_step tokens, padded with EOS. A row is either a sample exactly as
+    rocket-eval makes them or, with probability `drill`, a haystack holding the facts of several
+    queries asked one after the other (each answer ends in EOS): more answers to learn from per token."""
 
     def __init__(self, tokenizer: Any, cfg: dict[str, Any], seed: int) -> None:
         self.tok, self.cfg, self.seed = tokenizer, cfg, seed
-        self.per_char: dict[str, float] = {}
+        filler = haystack([], 20000, random.Random(0))
+        self.per_char = len(tokenizer.encode(filler)) / len(filler)
 
     def __len__(self) -> int:
         return self.cfg["steps"]
@@ -65,27 +68,32 @@ class Batches(torch.utils.data.Dataset):
         ramp = min(1.0, step / max(1, self.cfg["length_ramp"] * self.cfg["steps"]))
         return int(math.exp(rng.uniform(lo, lo + ramp * (hi - lo))))
 
-    def sample(self, task: str, length: int, rng: random.Random) -> tuple[list[int], list[int]]:
-        if task not in self.per_char:  # tokens per character of this task's text
-            text = TASKS[task](20000, random.Random(0))[0]
-            self.per_char[task] = len(self.tok.encode(text)) / len(text)
-        prompt, answers = TASKS[task](int(length / self.per_char[task]), rng)
-        context = self.tok.encode(prompt)
-        answer = self.tok.encode(Sample(task, prompt, answers).target, add_special_tokens=False)
-        return context, answer + [self.tok.eos_token_id]
+    def row(self, length: int, rng: random.Random) -> tuple[list[int], list[int]]:
+        count = rng.randint(2, max(2, min(8, length // 128))) if rng.random() < self.cfg["drill"] else 1
+        queries = [TASKS[rng.choice(list(TASKS))](rng) for _ in range(count)]
+        parts = [text for q in queries for text in (*q.facts, q.question, *q.answers)]
+        filler = length - len(self.tok.encode(" ".join(parts))) - 16 * count  # tokens left for filler
+        context = haystack(queries, max(0, int(filler / self.per_char)), rng)
+        ids, part = [], []
+        for i, q in enumerate(queries):
+            asked = prompt(context, q.question) if i == 0 else f"\n\nQuestion: {q.question}\nAnswer:"
+            asked_ids = self.tok.encode(asked, add_special_tokens=i == 0)
+            answer = self.tok.encode(completion(q.answers, context), add_special_tokens=False)
+            ids += asked_ids + answer + [self.tok.eos_token_id]
+            part += [CONTEXT] * len(asked_ids) + [ANSWER] * (len(answer) + 1)
+        part[0] = PAD  # BOS is never predicted
+        return ids, part
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = random.Random(f"train/{self.seed}/{step}")
         length = self.length(step, rng)
-        count = max(1, self.cfg["tokens_per_step"] // length)
-        rows = [self.sample(rng.choice(list(TASKS)), length, rng) for _ in range(count)]
-        width = max(len(c) + len(a) for c, a in rows)
+        rows = [self.row(length, rng) for _ in range(max(1, self.cfg["tokens_per_step"] // length))]
+        width = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), width), self.tok.eos_token_id, dtype=torch.long)
         part = torch.full((len(rows), width), PAD, dtype=torch.int8)  # what each token is
-        for i, (context, answer) in enumerate(rows):
-            ids[i, : len(context) + len(answer)] = torch.tensor(context + answer)
-            part[i, 1 : len(context)] = CONTEXT
-            part[i, len(context) : len(context) + len(answer)] = ANSWER
+        for i, (row_ids, row_part) in enumerate(rows):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            part[i, : len(row_part)] = torch.tensor(row_part, dtype=torch.int8)
         return ids, part
 
 
