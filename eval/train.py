@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from .tasks import TASKS, completion, generate, haystack, make_samples, prompt
+from .tasks import TASKS, WORDS, Query, completion, generate, haystack, make_samples, prompt
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SPECIAL = ["<s>", "</s>"]
@@ -49,11 +49,30 @@ def build_tokenizer(vocab_size: int, seed: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
+def key_drill(rng: random.Random) -> list[Query]:
+    """Four keyed facts and a question on each, the keys alike in their word, their number or neither:
+    the model must read the whole key to answer (niah_multikey's skill)."""
+    mode, word, number = rng.randrange(3), rng.choice(WORDS), rng.randrange(1000, 9999)
+    keys: list[str] = []
+    while len(keys) < 4:
+        key = f"{word if mode == 0 else rng.choice(WORDS)}-{number if mode == 1 else rng.randrange(1000, 9999)}"
+        keys += [] if key in keys else [key]
+    values = [str(rng.randrange(1_000_000, 9_999_999)) for _ in keys]
+    facts = [f"The special magic number for {k} is {v}." for k, v in zip(keys, values)]
+    rng.shuffle(facts)
+    asked = rng.sample(range(4), 4)
+    return [
+        Query(facts if i == 0 else [], f"What is the special magic number for {keys[j]}?", [values[j]])
+        for i, j in enumerate(asked)
+    ]
+
+
 class Batches(torch.utils.data.Dataset):
     """Batch `step`: one prompt length for the whole batch (log-uniform, its ceiling ramping up from
     min_length), about tokens_per_step tokens, padded with EOS. A row is either a sample exactly as
     rocket-eval makes them or, with probability `drill`, a haystack holding the facts of several
-    queries asked one after the other (each answer ends in EOS): more answers to learn from per token."""
+    queries (half of them key drills) asked one after the other, each answer ending in EOS: more
+    answers to learn from per token."""
 
     def __init__(self, tokenizer: Any, cfg: dict[str, Any], seed: int) -> None:
         self.tok, self.cfg, self.seed = tokenizer, cfg, seed
@@ -69,8 +88,13 @@ class Batches(torch.utils.data.Dataset):
         return int(math.exp(rng.uniform(lo, lo + ramp * (hi - lo))))
 
     def row(self, length: int, rng: random.Random) -> tuple[list[int], list[int]]:
-        count = rng.randint(2, max(2, min(8, length // 128))) if rng.random() < self.cfg["drill"] else 1
-        queries = [TASKS[rng.choice(list(TASKS))](rng) for _ in range(count)]
+        if rng.random() < self.cfg["drill"]:
+            count, queries = rng.randint(2, max(2, min(8, length // 128))), []
+            while len(queries) < count:
+                queries += key_drill(rng) if rng.random() < 0.5 else [TASKS[rng.choice(list(TASKS))](rng)]
+        else:
+            queries = [TASKS[rng.choice(list(TASKS))](rng)]
+        count = len(queries)
         parts = [text for q in queries for text in (*q.facts, q.question, *q.answers)]
         filler = length - len(self.tok.encode(" ".join(parts))) - 16 * count  # tokens left for filler
         context = haystack(queries, max(0, int(filler / self.per_char)), rng)
