@@ -17,10 +17,10 @@ from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
 from ..llmapi.sampling_params import SamplingParams
 from . import longbench
+from .report import LONGBENCH, markdown, plot
 from .tasks import TASKS, make_samples
 
 ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
-LONGBENCH = "longbench_v2"
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
@@ -124,55 +124,6 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     return out
 
 
-def headline(row: dict[str, Any]) -> bool:
-    """Rows that count in the mean: every synthetic task and length, and LongBench v2 overall."""
-    return row["task"] != LONGBENCH or row["length"] == "overall"
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
-    lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
-             "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
-    for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
-        mine = [r for r in rows if (r["algorithm"], r["budget"]) == key]
-        acc = {(r["task"], r["length"]): r["accuracy"] for r in mine}
-        cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
-        counted = [r["accuracy"] for r in mine if headline(r)]
-        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} |")
-    return "\n".join(lines)
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def plot(rows: list[dict[str, Any]], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("rocket-eval: --plot needs matplotlib (pip install 'rocket-trtllm[eval]'); skipped", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    budgets = sorted({r["budget"] for r in rows if r["budget"]})
-    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
-        mine = [r for r in rows if r["algorithm"] == algorithm and headline(r)]
-        acc = {b: mean([r["accuracy"] for r in mine if r["budget"] == b]) for b in {r["budget"] for r in mine}}
-        if algorithm == "full":
-            ax.axhline(acc[None], color="black", linestyle="--", label="full KV")
-            continue
-        xs = [b for b in budgets if b in acc]
-        ax.plot(xs, [acc[b] for b in xs], marker="o", label=algorithm)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("token budget per decode step")
-    ax.set_ylabel("accuracy (%), mean over tasks and lengths")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     ns = parse_args(argv)
     rows = []
@@ -180,12 +131,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         records = longbench.load(ns.dataset) if LONGBENCH in ns.tasks else []
         for label, budget, args in runs(ns):
             rows += evaluate(args, ns, label, budget, records)
+            if ns.json:  # after every run, so that an interrupted sweep keeps what it measured
+                Path(ns.json).write_text(json.dumps({"args": vars(ns), "results": rows}, indent=2))
     except (ConfigError, ValueError) as e:
         sys.exit(f"rocket-eval: {e}")
     table = markdown(rows)
     print(table)
-    if ns.json:
-        Path(ns.json).write_text(json.dumps({"args": vars(ns), "results": rows}, indent=2))
     if ns.markdown:
         Path(ns.markdown).write_text(table + "\n")
     if ns.plot:

@@ -1,0 +1,81 @@
+"""Tables and plots of rocket-eval results, also from a saved --json file:
+
+python -m rocket_trtllm.eval.report sweep.json --markdown sweep.md --plot sweep.png
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+LONGBENCH = "longbench_v2"
+
+
+def headline(row: dict[str, Any]) -> bool:
+    """Rows that count in the mean: every synthetic task and length, and LongBench v2 overall."""
+    return row["task"] != LONGBENCH or row["length"] == "overall"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
+    lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
+             "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
+    for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
+        mine = [r for r in rows if (r["algorithm"], r["budget"]) == key]
+        acc = {(r["task"], r["length"]): r["accuracy"] for r in mine}
+        cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
+        counted = [r["accuracy"] for r in mine if headline(r)]
+        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} |")
+    return "\n".join(lines)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("rocket-eval: --plot needs matplotlib (pip install 'rocket-trtllm[eval]'); skipped", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    budgets = sorted({r["budget"] for r in rows if r["budget"]})
+    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+        mine = [r for r in rows if r["algorithm"] == algorithm and headline(r)]
+        acc = {b: mean([r["accuracy"] for r in mine if r["budget"] == b]) for b in {r["budget"] for r in mine}}
+        if algorithm == "full":
+            ax.axhline(acc[None], color="black", linestyle="--", label="full KV")
+            continue
+        xs = [b for b in budgets if b in acc]
+        ax.plot(xs, [acc[b] for b in xs], marker="o", label=algorithm)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token budget per decode step")
+    ax.set_ylabel("accuracy (%), mean over tasks and lengths")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m rocket_trtllm.eval.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("results", help="a JSON file written by rocket-eval --json")
+    p.add_argument("--markdown", help="write the table to this file (it is printed either way)")
+    p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
+    ns = p.parse_args(argv)
+    rows = json.loads(Path(ns.results).read_text())["results"]
+    table = markdown(rows)
+    print(table)
+    if ns.markdown:
+        Path(ns.markdown).write_text(table + "\n")
+    if ns.plot:
+        plot(rows, ns.plot)
+
+
+if __name__ == "__main__":
+    main()
