@@ -125,3 +125,20 @@ def test_rocket_eval_longbench_v2_without_a_dataset_is_an_error(llama_dir, capsy
     with pytest.raises(SystemExit):
         main([str(llama_dir), "longbench_v2"])
     assert "needs --dataset" in capsys.readouterr().err
+
+
+def test_shipped_model_retrieves_and_rocket_eval_sweeps_it_on_cpu(tmp_path):
+    from rocket_trtllm.eval import SHIPPED_MODEL
+    from transformers import AutoTokenizer
+
+    assert sum(f.stat().st_size for f in SHIPPED_MODEL.iterdir()) < 30 * 2**20
+    tok = AutoTokenizer.from_pretrained(SHIPPED_MODEL)
+    assert tok.decode(tok.encode("VAR ABCD = 1234567."), skip_special_tokens=True) == "VAR ABCD = 1234567."
+    out = tmp_path / "sweep.json"
+    main([str(SHIPPED_MODEL), "niah_single", "variable_tracking", "--lengths", "1024", "--samples", "3",
+          "--max-tokens", "40", "--sweep", "--algorithms", "full", "rocket", "--budgets", "256",
+          "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    full = [r["accuracy"] for r in rows if r["algorithm"] == "full"]
+    assert full == [100.0, 100.0]  # the model really retrieves: every needle and every variable
+    assert {r["algorithm"] for r in rows} == {"full", "rocket"}
