@@ -17,7 +17,7 @@ from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
 from ..llmapi.sampling_params import SamplingParams
 from . import longbench
-from .report import LONGBENCH, markdown, plot
+from .report import LONGBENCH, write
 from .tasks import TASKS, make_samples
 
 ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
@@ -135,12 +135,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 Path(ns.json).write_text(json.dumps({"args": vars(ns), "results": rows}, indent=2))
     except (ConfigError, ValueError) as e:
         sys.exit(f"rocket-eval: {e}")
-    table = markdown(rows)
-    print(table)
-    if ns.markdown:
-        Path(ns.markdown).write_text(table + "\n")
-    if ns.plot:
-        plot(rows, ns.plot)
+    write(rows, ns.markdown, ns.plot)
 
 
 if __name__ == "__main__":

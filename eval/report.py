@@ -68,13 +68,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--markdown", help="write the table to this file (it is printed either way)")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
     ns = p.parse_args(argv)
-    rows = json.loads(Path(ns.results).read_text())["results"]
+    write(json.loads(Path(ns.results).read_text())["results"], ns.markdown, ns.plot)
+
+
+def write(rows: list[dict[str, Any]], markdown_path: Optional[str], plot_path: Optional[str]) -> None:
+    """Print the table; write it and the plot where asked."""
     table = markdown(rows)
     print(table)
-    if ns.markdown:
-        Path(ns.markdown).write_text(table + "\n")
-    if ns.plot:
-        plot(rows, ns.plot)
+    if markdown_path:
+        Path(markdown_path).write_text(table + "\n")
+    if plot_path:
+        plot(rows, plot_path)
 
 
 if __name__ == "__main__":
