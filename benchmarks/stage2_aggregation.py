@@ -1,8 +1,8 @@
-"""Diagnosis of RocketKV's stage-2 gap on the shipped model (EVAL.md): the same page selection with the
-KT bounds aggregated over a GQA group three ways: `sum` (what the engine does: the group's bounds
-added in raw logits), `softmax` (per head, softmax over pages, then summed) and `max` (per head, max).
+"""Stage 2's aggregation over a GQA group, on the shipped model (EVAL.md): the same page selection with
+the per-query-head KT bounds combined three ways: `softmax` (what the engine does: each head's softmax
+over pages, summed), `sum` (the bounds added in raw logits, the engine before the fix) and `max`.
 
-    python benchmarks/stage2_aggregation.py sum softmax max
+    python benchmarks/stage2_aggregation.py softmax sum max
 """
 
 import sys
@@ -19,20 +19,17 @@ from rocket_trtllm.llmapi.llm_args import LlmArgs
 LENGTH, SAMPLES, SEED = 2048, 10, 5
 
 
-def per_head_scores(mode: str, q, kt_min, kt_max, tables, num_pages):  # noqa: ANN001, ANN201
-    b, q_heads, d = q.shape
+def group_scores(mode: str, q, kt_min, kt_max, tables, num_pages, topr):  # noqa: ANN001, ANN201
     kv_heads = kt_min.shape[1]
-    lo, hi = kp._pages(kt_min, tables).nan_to_num(), kp._pages(kt_max, tables).nan_to_num()
-    qg = q.float().view(b, kv_heads, q_heads // kv_heads, d)
-    s = torch.einsum("bhgd,bhpd->bhgp", qg.clamp(min=0), hi) + torch.einsum("bhgd,bhpd->bhgp", qg.clamp(max=0), lo)
-    s = s.masked_fill(torch.arange(s.shape[-1]) >= num_pages[:, None, None, None], float("-inf"))
-    return torch.softmax(s / d**0.5, dim=-1).sum(2) if mode == "softmax" else s.max(2).values
+    bounds = kp.kt_head_bounds_ref(q, kt_min, kt_max, tables, num_pages, topr)
+    bounds = bounds.view(bounds.shape[0], kv_heads, -1, bounds.shape[-1])
+    return bounds.sum(2) if mode == "sum" else bounds.max(2).values
 
 
 def run(mode: str) -> None:
-    if mode != "sum":
+    if mode != "softmax":
         quest.predict_pages_ref = lambda q, lo, hi, t, n, r, k: kp.select_pages_ref(
-            per_head_scores(mode, q, lo, hi, t, n), n, k
+            group_scores(mode, q, lo, hi, t, n, r), n, k
         )
     for task in ("niah_multikey", "niah_single"):
         sparse = {"algorithm": "quest", "topk": 32, "page_size": 4}
@@ -46,5 +43,5 @@ def run(mode: str) -> None:
 
 
 if __name__ == "__main__":
-    for m in sys.argv[1:] or ["sum", "softmax", "max"]:
+    for m in sys.argv[1:] or ["softmax", "sum", "max"]:
         run(m)

@@ -1,8 +1,64 @@
-"""Stage 2 prediction: score KT pages (per-page key min/max) against the query, then pick the top pages."""
+"""Stage 2 prediction: score KT pages (per-page key min/max) against the query, then pick the top pages.
+
+Each query head bounds its logit over every page from the page's key min/max; a KV head ranks its
+pages by the sum over its query heads of their softmax weights over those bounds (computed in log
+space, so far pages do not tie at zero). Summing the raw bounds instead lets one head's large logits
+drown the others': on the shipped model that loses the question's pages (EVAL.md).
+"""
 
 import torch
 
 from ._triton import require_triton, tl, triton
+
+
+def kt_head_bounds_ref(
+    q: torch.Tensor,
+    kt_min: torch.Tensor,
+    kt_max: torch.Tensor,
+    block_tables: torch.Tensor,
+    num_pages: torch.Tensor,
+    topr: int,
+) -> torch.Tensor:
+    """Upper bound of q.k over each page, per query head: sum_c max(q_c*min_c, q_c*max_c).
+
+    Uses max(q*lo, q*hi) = relu(q)*hi + min(q, 0)*lo, so the bounds are two small matmuls; with
+    topr < head_dim only the group's top-r channels count (`topr_query`).
+    q: [batch, q_heads, d]; kt_min, kt_max: [num_blocks, kv_heads, pages_per_block, d];
+    block_tables: [batch, max_blocks]; num_pages: [batch] -> [batch, q_heads, max_blocks * pages_per_block]
+    (-inf past each sequence's last page)
+    """
+    batch, q_heads, _ = q.shape
+    qg = topr_query(q, kt_min.shape[1], topr)
+    lo = _pages(kt_min, block_tables).nan_to_num()
+    hi = _pages(kt_max, block_tables).nan_to_num()
+    bounds = torch.einsum("bhgd,bhpd->bhgp", qg.clamp(min=0), hi) + torch.einsum("bhgd,bhpd->bhgp", qg.clamp(max=0), lo)
+    bounds = bounds.reshape(batch, q_heads, -1)
+    pages = torch.arange(bounds.shape[-1], device=q.device)
+    return bounds.masked_fill(pages[None, None, :] >= num_pages[:, None, None], float("-inf"))
+
+
+def topr_query(q: torch.Tensor, kv_heads: int, topr: int) -> torch.Tensor:
+    """The query restricted to its group's top-r channels (the largest |q| summed over the group).
+
+    q: [batch, q_heads, d] -> [batch, kv_heads, group, d] float32
+    """
+    batch, q_heads, d = q.shape
+    qg = q.float().view(batch, kv_heads, q_heads // kv_heads, d)
+    if topr < d:
+        channels = qg.abs().sum(2).topk(topr, dim=-1).indices
+        keep = torch.zeros_like(qg[:, :, 0], dtype=torch.bool).scatter_(-1, channels, True)
+        qg = qg * keep[:, :, None, :]
+    return qg
+
+
+def group_page_scores(bounds: torch.Tensor, kv_heads: int, scale: float) -> torch.Tensor:
+    """log sum over a KV head's query heads of softmax(scale * bounds) over the pages.
+
+    bounds: [batch, q_heads, max_pages] (-inf past each sequence) -> [batch, kv_heads, max_pages] (same -inf)
+    """
+    batch, q_heads, max_pages = bounds.shape
+    weights = torch.log_softmax(bounds * scale, dim=-1)
+    return weights.view(batch, kv_heads, q_heads // kv_heads, max_pages).logsumexp(2)
 
 
 def kt_page_scores_ref(
@@ -13,36 +69,12 @@ def kt_page_scores_ref(
     num_pages: torch.Tensor,
     topr: int,
 ) -> torch.Tensor:
-    """Upper bound of q.k over each page, summed over the GQA group: sum_c max(q_c*min_c, q_c*max_c).
+    """Each KV head's page scores (`group_page_scores` of `kt_head_bounds_ref`, scale 1/sqrt(head_dim)).
 
-    Uses max(q*lo, q*hi) = relu(q)*hi + min(q, 0)*lo, so the group sum is two small matmuls.
-    q: [batch, q_heads, d]; kt_min, kt_max: [num_blocks, kv_heads, pages_per_block, d];
-    block_tables: [batch, max_blocks]; num_pages: [batch] -> [batch, kv_heads, max_blocks * pages_per_block]
-    (-inf past each sequence's last page)
+    -> [batch, kv_heads, max_blocks * pages_per_block] (-inf past each sequence's last page)
     """
-    q_pos, q_neg = split_query(q, kt_min.shape[1], topr)
-    lo = _pages(kt_min, block_tables)
-    hi = _pages(kt_max, block_tables)
-    scores = torch.einsum("bhd,bhpd->bhp", q_pos, hi.nan_to_num()) + torch.einsum(
-        "bhd,bhpd->bhp", q_neg, lo.nan_to_num()
-    )
-    pages = torch.arange(scores.shape[-1], device=q.device)
-    return scores.masked_fill(pages[None, None, :] >= num_pages[:, None, None], float("-inf"))
-
-
-def split_query(q: torch.Tensor, kv_heads: int, topr: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The group's query restricted to its top-r channels, as sums of its positive and negative parts.
-
-    q: [batch, q_heads, d] -> q_pos, q_neg: [batch, kv_heads, d] float32
-    """
-    batch, q_heads, d = q.shape
-    qg = q.float().view(batch, kv_heads, q_heads // kv_heads, d)
-    if topr < d:
-        # The channels with the largest |q| over the group: one channel set per KV head.
-        channels = qg.abs().sum(2).topk(topr, dim=-1).indices
-        keep = torch.zeros_like(qg[:, :, 0], dtype=torch.bool).scatter_(-1, channels, True)
-        qg = qg * keep[:, :, None, :]
-    return qg.clamp(min=0).sum(2), qg.clamp(max=0).sum(2)
+    bounds = kt_head_bounds_ref(q, kt_min, kt_max, block_tables, num_pages, topr)
+    return group_page_scores(bounds, kt_min.shape[1], q.shape[-1] ** -0.5)
 
 
 def _pages(kt: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
@@ -77,16 +109,16 @@ def predict_pages_ref(
     return select_pages_ref(kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)
 
 
-# ---- Triton: score every KT page of every sequence in one pass over the (fp8) KT cache.
+# ---- Triton: every query head's page bounds in one pass over the (fp8) KT cache.
 
 if triton is not None:
 
     @triton.jit
-    def _kt_score_kernel(
+    def _kt_bounds_kernel(
         q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr,
         sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
+        BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -95,14 +127,14 @@ if triton is not None:
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
         q = q.to(tl.float32)
         if TOPR < D:
-            # split_query's channel choice, in registers: a channel is kept when fewer than TOPR
+            # topr_query's channel choice, in registers: a channel is kept when fewer than TOPR
             # channels have a larger |q| summed over the group (ties go to the lower channel).
             a = tl.sum(tl.abs(q), 0)
             ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
             keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
             q = tl.where(keep[None, :], q, 0.0)
-        qp = tl.sum(tl.maximum(q, 0.0), 0)
-        qn = tl.sum(tl.minimum(q, 0.0), 0)
+        qp = tl.maximum(q, 0.0)
+        qn = tl.minimum(q, 0.0)
         n_pages = tl.load(pages_ptr + b)
         start = tl.program_id(2) * chunk
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
@@ -112,15 +144,15 @@ if triton is not None:
             off = blk * s_blk + h * s_h + (p % PPB) * s_p
             hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-            score = tl.where(ok, tl.sum(hi * qp[None, :] + lo * qn[None, :], 1), float("-inf"))
-            if NEWEST:
-                score = tl.where(p == n_pages - 1, float("inf"), score)
-            tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
+            for i in tl.static_range(G):  # the page tile is read once for the whole group
+                qp_i = tl.sum(tl.where(g[:, None] == i, qp, 0.0), 0)
+                qn_i = tl.sum(tl.where(g[:, None] == i, qn, 0.0), 0)
+                bound = tl.where(ok, tl.sum(hi * qp_i[None, :] + lo * qn_i[None, :], 1), float("-inf"))
+                tl.store(out_ptr + b * so_b + (h * G + i) * so_h + p, bound, mask=p < max_pages)
 
 
-def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
-    """Triton version of `kt_page_scores_ref` (same arguments and result), the top-r channel choice
-    fused in; `newest=True` also scores each sequence's newest page +inf (as `select_pages_ref` does)."""
+def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
+    """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
     require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1):
@@ -130,24 +162,28 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=Fals
     _, kv_heads, ppb, _ = kt_min.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
-    out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
-    # Each program scores a chunk of pages for one (sequence, KV head), choosing the channels once;
+    out = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
+    # Each program bounds a chunk of pages for one (sequence, KV head), choosing the channels once;
     # enough chunks to fill the GPU about twice (132 SMs on an H100).
     block_p = 64
     tiles = triton.cdiv(max_pages, block_p)
     chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
     chunk = triton.cdiv(tiles, chunks) * block_p
-    _kt_score_kernel[(batch, kv_heads, triton.cdiv(max_pages, chunk))](
+    _kt_bounds_kernel[(batch, kv_heads, triton.cdiv(max_pages, chunk))](
         q, kt_min, kt_max, block_tables, num_pages, out,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), max_pages, chunk,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
-        NEWEST=newest,
     )  # fmt: skip
     return out
 
 
+def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
+    """Triton version of `kt_page_scores_ref`: the bounds kernel, then the group's softmax in torch."""
+    bounds = kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
+    return group_page_scores(bounds, kt_min.shape[1], q.shape[-1] ** -0.5)
+
+
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk):  # noqa: ANN001, ANN201
-    """Triton version of `predict_pages_ref`: one fused scoring kernel, then torch's top-k."""
-    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=True)
-    return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices
+    """Triton version of `predict_pages_ref`."""
+    return select_pages_ref(kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)

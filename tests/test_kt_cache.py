@@ -1,7 +1,13 @@
 import pytest
 import torch
 from rocket_trtllm.kernels.cache_update import store_token_ref
-from rocket_trtllm.kernels.kt_predict import kt_page_scores_ref, predict_pages_ref, select_pages_ref
+from rocket_trtllm.kernels.kt_predict import (
+    group_page_scores,
+    kt_head_bounds_ref,
+    kt_page_scores_ref,
+    predict_pages_ref,
+    select_pages_ref,
+)
 
 from rocket_trtllm.runtime.kv_cache import KVCachePool, ModelShape
 from rocket_trtllm.sparse.kt_cache import KTCache
@@ -27,14 +33,28 @@ def test_page_score_bounds_true_max(group, page, block):
         kt.build(0, tables[i], n)
     q = torch.randn(len(lens), shape.num_heads, 16, generator=gen)
     num_pages = torch.tensor([-(-n // page) for n in lens])
+    bounds = kt_head_bounds_ref(q, kt.kmin[0], kt.kmax[0], tables, num_pages, topr=16)
     scores = kt_page_scores_ref(q, kt.kmin[0], kt.kmax[0], tables, num_pages, topr=16)
     for b, n in enumerate(lens):
         k = pool.k[0][tables[b].long()].permute(1, 0, 2, 3).reshape(2, -1, 16)[:, :n]
-        qg = q[b].view(2, group, 16)
-        true = torch.einsum("hgd,hnd->hn", qg, k)  # q.k summed over the group, per token
+        k = k.repeat_interleave(group, 0)  # each query head's KV head
+        true = torch.einsum("hd,hnd->hn", q[b], k)  # q.k per query head and token
         for p in range(num_pages[b]):
-            assert torch.all(scores[b, :, p] >= true[:, p * page : (p + 1) * page].amax(-1) - 1e-4)
+            assert torch.all(bounds[b, :, p] >= true[:, p * page : (p + 1) * page].amax(-1) - 1e-4)
+        assert torch.all(bounds[b, :, num_pages[b] :] == float("-inf"))
         assert torch.all(scores[b, :, num_pages[b] :] == float("-inf"))
+        assert torch.all(scores[b, :, : num_pages[b]].isfinite())
+
+
+def test_group_scores_keep_each_heads_best_page():
+    # Head 0's logits are large, head 1's small: summing them would rank page 1 (head 0's runner-up)
+    # above page 2 (head 1's clear best); the group's softmax weights keep both heads' best pages.
+    bounds = torch.tensor([[[10.0, 9.0, 0.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0, float("-inf")]]])
+    assert bounds.sum(1)[0].topk(2).indices.tolist() == [0, 1]
+    scores = group_page_scores(bounds, kv_heads=1, scale=1.0)
+    assert sorted(scores[0, 0].topk(2).indices.tolist()) == [0, 2]
+    weights = bounds.softmax(-1).sum(1, keepdim=True)
+    assert torch.allclose(scores.exp(), weights)
 
 
 def test_decode_writes_equal_build():
@@ -105,10 +125,14 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2])
 @pytest.mark.parametrize("topr,group,lens", [(16, 4, (13, 40)), (5, 4, (13, 150)), (3, 1, (2, 70))])
 def test_triton_page_scores_match_reference(dtype, topr, group, lens):
-    from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
+    from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, lo, hi, tables, pages = kt_case(dtype, device, topr, blocks=80, group=group, lens=lens)
+    want = kt_head_bounds_ref(q, lo, hi, tables, pages, topr)
+    got = kt_head_bounds(q, lo, hi, tables, pages, topr)
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got, want, atol=1e-4)
     want = kt_page_scores_ref(q, lo, hi, tables, pages, topr)
     got = kt_page_scores(q, lo, hi, tables, pages, topr)
     assert torch.equal(got.isinf(), want.isinf())
@@ -143,7 +167,7 @@ def test_triton_store_token_matches_reference(kt_dtype, page):
 
 @pytest.mark.gpu
 def test_triton_page_scores_on_gpu():
-    from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
+    from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
     gen = torch.Generator().manual_seed(0)
     lo = torch.randn(4096, 8, 8, 128, generator=gen)
@@ -152,6 +176,10 @@ def test_triton_page_scores_on_gpu():
     tables = torch.randperm(4096, generator=gen)[:4000].view(4, 1000).int().cuda()
     pages = torch.tensor([1, 999, 5000, 8000], device="cuda")
     q = torch.randn(4, 32, 128, generator=gen).cuda()
+    want = kt_head_bounds_ref(q, lo, hi, tables, pages, 64)
+    got = kt_head_bounds(q, lo, hi, tables, pages, 64)
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-2)
     want = kt_page_scores_ref(q, lo, hi, tables, pages, 64)
     got = kt_page_scores(q, lo, hi, tables, pages, 64)
     assert torch.equal(got.isinf(), want.isinf())
