@@ -8,7 +8,6 @@ over pages, summed), `sum` (the bounds added in raw logits, the engine before th
 import sys
 
 import rocket_trtllm.kernels.kt_predict as kp
-import torch
 from rocket_trtllm.eval import SHIPPED_MODEL
 from rocket_trtllm.eval.tasks import make_samples
 
