@@ -109,19 +109,23 @@ def predict_pages_ref(
     return select_pages_ref(kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)
 
 
-# ---- Triton: every query head's page bounds in one pass over the (fp8) KT cache.
+# ---- Triton: two passes over the pages, each program owning a chunk of one (sequence, KV head).
+# Pass 1 bounds every query head of the group at once (tensor-core dots on the fp8 KT tiles) and
+# keeps each head's running softmax max and sum over its chunk; pass 2 merges those partials into
+# each head's log-normaliser and writes the group's page scores (`group_page_scores`).
 
 if triton is not None:
 
     @triton.jit
     def _kt_bounds_kernel(
-        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr,
-        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk,
+        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr,
+        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks, scale,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr,
+        BLOCK_P: tl.constexpr, DOT: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
+        c = tl.program_id(2)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
@@ -133,26 +137,68 @@ if triton is not None:
             ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
             keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
             q = tl.where(keep[None, :], q, 0.0)
-        qp = tl.maximum(q, 0.0)
-        qn = tl.minimum(q, 0.0)
+        qp = tl.maximum(q, 0.0).to(DOT)
+        qn = tl.minimum(q, 0.0).to(DOT)
         n_pages = tl.load(pages_ptr + b)
-        start = tl.program_id(2) * chunk
+        m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
+        total = tl.zeros([G_PAD], tl.float32)
+        start = c * chunk
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = p < n_pages
             blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
             off = blk * s_blk + h * s_h + (p % PPB) * s_p
-            hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-            lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-            for i in tl.static_range(G):  # the page tile is read once for the whole group
-                qp_i = tl.sum(tl.where(g[:, None] == i, qp, 0.0), 0)
-                qn_i = tl.sum(tl.where(g[:, None] == i, qn, 0.0), 0)
-                bound = tl.where(ok, tl.sum(hi * qp_i[None, :] + lo * qn_i[None, :], 1), float("-inf"))
-                tl.store(out_ptr + b * so_b + (h * G + i) * so_h + p, bound, mask=p < max_pages)
+            hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(DOT)
+            lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(DOT)
+            bound = tl.dot(qp, tl.trans(hi), input_precision="ieee") + tl.dot(qn, tl.trans(lo), input_precision="ieee")
+            bound = tl.where(ok[None, :], bound, float("-inf"))
+            row = (h * G + g)[:, None] * so_h
+            tl.store(out_ptr + b * so_b + row + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < max_pages))
+            m_new = tl.maximum(m, tl.max(bound, 1) * scale)
+            total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale - m_new[:, None]), 1)
+            m = m_new
+        part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
+        tl.store(part_m_ptr + part, m, mask=g < G)
+        tl.store(part_l_ptr + part, total, mask=g < G)
+
+    @triton.jit
+    def _group_scores_kernel(
+        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr,
+        sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks, scale,
+        G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        g = tl.arange(0, G_PAD)
+        cs = tl.arange(0, C_PAD)
+        heads = g[:, None] < G
+        part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
+        ok = heads & (cs[None, :] < n_chunks)
+        pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
+        pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
+        top = tl.max(pm, 1)
+        lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
+        n_pages = tl.load(pages_ptr + b)
+        start = tl.program_id(2) * chunk
+        for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
+                            mask=heads & (p[None, :] < max_pages), other=0.0)  # fmt: skip
+            w = tl.where(heads, bound * scale - lse[:, None], float("-inf"))  # log softmax weights
+            w_max = tl.max(w, 0)
+            score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
+            score = tl.where(p < n_pages, score, float("-inf"))
+            if NEWEST:
+                score = tl.where(p == n_pages - 1, float("inf"), score)
+            tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
+
+    # Dot operand types per KT dtype: fp8 and fp16 widen to fp16 exactly (a bf16 query rounds only
+    # below fp16's normal range); fp32 (tests) stays fp32.
+    _DOT = {torch.float8_e5m2: tl.float16, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float32: tl.float32}  # fmt: skip
 
 
-def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
-    """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
+def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN202
     require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1):
@@ -162,28 +208,49 @@ def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: A
     _, kv_heads, ppb, _ = kt_min.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
-    out = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
-    # Each program bounds a chunk of pages for one (sequence, KV head), choosing the channels once;
-    # enough chunks to fill the GPU about twice (132 SMs on an H100).
+    # Enough chunks to fill the GPU about twice (132 SMs on an H100).
     block_p = 64
     tiles = triton.cdiv(max_pages, block_p)
     chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
     chunk = triton.cdiv(tiles, chunks) * block_p
-    _kt_bounds_kernel[(batch, kv_heads, triton.cdiv(max_pages, chunk))](
-        q, kt_min, kt_max, block_tables, num_pages, out,
+    n_chunks = triton.cdiv(max_pages, chunk)
+    bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
+    part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
+    part_l = torch.empty_like(part_m)
+    scale = d**-0.5
+    _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
+        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), max_pages, chunk,
-        G=group, G_PAD=max(2, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
+        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks, scale,
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
+        DOT=_DOT[kt_min.dtype],
+    )  # fmt: skip
+    return bounds, part_m, part_l, chunk, block_p, scale
+
+
+def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
+    """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
+    return _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)[0]
+
+
+def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
+    """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
+    each sequence's newest page +inf (as `select_pages_ref` does)."""
+    bounds, part_m, part_l, chunk, block_p, scale = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
+    batch, q_heads, max_pages = bounds.shape
+    kv_heads = kt_min.shape[1]
+    n_chunks = part_m.shape[-1]
+    out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
+    _group_scores_kernel[(batch, kv_heads, n_chunks)](
+        bounds, part_m, part_l, num_pages, out,
+        bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks, scale,
+        G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
+        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=block_p, NEWEST=newest,
     )  # fmt: skip
     return out
 
 
-def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
-    """Triton version of `kt_page_scores_ref`: the bounds kernel, then the group's softmax in torch."""
-    bounds = kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
-    return group_page_scores(bounds, kt_min.shape[1], q.shape[-1] ** -0.5)
-
-
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk):  # noqa: ANN001, ANN201
-    """Triton version of `predict_pages_ref`."""
-    return select_pages_ref(kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)
+    """Triton version of `predict_pages_ref`: the two scoring kernels, then torch's top-k."""
+    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=True)
+    return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices

@@ -118,7 +118,7 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
     hi = (lo + torch.rand(blocks, kv_heads, ppb, d, generator=gen)).to(dtype)
     width = -(-max(lens) // ppb)
     tables = torch.randperm(blocks, generator=gen)[: width * len(lens)].view(len(lens), width).int()
-    q = torch.randn(len(lens), kv_heads * group, d, generator=gen)
+    q = torch.randn(len(lens), kv_heads * group, d, generator=gen).bfloat16().float()  # a model's bf16 query
     return (t.to(device) for t in (q, lo.to(dtype), hi, tables, torch.tensor(lens, dtype=torch.int32)))
 
 
@@ -175,7 +175,7 @@ def test_triton_page_scores_on_gpu():
     lo = lo.to("cuda", torch.float8_e5m2)
     tables = torch.randperm(4096, generator=gen)[:4000].view(4, 1000).int().cuda()
     pages = torch.tensor([1, 999, 5000, 8000], device="cuda")
-    q = torch.randn(4, 32, 128, generator=gen).cuda()
+    q = torch.randn(4, 32, 128, generator=gen).bfloat16().float().cuda()  # a model's bf16 query
     want = kt_head_bounds_ref(q, lo, hi, tables, pages, 64)
     got = kt_head_bounds(q, lo, hi, tables, pages, 64)
     assert torch.equal(got.isinf(), want.isinf())
