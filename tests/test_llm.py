@@ -251,3 +251,22 @@ def test_cuda_graph_decode_matches_eager(llama_dir, sparse):
                 assert llm.engine.runner.graphs  # the padded batch of 3 ran as the 4-graph
             assert_pool_empty(llm)
     assert outs[0] == outs[1]
+
+
+def test_score_matches_transformers_logprobs(llama, llama_dir):
+    # Each continuation token goes through a decode step; the sum of its log-probabilities and the
+    # greedy flag must be what the full forward pass of transformers gives.
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    context = llama.tokenizer.encode(PROMPTS[2])
+    greedy = llama.generate(context, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+    requests = [(context, greedy.outputs[0].token_ids), (context, [5, 9, 11, 2]), (context[:3], [7])]
+    got = llama.score(requests)
+    for (ctx, cont), (logprob, is_greedy) in zip(requests, got):
+        logits = model(torch.tensor([ctx + cont])).logits[0, len(ctx) - 1 : -1]
+        want = torch.log_softmax(logits, -1)[torch.arange(len(cont)), torch.tensor(cont)]
+        assert logprob == pytest.approx(want.sum().item(), abs=1e-3)
+        assert is_greedy == bool((logits.argmax(-1) == torch.tensor(cont)).all())
+    assert got[0][1] and not got[1][1]
+    with pytest.raises(RequestError, match="at least one token"):
+        llama.score([(context, [])])
+    assert_pool_empty(llama)

@@ -121,3 +121,20 @@ def test_rocket_through_kernels_equals_torch_path(llama_dir):
     for a, b in zip(*outs):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert torch.allclose(a.outputs[0].generation_logits, b.outputs[0].generation_logits, atol=1e-4)
+
+
+def test_score_goes_through_sparse_decode(llama_dir):
+    # LLM.score feeds the continuation as decode steps: a covering budget scores like dense, a small
+    # one does not (its decode steps attend to the kept, selected pages only).
+    def scores(sparse):
+        with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=sparse) as llm:
+            context = llm.tokenizer.encode(LONG)
+            return [lp for lp, _ in llm.score([(context, list(range(10, 26))), (context[:50], [3, 4, 5])])]
+
+    dense = scores(None)
+    full = scores(RocketSparseAttentionConfig(prompt_budget=1024, topk=128, page_size=4, topr=16))
+    small = scores(
+        RocketSparseAttentionConfig(prompt_budget=64, window_size=8, kernel_size=3, topk=4, page_size=4, topr=8)
+    )
+    assert full == pytest.approx(dense, abs=1e-4)
+    assert abs(small[0] - dense[0]) > 1e-2

@@ -73,6 +73,35 @@ class LLM:
             raise RuntimeError(f"request {failed[0].request_id} failed: {failed[0].outputs[0].error}")
         return outputs[0] if single else outputs
 
+    def score(self, requests: Sequence[tuple[list[int], list[int]]], use_tqdm: bool = True) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation given its context, and whether greedy decoding makes it.
+
+        requests: (context token ids, continuation token ids) pairs. The context is prefilled and
+        each continuation token is fed as the next decode step, so the model scores it with the
+        KV cache and sparse attention that generation would use (RocketKV's eviction and page
+        selection included). Returns (sum of the continuation's log-probabilities, all argmax).
+        """
+        seqs = []
+        for context, continuation in requests:
+            if not continuation:
+                raise RequestError("a scored continuation must have at least one token")
+            vocab = self.engine.hf_config.vocab_size
+            if any(not 0 <= t < vocab for t in continuation):
+                raise RequestError(f"continuation token ids must be in [0, {vocab})")
+            params = SamplingParams(max_tokens=len(continuation), temperature=0.0, ignore_eos=True, detokenize=False)
+            seq = self.engine.new_sequence(list(context), params)
+            seq.forced_token_ids = list(continuation)
+            seqs.append(seq)
+        results = [self._submit(seq, None, streaming=False) for seq in seqs]
+        with tqdm(total=len(results), desc="Scored requests", disable=not use_tqdm or len(results) < 2) as bar:
+            for r in results:
+                r.result()
+                bar.update(1)
+        failed = [s for s in seqs if s.finish_reason == "error"]
+        if failed:
+            raise RuntimeError(f"request {failed[0].request_id} failed: {failed[0].error}")
+        return [(sum(s.forced_logprobs), all(s.forced_greedy)) for s in seqs]
+
     def generate_async(
         self, inputs: PromptInput, sampling_params: Optional[SamplingParams] = None, streaming: bool = False
     ) -> GenerationResult:

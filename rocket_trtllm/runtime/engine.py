@@ -194,6 +194,7 @@ class LLMEngine:
         try:
             logits = self.runner.run(batch)
             tokens = sample(logits, batch.sequences)
+            _force(logits, batch.sequences, tokens)
         except Exception as e:  # a failed step fails its requests, never the engine
             for seq in batch.sequences:
                 seq.error = f"{type(e).__name__}: {e}"
@@ -277,3 +278,18 @@ class LLMEngine:
             "ktBlocksUsed": self.pool.allocator.num_used if self.backend.uses_kt_cache else 0,
             "meanTokensAttendedPerStep": self.totals["tokens_attended"] / steps if steps else 0.0,
         }
+
+
+def _force(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
+    """Replace the sampled token of every scoring sequence by its forced one, recording its log-probability."""
+    rows = [i for i, seq in enumerate(seqs) if seq.forced_token_ids is not None]
+    if not rows:
+        return
+    forced = [seqs[i].forced_token_ids[len(seqs[i].output_token_ids)] for i in rows]
+    picked = logits[rows].float()
+    logprobs = torch.log_softmax(picked, dim=-1)[torch.arange(len(rows)), forced].tolist()
+    greedy = (picked.argmax(-1) == torch.tensor(forced, device=picked.device)).tolist()
+    for i, token, logprob, top in zip(rows, forced, logprobs, greedy):
+        seqs[i].forced_logprobs.append(logprob)
+        seqs[i].forced_greedy.append(top)
+        tokens[i] = token

@@ -30,6 +30,11 @@ class Sequence:
     kept_prompt_len: int = 0
     generator: Optional[torch.Generator] = None
     logits: list[torch.Tensor] = field(default_factory=list)  # per output token, if asked for
+    # Scoring (LLM.score): these tokens replace the sampled ones, each step recording the log-probability
+    # the model gave the forced token and whether it was the argmax.
+    forced_token_ids: Optional[list[int]] = None
+    forced_logprobs: list[float] = field(default_factory=list)
+    forced_greedy: list[bool] = field(default_factory=list)
 
     @property
     def prompt_len(self) -> int:
