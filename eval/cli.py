@@ -24,14 +24,16 @@ ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
-def sparse_config(algorithm: str, budget: int) -> Optional[dict[str, Any]]:
-    """The sparse-attention config spending `budget` tokens of attention per decode step."""
+def sparse_config(algorithm: str, budget: int, window_size: int = 32) -> Optional[dict[str, Any]]:
+    """The sparse-attention config spending `budget` tokens of attention per decode step
+    (`window_size`: SnapKV's observation window, for rocket and snapkv)."""
     if algorithm == "full":
         return None
     if algorithm == "rocket":  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
-        return {"algorithm": "rocket", "prompt_budget": 8 * budget, "topk": budget // 4, "page_size": 4, "topr": 1.0}
+        return {"algorithm": "rocket", "prompt_budget": 8 * budget, "topk": budget // 4, "page_size": 4, "topr": 1.0,
+                "window_size": window_size}  # fmt: skip
     if algorithm == "snapkv":
-        return {"algorithm": "snapkv", "prompt_budget": budget}
+        return {"algorithm": "snapkv", "prompt_budget": budget, "window_size": min(window_size, budget // 2)}
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": budget // 16, "page_size": 16}
     if algorithm == "streamingllm":
@@ -59,12 +61,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--sweep", action="store_true", help="every --algorithms x --budgets instead of --config's method")
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS)
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
+    p.add_argument("--window-size", type=int, default=32,
+                   help="--sweep: SnapKV's observation window of rocket and snapkv (<= snapkv budget / 2)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
     ns = p.parse_args(argv)
-    if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64 or ns.truncate < 256:
-        p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64 and --truncate >= 256")
+    if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64 or ns.truncate < 256 or ns.window_size < 1:
+        p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64, --truncate >= 256 and --window-size >= 1")
     if LONGBENCH in ns.tasks and not ns.dataset:
         p.error(f"{LONGBENCH} needs --dataset PATH (LongBench v2's data.json)")
     return ns
@@ -116,7 +120,7 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
-            cfg = sparse_config(algorithm, budget or 0)
+            cfg = sparse_config(algorithm, budget or 0, ns.window_size)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})
