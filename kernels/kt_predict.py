@@ -198,6 +198,9 @@ if triton is not None:
             torch.float32: tl.float32}  # fmt: skip
 
 
+_BLOCK_P = 64  # pages per tile in both passes
+
+
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN202
     require_triton()
     batch, q_heads, d = q.shape
@@ -209,23 +212,21 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: A
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
     # Enough chunks to fill the GPU about twice (132 SMs on an H100).
-    block_p = 64
-    tiles = triton.cdiv(max_pages, block_p)
+    tiles = triton.cdiv(max_pages, _BLOCK_P)
     chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
-    chunk = triton.cdiv(tiles, chunks) * block_p
+    chunk = triton.cdiv(tiles, chunks) * _BLOCK_P
     n_chunks = triton.cdiv(max_pages, chunk)
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
     part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
-    scale = d**-0.5
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
         q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
-        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks, scale,
-        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=block_p,
+        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks, d**-0.5,
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
         DOT=_DOT[kt_min.dtype],
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk, block_p, scale
+    return bounds, part_m, part_l, chunk
 
 
 def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
@@ -236,16 +237,17 @@ def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: A
 def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk, block_p, scale = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
+    bounds, part_m, part_l, chunk = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
     batch, q_heads, max_pages = bounds.shape
     kv_heads = kt_min.shape[1]
     n_chunks = part_m.shape[-1]
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
         bounds, part_m, part_l, num_pages, out,
-        bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks, scale,
+        bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
+        q.shape[-1] ** -0.5,
         G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
-        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=block_p, NEWEST=newest,
+        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest,
     )  # fmt: skip
     return out
 

@@ -81,11 +81,10 @@ class LLM:
         KV cache and sparse attention that generation would use (RocketKV's eviction and page
         selection included). Returns (sum of the continuation's log-probabilities, all argmax).
         """
-        seqs = []
+        seqs, vocab = [], self.engine.hf_config.vocab_size
         for context, continuation in requests:
             if not continuation:
                 raise RequestError("a scored continuation must have at least one token")
-            vocab = self.engine.hf_config.vocab_size
             if any(not 0 <= t < vocab for t in continuation):
                 raise RequestError(f"continuation token ids must be in [0, {vocab})")
             params = SamplingParams(max_tokens=len(continuation), temperature=0.0, ignore_eos=True, detokenize=False)
