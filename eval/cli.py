@@ -24,16 +24,19 @@ ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
-def sparse_config(algorithm: str, budget: int, window_size: int = 32) -> Optional[dict[str, Any]]:
+def sparse_config(
+    algorithm: str, budget: int, window_size: int = 32, window_reduction: str = "max"
+) -> Optional[dict[str, Any]]:
     """The sparse-attention config spending `budget` tokens of attention per decode step
-    (`window_size`: SnapKV's observation window, for rocket and snapkv)."""
+    (`window_size`, `window_reduction`: SnapKV's observation window and its scoring, for rocket and snapkv)."""
     if algorithm == "full":
         return None
     if algorithm == "rocket":  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
         return {"algorithm": "rocket", "prompt_budget": 8 * budget, "topk": budget // 4, "page_size": 4, "topr": 1.0,
-                "window_size": window_size}  # fmt: skip
+                "window_size": window_size, "window_reduction": window_reduction}  # fmt: skip
     if algorithm == "snapkv":
-        return {"algorithm": "snapkv", "prompt_budget": budget, "window_size": min(window_size, budget // 2)}
+        return {"algorithm": "snapkv", "prompt_budget": budget, "window_size": min(window_size, budget // 2),
+                "window_reduction": window_reduction}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": budget // 16, "page_size": 16}
     if algorithm == "streamingllm":
@@ -63,6 +66,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
     p.add_argument("--window-size", type=int, default=32,
                    help="--sweep: SnapKV's observation window of rocket and snapkv (<= snapkv budget / 2)")  # fmt: skip
+    p.add_argument("--window-reduction", choices=["max", "sum"], default="max",
+                   help="--sweep: how rocket and snapkv score the prefix from the window (sum: the paper)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
@@ -120,7 +125,7 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
-            cfg = sparse_config(algorithm, budget or 0, ns.window_size)
+            cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.window_reduction)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})

@@ -15,11 +15,12 @@ DEFAULTS = dict(
     page_size=4,
     kt_cache_dtype="float8_e5m2",
 )
+OURS = dict(window_reduction="max")  # fields TensorRT-LLM's class does not have
 
 
 def test_defaults_match_tensorrt_llm():
     assert FromLlmApi is RocketSparseAttentionConfig
-    assert RocketSparseAttentionConfig().model_dump() == DEFAULTS
+    assert RocketSparseAttentionConfig().model_dump() == {**DEFAULTS, **OURS}
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,7 @@ def test_defaults_match_tensorrt_llm():
         ("page_size", 16),
         ("kt_cache_dtype", "bfloat16"),
         ("kt_cache_dtype", "float16"),
+        ("window_reduction", "sum"),
         ("seq_len_threshold", 4096),
     ],
 )
@@ -63,6 +65,7 @@ def test_good_values(field, value):
         ("page_size", 3, "power of two"),
         ("page_size", 0, "power of two"),
         ("kt_cache_dtype", "int8", "float8_e5m2, bfloat16, float16"),
+        ("window_reduction", "mean", "'max' or 'sum'"),
         ("seq_len_threshold", 0, ">= 1"),
         ("algorithm", "quest2", "rocket"),
     ],

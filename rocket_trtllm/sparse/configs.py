@@ -26,6 +26,11 @@ class EvictionFields(BaseSparseAttentionConfig):
     window_size: int = Field(default=32, description="Recent prompt tokens always kept; they score the prefix.")
     kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
     prompt_budget: int = Field(default=2048, description="Prompt tokens kept after eviction, window included.")
+    window_reduction: Literal["max", "sum"] = Field(
+        default="max",
+        description="How a query head's window rows score a prefix token: the most any one row gives it "
+        "(max) or their total (sum, SnapKV's vote and the paper's SnapKV++).",
+    )
 
     evicts_prompt_tokens: ClassVar[bool] = True
 
