@@ -5,10 +5,7 @@
 set -uo pipefail
 PART=${1:-all}
 OUT=${OUT:-out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=$PWD:/tmp/site || exit 1
-ln -sfn "$PWD/kernels" rocket_trtllm/kernels  # the installed package maps kernels/ here; so does this link
-export PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 if [ "$PART" != bench ]; then
   python3 -m pytest -q -p no:cacheprovider tests/test_paged_decode.py tests/test_kt_cache.py tests/test_stage1.py \

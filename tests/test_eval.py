@@ -37,6 +37,17 @@ def test_sweep_runs_every_algorithm_and_writes_results(llama_dir, tmp_path, caps
     assert "| rocket | 64 |" in md.read_text() and "| full | all |" in capsys.readouterr().out
 
 
+def test_sweep_flags_reach_the_stage1_configs(llama_dir):
+    from rocket_trtllm.eval.cli import parse_args, runs
+
+    ns = parse_args([str(llama_dir), "niah_single", "--sweep", "--algorithms", "rocket", "snapkv", "--budgets", "64",
+                     "128", "--prompt-ratio", "4", "--window-size", "16", "--window-reduction", "max"])  # fmt: skip
+    configs = {(name, budget): args.sparse_attention_config for name, budget, args in runs(ns)}
+    assert [configs["rocket", b].prompt_budget for b in (64, 128)] == [256, 512]
+    assert [configs["rocket", b].topk for b in (64, 128)] == [16, 32]
+    assert {(c.window_size, c.window_reduction) for c in configs.values()} == {(16, "max")}
+
+
 def test_plot_of_a_sweep(llama_dir, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "sweep.png"

@@ -15,7 +15,7 @@ DEFAULTS = dict(
     page_size=4,
     kt_cache_dtype="float8_e5m2",
 )
-OURS = dict(window_reduction="max")  # fields TensorRT-LLM's class does not have
+OURS = dict(window_reduction="sum")  # fields TensorRT-LLM's class does not have
 
 
 def test_defaults_match_tensorrt_llm():
@@ -41,7 +41,7 @@ def test_defaults_match_tensorrt_llm():
         ("page_size", 16),
         ("kt_cache_dtype", "bfloat16"),
         ("kt_cache_dtype", "float16"),
-        ("window_reduction", "sum"),
+        ("window_reduction", "max"),
         ("seq_len_threshold", 4096),
     ],
 )

@@ -27,9 +27,9 @@ class EvictionFields(BaseSparseAttentionConfig):
     kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
     prompt_budget: int = Field(default=2048, description="Prompt tokens kept after eviction, window included.")
     window_reduction: Literal["max", "sum"] = Field(
-        default="max",
-        description="How a query head's window rows score a prefix token: the most any one row gives it "
-        "(max) or their total (sum, SnapKV's vote and the paper's SnapKV++).",
+        default="sum",
+        description="How a query head's window rows score a prefix token: their total (sum, SnapKV's vote "
+        "and the paper's SnapKV++) or the most any one row gives it (max).",
     )
 
     evicts_prompt_tokens: ClassVar[bool] = True
