@@ -1,12 +1,12 @@
 """Stage 1's scoring on the shipped model (EVAL.md): RocketKV as `rocket-eval --sweep` configures it, with
-the prefix scored one of several ways:
+the prefix scored four ways:
 
-- `sum`: the window rows' softmax added up (SnapKV's vote, the paper's SnapKV++; the default);
-- `max`: each query head's strongest window row (`window_reduction: max`);
-- `layer-sum`, `layer-max`: as above, but one choice per layer: each KV head's scores normalised to sum
-  to 1 and added over the KV heads, so every head keeps the same tokens.
+- `sum`: the window rows' softmax added up, one choice per KV head (the paper's SnapKV++; the default);
+- `layer-sum`: the same scores, one choice per layer (`eviction_scope: layer`);
+- `max`, `layer-max`: each query head's strongest window row instead of the rows' total (this probe only).
 
-    python benchmarks/stage1_scoring.py --variants sum max layer-max --tasks variable_tracking --json out.json
+    python benchmarks/stage1_scoring.py --variants sum layer-sum max layer-max --seed 1 --samples 40 \\
+        --tasks niah_multivalue variable_tracking --json stage1.json
 """
 
 import argparse
@@ -26,35 +26,43 @@ from rocket_trtllm.llmapi.llm_args import LlmArgs
 engine_scores = stage1.window_scores
 
 
-def layer_scores(q, k, window, kernel, scale, reduction):  # noqa: ANN001, ANN201
-    """One choice per layer: the KV heads' scores, each normalised to sum to 1, added; pooled after."""
-    per_head = engine_scores(q, k, window, 1, scale, reduction)
-    shared = (per_head / per_head.sum(-1, keepdim=True)).sum(0, keepdim=True)
-    pooled = F.max_pool1d(shared[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
-    return pooled.expand_as(per_head)
+def max_scores(q, k, window, kernel, scale, scope):  # noqa: ANN001, ANN201
+    """As the engine's, with each query head's window rows reduced by max instead of sum."""
+    q_heads, n, d = q.shape
+    kv_heads = k.shape[0]
+    qw = q[:, n - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
+    future = torch.arange(n, device=q.device)[None, :] > (n - window + torch.arange(window, device=q.device))[:, None]
+    scores = torch.empty(kv_heads, n - window, device=q.device)
+    for h in range(kv_heads):
+        logits = torch.einsum("gwd,nd->gwn", qw[h], k[h].float()) * scale
+        probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+        scores[h] = probs[..., : n - window].amax(dim=1).sum(dim=0)
+    if scope == "layer":
+        scores = (scores / scores.sum(dim=-1, keepdim=True)).sum(dim=0, keepdim=True)
+    return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["sum", "max", "layer-sum", "layer-max"])
+    p.add_argument("--variants", nargs="+", choices=["sum", "layer-sum", "max", "layer-max"],
+                   default=["sum", "layer-sum", "max", "layer-max"])  # fmt: skip
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384])
     p.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window-size", type=int, default=32)
     p.add_argument("--json", help="write the results here")
     ns = p.parse_args()
     rows = []
+    longest = max(ns.lengths) * 11 // 10 + 48
+    greedy = SamplingParams(max_tokens=48, temperature=0.0)
     for variant in ns.variants:
-        reduction = variant.removeprefix("layer-")
-        stage1.window_scores = layer_scores if variant.startswith("layer-") else engine_scores
+        stage1.window_scores = max_scores if variant.endswith("max") else engine_scores
+        scope = "layer" if variant.startswith("layer-") else "kv_head"
         for budget in ns.budgets:
-            sparse = sparse_config("rocket", budget, ns.window_size, reduction)
-            longest = max(ns.lengths) * 11 // 10 + 48
+            sparse = sparse_config("rocket", budget, 32, scope)
             args = LlmArgs.model_validate({"model": str(SHIPPED_MODEL), "max_num_tokens": longest,
                                            "max_seq_len": longest, "sparse_attention_config": sparse})  # fmt: skip
-            greedy = SamplingParams(max_tokens=48, temperature=0.0)
             with LLM(model=str(SHIPPED_MODEL), llm_args=args) as llm:
                 for task in ns.tasks:
                     for length in ns.lengths:

@@ -25,19 +25,19 @@ LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chai
 
 
 def sparse_config(
-    algorithm: str, budget: int, window_size: int = 32, window_reduction: str = "sum", prompt_ratio: int = 8
+    algorithm: str, budget: int, window_size: int = 32, eviction_scope: str = "kv_head", prompt_ratio: int = 8
 ) -> Optional[dict[str, Any]]:
     """The sparse-attention config spending `budget` tokens of attention per decode step (`window_size`,
-    `window_reduction`: SnapKV's observation window and its scoring, for rocket and snapkv; rocket keeps
-    `prompt_ratio` x `budget` prompt tokens at prefill)."""
+    `eviction_scope`: SnapKV's observation window and who shares a choice, for rocket and snapkv; rocket
+    keeps `prompt_ratio` x `budget` prompt tokens at prefill)."""
     if algorithm == "full":
         return None
     if algorithm == "rocket":  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
         return {"algorithm": "rocket", "prompt_budget": prompt_ratio * budget, "topk": budget // 4, "page_size": 4,
-                "topr": 1.0, "window_size": window_size, "window_reduction": window_reduction}  # fmt: skip
+                "topr": 1.0, "window_size": window_size, "eviction_scope": eviction_scope}  # fmt: skip
     if algorithm == "snapkv":
         return {"algorithm": "snapkv", "prompt_budget": budget, "window_size": min(window_size, budget // 2),
-                "window_reduction": window_reduction}  # fmt: skip
+                "eviction_scope": eviction_scope}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": budget // 16, "page_size": 16}
     if algorithm == "streamingllm":
@@ -67,8 +67,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
     p.add_argument("--window-size", type=int, default=32,
                    help="--sweep: SnapKV's observation window of rocket and snapkv (<= snapkv budget / 2)")  # fmt: skip
-    p.add_argument("--window-reduction", choices=["max", "sum"], default="sum",
-                   help="--sweep: how rocket and snapkv score the prefix from the window (sum: the paper)")  # fmt: skip
+    p.add_argument("--eviction-scope", choices=["kv_head", "layer"], default="kv_head",
+                   help="--sweep: rocket and snapkv keep tokens per KV head (the paper) or per layer")  # fmt: skip
     p.add_argument("--prompt-ratio", type=int, default=8,
                    help="--sweep: rocket keeps this many times the budget of the prompt at prefill (>= 2)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
@@ -130,7 +130,7 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
-            cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.window_reduction, ns.prompt_ratio)
+            cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})

@@ -41,11 +41,11 @@ def test_sweep_flags_reach_the_stage1_configs(llama_dir):
     from rocket_trtllm.eval.cli import parse_args, runs
 
     ns = parse_args([str(llama_dir), "niah_single", "--sweep", "--algorithms", "rocket", "snapkv", "--budgets", "64",
-                     "128", "--prompt-ratio", "4", "--window-size", "16", "--window-reduction", "max"])  # fmt: skip
+                     "128", "--prompt-ratio", "4", "--window-size", "16", "--eviction-scope", "layer"])  # fmt: skip
     configs = {(name, budget): args.sparse_attention_config for name, budget, args in runs(ns)}
     assert [configs["rocket", b].prompt_budget for b in (64, 128)] == [256, 512]
     assert [configs["rocket", b].topk for b in (64, 128)] == [16, 32]
-    assert {(c.window_size, c.window_reduction) for c in configs.values()} == {(16, "max")}
+    assert {(c.window_size, c.eviction_scope) for c in configs.values()} == {(16, "layer")}
 
 
 def test_plot_of_a_sweep(llama_dir, tmp_path):

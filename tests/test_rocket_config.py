@@ -15,7 +15,7 @@ DEFAULTS = dict(
     page_size=4,
     kt_cache_dtype="float8_e5m2",
 )
-OURS = dict(window_reduction="sum")  # fields TensorRT-LLM's class does not have
+OURS = dict(eviction_scope="kv_head")  # fields TensorRT-LLM's class does not have
 
 
 def test_defaults_match_tensorrt_llm():
@@ -41,7 +41,7 @@ def test_defaults_match_tensorrt_llm():
         ("page_size", 16),
         ("kt_cache_dtype", "bfloat16"),
         ("kt_cache_dtype", "float16"),
-        ("window_reduction", "max"),
+        ("eviction_scope", "layer"),
         ("seq_len_threshold", 4096),
     ],
 )
@@ -65,7 +65,7 @@ def test_good_values(field, value):
         ("page_size", 3, "power of two"),
         ("page_size", 0, "power of two"),
         ("kt_cache_dtype", "int8", "float8_e5m2, bfloat16, float16"),
-        ("window_reduction", "mean", "'max' or 'sum'"),
+        ("eviction_scope", "head", "'kv_head' or 'layer'"),
         ("seq_len_threshold", 0, ">= 1"),
         ("algorithm", "quest2", "rocket"),
     ],

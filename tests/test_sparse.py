@@ -32,9 +32,10 @@ def test_full_budget_rocket_equals_dense(llama_dir, dense):
         assert torch.allclose(r.generation_logits, d.generation_logits, atol=1e-5, rtol=0)
 
 
-def test_rocket_with_full_page_budget_equals_snapkv(llama_dir):
+@pytest.mark.parametrize("scope", ["kv_head", "layer"])
+def test_rocket_with_full_page_budget_equals_snapkv(llama_dir, scope):
     # Stage 2 covering everything kept leaves stage 1 alone: RocketKV must then be SnapKV exactly.
-    stage1 = dict(prompt_budget=64, window_size=8, kernel_size=7)
+    stage1 = dict(prompt_budget=64, window_size=8, kernel_size=7, eviction_scope=scope)
     rocket = run(llama_dir, RocketSparseAttentionConfig(topk=64, topr=16, **stage1))
     snapkv = run(llama_dir, {"algorithm": "snapkv", **stage1})
     assert [r.token_ids for r in rocket] == [s.token_ids for s in snapkv]

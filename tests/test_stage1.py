@@ -4,34 +4,36 @@ import torch
 from rocket_trtllm.sparse.stage1 import keep_indices
 
 
-def keep_indices_plain(q, k, window, kernel, budget, scale, reduction):
-    """SnapKV++ written out loop by loop, as a reader would check it against the paper (reduction "sum";
-    "max" takes each query head's largest window row instead of their total)."""
+def keep_indices_plain(q, k, window, kernel, budget, scale, scope):
+    """SnapKV++ written out loop by loop, as a reader would check it against the paper (scope "kv_head");
+    scope "layer" normalises each KV head's scores to sum to 1 and adds them: one choice for all heads."""
     q_heads, n, d = q.shape
     kv_heads = k.shape[0]
     group = q_heads // kv_heads
-    kept = []
+    scores = []
     for h in range(kv_heads):
         score = [0.0] * (n - window)
         for g in range(group):
-            head = [0.0] * (n - window)
             for w in range(window):
                 row = n - window + w
                 logits = [float(q[h * group + g, row] @ k[h, j]) * scale for j in range(row + 1)]
                 probs = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0)
                 for j in range(n - window):
-                    p = float(probs[j])
-                    head[j] = max(head[j], p) if reduction == "max" else head[j] + p
-            for j in range(n - window):
-                score[j] += head[j]
-        half = kernel // 2
+                    score[j] += float(probs[j])
+        scores.append(score)
+    if scope == "layer":
+        shared = [sum(s[j] / sum(s) for s in scores) for j in range(n - window)]
+        scores = [shared] * kv_heads
+    kept = []
+    half = kernel // 2
+    for score in scores:
         pooled = [max(score[max(0, j - half) : j + half + 1]) for j in range(n - window)]
         order = sorted(range(n - window), key=lambda j: (-pooled[j], j))
         kept.append(sorted(order[: budget - window]) + list(range(n - window, n)))
     return torch.tensor(kept)
 
 
-@pytest.mark.parametrize("reduction", ["max", "sum"])
+@pytest.mark.parametrize("scope", ["kv_head", "layer"])
 @pytest.mark.parametrize(
     "q_heads,kv_heads,n,window,kernel,budget",
     [
@@ -42,29 +44,31 @@ def keep_indices_plain(q, k, window, kernel, budget, scale, reduction):
         (4, 2, 33, 1, 9, 2),
     ],
 )
-def test_kept_indices_match_plain_reference(q_heads, kv_heads, n, window, kernel, budget, reduction):
+def test_kept_indices_match_plain_reference(q_heads, kv_heads, n, window, kernel, budget, scope):
     gen = torch.Generator().manual_seed(n * 31 + kernel)
     d = 8
     # Quantised scores keep float ties exact in both implementations.
     q = torch.randint(-3, 4, (q_heads, n, d), generator=gen).float()
     k = torch.randint(-3, 4, (kv_heads, n, d), generator=gen).float()
-    got = keep_indices(q, k, window, kernel, budget, 0.5, reduction)
-    want = keep_indices_plain(q.double(), k.double(), window, kernel, budget, 0.5, reduction)
+    got = keep_indices(q, k, window, kernel, budget, 0.5, scope)
+    want = keep_indices_plain(q.double(), k.double(), window, kernel, budget, 0.5, scope)
     assert got.shape == (kv_heads, budget)
     assert torch.equal(got, want)
     assert all(torch.all(row[1:] > row[:-1]) for row in got)  # original order, no duplicates
 
 
-def test_max_keeps_the_key_one_window_row_needs():
-    """One window row looks sharply at key 3 (a hop of a chain only that row asks about); the seven
-    other rows share their attention among keys 10-13. Summed, those four outweigh key 3 and fill the
-    four prefix slots; with max, key 3 (0.93 of its row) beats them (about 0.25 of each row)."""
-    n, window, d = 40, 8, 16
-    k = torch.zeros(1, n, d)
+def test_layer_scope_keeps_for_every_head_what_one_head_needs():
+    """KV head 0's window looks sharply at key 3, head 1's at keys 20-23. Per KV head, each keeps only its
+    own; with one choice per layer, both heads keep key 3 and the best of keys 20-23."""
+    n, window, d = 40, 4, 16
+    k = torch.zeros(2, n, d)
     k[0, 3, 0] = 1.0
-    k[0, 10:14, 1] = 1.0
-    q = torch.zeros(1, n, d)
-    q[0, n - window, 0] = 6.0  # the one row for key 3: about 0.94 of its softmax
-    q[0, n - window + 1 :, 1] = 6.0  # the other rows: about 0.24 on each of keys 10-13
-    kept = {r: set(keep_indices(q, k, window, 1, window + 4, 1.0, r)[0].tolist()) for r in ("max", "sum")}
-    assert 3 in kept["max"] and 3 not in kept["sum"]
+    k[1, 20:24, 1] = 1.0
+    q = torch.zeros(2, n, d)
+    q[0, n - window :, 0] = 8.0
+    q[1, n - window :, 1] = 8.0
+    per_head = keep_indices(q, k, window, 1, window + 4, 1.0, "kv_head")
+    layer = keep_indices(q, k, window, 1, window + 4, 1.0, "layer")
+    assert 3 in per_head[0].tolist() and 3 not in per_head[1].tolist()
+    assert set(range(20, 24)) <= set(per_head[1].tolist())
+    assert torch.equal(layer[0], layer[1]) and 3 in layer[0].tolist() and 20 in layer[0].tolist()

@@ -26,10 +26,10 @@ class EvictionFields(BaseSparseAttentionConfig):
     window_size: int = Field(default=32, description="Recent prompt tokens always kept; they score the prefix.")
     kernel_size: int = Field(default=63, description="1-D max-pool kernel over the prefix scores (odd).")
     prompt_budget: int = Field(default=2048, description="Prompt tokens kept after eviction, window included.")
-    window_reduction: Literal["max", "sum"] = Field(
-        default="sum",
-        description="How a query head's window rows score a prefix token: their total (sum, SnapKV's vote "
-        "and the paper's SnapKV++) or the most any one row gives it (max).",
+    eviction_scope: Literal["kv_head", "layer"] = Field(
+        default="kv_head",
+        description="Which heads share one choice of kept tokens: each KV head its own (the paper's SnapKV++), "
+        "or every head of a layer (each KV head's scores normalised to sum to 1, then added).",
     )
 
     evicts_prompt_tokens: ClassVar[bool] = True

@@ -18,7 +18,7 @@ class SnapKVAttention(AttentionBackend):
         c = self.config
         if k.shape[1] <= c.prompt_budget:
             return k, v
-        idx = keep_indices(q, k, c.window_size, c.kernel_size, c.prompt_budget, self.scale, c.window_reduction)
+        idx = keep_indices(q, k, c.window_size, c.kernel_size, c.prompt_budget, self.scale, c.eviction_scope)
         return gather_kept(k, idx), gather_kept(v, idx)
 
 

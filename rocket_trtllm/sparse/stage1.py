@@ -4,14 +4,11 @@ import torch
 import torch.nn.functional as F
 
 
-def window_scores(
-    q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, scale: float, reduction: str
-) -> torch.Tensor:
-    """How much the last `window` queries attend to each earlier key, per KV head, max-pooled.
+def window_scores(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, scale: float, scope: str) -> torch.Tensor:
+    """How much the last `window` queries attend to each earlier key, max-pooled: per KV head (`scope`
+    "kv_head"), or once for the layer ("layer": each KV head's scores normalised to sum to 1, then added).
 
-    `reduction` combines a query head's window rows: "max" (the most any one of them gives the key) or
-    "sum" (SnapKV's vote); the GQA group's query heads are summed either way.
-    q: [q_heads, n, d]; k: [kv_heads, n, d] -> [kv_heads, n - window] float32
+    q: [q_heads, n, d]; k: [kv_heads, n, d] -> [kv_heads or 1, n - window] float32
     """
     q_heads, n, d = q.shape
     kv_heads = k.shape[0]
@@ -22,26 +19,28 @@ def window_scores(
     for h in range(kv_heads):  # one KV head at a time: a long prompt's float32 logits stay small
         logits = torch.einsum("gwd,nd->gwn", qw[h], k[h].float()) * scale
         probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
-        prefix = probs[..., : n - window]
-        per_head = prefix.amax(dim=1) if reduction == "max" else prefix.sum(dim=1)
-        scores[h] = per_head.sum(dim=0)  # one choice per KV head: its query heads add up
+        # SnapKV's vote, GQA-aware: summed over the window and over the group's query heads.
+        scores[h] = probs[..., : n - window].sum(dim=(0, 1))
+    if scope == "layer":
+        scores = (scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-30)).sum(dim=0, keepdim=True)
     return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
 
 
 def keep_indices(
-    q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, budget: int, scale: float, reduction: str
+    q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, budget: int, scale: float, scope: str
 ) -> torch.Tensor:
-    """Kept token positions per KV head, ascending: the best `budget - window` prefix tokens, then the window.
+    """Kept token positions per KV head, ascending: the best `budget - window` prefix tokens, then the window
+    (the same tokens for every KV head when `scope` is "layer").
 
     Ties (common after max-pooling) go to the earlier token. q: [q_heads, n, d]; k: [kv_heads, n, d]
     -> [kv_heads, budget] int64 (n > budget)
     """
-    n = k.shape[1]
-    scores = window_scores(q, k, window, kernel, scale, reduction)
+    kv_heads, n = k.shape[:2]
+    scores = window_scores(q, k, window, kernel, scale, scope)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     prefix = torch.sort(order[:, : budget - window], dim=-1).values
-    recent = torch.arange(n - window, n, device=k.device).expand(k.shape[0], window)
-    return torch.cat([prefix, recent], dim=-1)
+    recent = torch.arange(n - window, n, device=k.device).expand(prefix.shape[0], window)
+    return torch.cat([prefix, recent], dim=-1).expand(kv_heads, budget)
 
 
 def gather_kept(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
