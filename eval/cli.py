@@ -4,6 +4,7 @@ tasks, optionally swept over token budgets.
     rocket-eval MODEL --config configs/rocket.yaml niah_single variable_tracking --lengths 4096 8192
     rocket-eval MODEL niah_single niah_multikey --sweep --budgets 256 512 1024 --json sweep.json --plot sweep.png
     rocket-eval MODEL longbench_v2 --dataset LongBench-v2/data.json --config configs/rocket.yaml
+    rocket-eval "$(rocket-fetch smollm2)" passkey doc_ppl --lengths 2048 4096 --sweep   # real model, real prose
 """
 
 import argparse
@@ -16,9 +17,15 @@ from ..errors import ConfigError
 from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
 from ..llmapi.sampling_params import SamplingParams
+from ..models.checkpoint import open_checkpoint
 from . import longbench
+from .fetch import FetchError
+from .fetch import prose as fetch_prose
+from .perplexity import TASK as DOC_PPL
+from .perplexity import make_documents, perplexity
+from .prose import Corpus
 from .report import LONGBENCH, write
-from .tasks import TASKS, make_samples
+from .tasks import PROSE_ONLY, TASKS, Sample, make_samples
 
 ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
@@ -51,14 +58,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", help="checkpoint folder")
-    tasks = [*TASKS, LONGBENCH]
+    p.add_argument("model", help="checkpoint folder or .gguf file")
+    tasks = [*TASKS, DOC_PPL, LONGBENCH]
     p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
     p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens (synthetic tasks)")
     p.add_argument("--dataset", help=f"LongBench v2's data.json (official format), for {LONGBENCH}")
     p.add_argument("--truncate", type=int, default=128000,
                    help=f"{LONGBENCH} prompts over this many tokens lose the middle of their context")  # fmt: skip
+    p.add_argument("--prose", help="real English prose for passkey, doc_ppl and --haystack prose: a text file, one "
+                   "paragraph a line (default: the King James Bible, fetched by rocket-fetch prose)")  # fmt: skip
+    p.add_argument("--haystack", choices=["filler", "prose"], default="filler",
+                   help="what the synthetic tasks hide their facts in (passkey: always prose)")  # fmt: skip
+    p.add_argument("--chat-template", choices=["auto", "off"], default="auto",
+                   help="auto: prompts go in the user turn of the model's chat template when it has one")  # fmt: skip
+    p.add_argument("--ppl-tokens", type=int, default=128, help=f"{DOC_PPL}: the last tokens of each document scored")
     p.add_argument("--samples", type=int, default=20, help="samples per task and length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=48, help="tokens generated per answer")
@@ -79,20 +93,46 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64, --truncate >= 256 and --window-size >= 1")
     if ns.prompt_ratio < 2:
         p.error("--prompt-ratio must be >= 2 (rocket keeps at least twice what it attends)")
+    if DOC_PPL in ns.tasks and not 0 < ns.ppl_tokens < min(ns.lengths):
+        p.error(f"--ppl-tokens must be in [1, {min(ns.lengths)}) (the shortest document)")
     if LONGBENCH in ns.tasks and not ns.dataset:
         p.error(f"{LONGBENCH} needs --dataset PATH (LongBench v2's data.json)")
     return ns
 
 
+def needs_prose(ns: argparse.Namespace) -> bool:
+    return DOC_PPL in ns.tasks or bool(PROSE_ONLY & set(ns.tasks)) or (ns.haystack == "prose" and bool(
+        set(ns.tasks) & set(TASKS)))  # fmt: skip
+
+
+def load_prose(ns: argparse.Namespace) -> Optional[Corpus]:
+    if not needs_prose(ns):
+        return None
+    return Corpus.load(Path(ns.prose) if ns.prose else fetch_prose())
+
+
+def prompt_text(sample: Sample, tokenizer: Any, ns: argparse.Namespace) -> str:
+    if ns.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        return sample.chat_prompt(tokenizer)
+    return sample.prompt
+
+
 def evaluate(
-    base: LlmArgs, ns: argparse.Namespace, label: str, budget: Optional[int], records: list[dict[str, Any]]
+    base: LlmArgs,
+    ns: argparse.Namespace,
+    label: str,
+    budget: Optional[int],
+    records: list[dict[str, Any]],
+    prose: Optional[Corpus] = None,
 ) -> list[dict[str, Any]]:
     rows = []
 
-    def add(task: str, length: Any, accuracy: float, samples: int) -> None:
-        rows.append({"algorithm": label, "budget": budget, "task": task, "length": length,
-                     "accuracy": accuracy, "samples": samples})  # fmt: skip
-        print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>7}: {accuracy:.1f}%")
+    def add(task: str, length: Any, samples: int, accuracy: Optional[float] = None, ppl: Optional[float] = None):
+        row = {"algorithm": label, "budget": budget, "task": task, "length": length, "samples": samples}
+        row.update({"accuracy": accuracy} if ppl is None else {"perplexity": ppl})
+        rows.append(row)
+        shown = f"{accuracy:.1f}%" if ppl is None else f"perplexity {ppl:.3f}"
+        print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>7}: {shown}")
 
     with LLM(model=base.model, llm_args=base) as llm:
         tokenizer = llm.tokenizer
@@ -103,24 +143,30 @@ def evaluate(
                 params = SamplingParams(max_tokens=LONGBENCH_MAX_TOKENS, temperature=0.0)
                 texts = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=True)]
                 for subset, result in longbench.score(records, texts).items():
-                    add(task, subset, result["accuracy"], result["samples"])
+                    add(task, subset, result["samples"], accuracy=result["accuracy"])
                 continue
             for length in ns.lengths:
-                samples = make_samples(task, length, ns.samples, ns.seed, lambda s: len(tokenizer.encode(s)))
+                if task == DOC_PPL:
+                    docs = make_documents(prose, length, ns.samples, ns.seed, tokenizer.encode, ns.ppl_tokens)
+                    scored = llm.score(docs, use_tqdm=True)
+                    add(task, length, len(docs), ppl=perplexity([lp for lp, _ in scored], len(docs) * ns.ppl_tokens))
+                    continue
+                in_prose = prose if task in PROSE_ONLY or ns.haystack == "prose" else None
+                samples = make_samples(task, length, ns.samples, ns.seed, lambda s: len(tokenizer.encode(s)), in_prose)
                 params = SamplingParams(max_tokens=ns.max_tokens, temperature=0.0)
-                outs = llm.generate([s.prompt for s in samples], params, use_tqdm=True)
+                outs = llm.generate([prompt_text(s, tokenizer, ns) for s in samples], params, use_tqdm=True)
                 scores = [s.score(o.outputs[0].text) for s, o in zip(samples, outs)]
-                add(task, length, 100 * sum(scores) / len(scores), len(scores))
+                name = f"{task}@prose" if in_prose is not None and task not in PROSE_ONLY else task
+                add(name, length, len(scores), accuracy=100 * sum(scores) / len(scores))
     return rows
 
 
 def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     base = LlmArgs.from_yaml(ns.config, model=ns.model) if ns.config else LlmArgs(model=ns.model)
-    longest = max(ns.lengths) * 11 // 10 + ns.max_tokens  # prompts land within a few tokens of their length
+    # Prompts land within 2% of their length; a chat template adds its turn markers.
+    longest = max(ns.lengths) * 11 // 10 + 256 + ns.max_tokens
     if LONGBENCH in ns.tasks:
-        import transformers
-
-        window = getattr(transformers.AutoConfig.from_pretrained(ns.model), "max_position_embeddings", None)
+        window = getattr(open_checkpoint(ns.model).config, "max_position_embeddings", None)
         longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + LONGBENCH_MAX_TOKENS)
     base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
                                    "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
@@ -143,11 +189,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = []
     try:
         records = longbench.load(ns.dataset) if LONGBENCH in ns.tasks else []
+        prose = load_prose(ns)
         for label, budget, args in runs(ns):
-            rows += evaluate(args, ns, label, budget, records)
+            rows += evaluate(args, ns, label, budget, records, prose)
             if ns.json:  # after every run, so that an interrupted sweep keeps what it measured
                 Path(ns.json).write_text(json.dumps({"args": vars(ns), "results": rows}, indent=2))
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, FetchError) as e:
         sys.exit(f"rocket-eval: {e}")
     write(rows, ns.markdown, ns.plot)
 

@@ -6,7 +6,7 @@
 only in modules already imported). From Python, import this module before
 `lm_eval.simple_evaluate(model="rocket-trtllm", model_args=...)`.
 
-model_args: `pretrained` (checkpoint folder), `config` (the LLM options YAML that rocket-serve and
+model_args: `pretrained` (checkpoint folder or .gguf file), `config` (the LLM options YAML that rocket-serve and
 rocket-eval take; its sparse_attention_config is the method evaluated), `max_gen_toks` (default
 256), and any LLM option (`dtype=float32`, `max_seq_len=...`) overriding the YAML. lm-eval's
 `batch_size` and `device` are ignored: the engine batches every request itself and runs on the GPU

@@ -18,6 +18,17 @@ def headline(row: dict[str, Any]) -> bool:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    """The accuracy table (a row per method and budget, a column per task and length), then the
+    perplexity table with each cell's ratio to full KV's."""
+    scored = [r for r in rows if "perplexity" in r]
+    rows = [r for r in rows if "accuracy" in r]
+    tables = [accuracy_table(rows)] if rows else []
+    if scored:
+        tables.append(perplexity_table(scored))
+    return "\n\n".join(tables)
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
     lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
              "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
@@ -27,6 +38,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
         counted = [r["accuracy"] for r in mine if headline(r)]
         lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} |")
+    return "\n".join(lines)
+
+
+def perplexity_table(rows: list[dict[str, Any]]) -> str:
+    """Perplexity per method, budget and document length, with the ratio to full KV's in parentheses."""
+    lengths = list(dict.fromkeys(r["length"] for r in rows))
+    full = {r["length"]: r["perplexity"] for r in rows if r["algorithm"] == "full"}
+    lines = ["| algorithm | budget | " + " | ".join(f"doc_ppl {n}" for n in lengths) + " | mean ratio to full |",
+             "|---|---|" + "---|" * (len(lengths) + 1)]  # fmt: skip
+    for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
+        ppl = {r["length"]: r["perplexity"] for r in rows if (r["algorithm"], r["budget"]) == key}
+        ratios = {n: ppl[n] / full[n] for n in ppl if n in full}
+        cells = [f"{ppl[n]:.3f}" + (f" ({ratios[n]:.3f})" if n in ratios else "") if n in ppl else "-"
+                 for n in lengths]  # fmt: skip
+        lines.append(
+            f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(list(ratios.values())):.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -43,22 +71,37 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     except ImportError:
         print("rocket-eval: --plot needs matplotlib (pip install 'rocket-trtllm[eval]'); skipped", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    budgets = sorted({r["budget"] for r in rows if r["budget"]})
-    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
-        mine = [r for r in rows if r["algorithm"] == algorithm and headline(r)]
-        acc = {b: mean([r["accuracy"] for r in mine if r["budget"] == b]) for b in {r["budget"] for r in mine}}
-        if algorithm == "full":
-            ax.axhline(acc[None], color="black", linestyle="--", label="full KV")
-            continue
-        xs = [b for b in budgets if b in acc]
-        ax.plot(xs, [acc[b] for b in xs], marker="o", label=algorithm)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("token budget per decode step")
-    ax.set_ylabel("accuracy (%), mean over tasks and lengths")
-    ax.legend()
+    panels = [(m, [r for r in rows if m in r]) for m in ("accuracy", "perplexity")]
+    panels = [(m, mine) for m, mine in panels if mine]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (metric, mine) in zip(axes[0], panels):
+        _panel(ax, metric, mine)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _panel(ax: Any, metric: str, rows: list[dict[str, Any]]) -> None:
+    """Accuracy (mean over tasks and lengths), or perplexity as a ratio to full KV's, against the budget."""
+    budgets = sorted({r["budget"] for r in rows if r["budget"]})
+    full = {r["length"]: r[metric] for r in rows if r["algorithm"] == "full"}
+
+    def value(r: dict[str, Any]) -> float:
+        return r[metric] / full[r["length"]] if metric == "perplexity" else r[metric]
+
+    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
+        mine = [r for r in rows if r["algorithm"] == algorithm and headline(r)]
+        if metric == "perplexity":
+            mine = [r for r in mine if r["length"] in full]
+        by_budget = {b: mean([value(r) for r in mine if r["budget"] == b]) for b in {r["budget"] for r in mine}}
+        if algorithm == "full":
+            ax.axhline(by_budget[None], color="black", linestyle="--", label="full KV")
+            continue
+        xs = [b for b in budgets if b in by_budget]
+        ax.plot(xs, [by_budget[b] for b in xs], marker="o", label=algorithm)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token budget per decode step")
+    ax.set_ylabel("accuracy (%), mean over tasks and lengths" if metric == "accuracy" else "perplexity / full KV's")
+    ax.legend()
 
 
 def main(argv: Optional[list[str]] = None) -> None:

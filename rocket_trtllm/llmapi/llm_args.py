@@ -90,8 +90,10 @@ class CudaGraphConfig(StrictModel):
 class LlmArgs(StrictModel):
     """Everything a run needs, validated once. Build with keywords or `LlmArgs.from_yaml`."""
 
-    model: str = Field(description="Path to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer).")
-    tokenizer: Optional[str] = Field(default=None, description="Tokenizer folder; default: the model folder.")
+    model: str = Field(
+        description="A Hugging Face checkpoint folder (config.json, safetensors, tokenizer) or a .gguf file."
+    )
+    tokenizer: Optional[str] = Field(default=None, description="Tokenizer folder; default: the checkpoint's own.")
     backend: str = Field(default="pytorch", description="Only the PyTorch backend exists.")
     attn_backend: str = Field(
         default="TRTLLM", description="TRTLLM: Triton kernels on CUDA; VANILLA: plain torch everywhere."
@@ -120,7 +122,7 @@ class LlmArgs(StrictModel):
             except ConfigError as e:
                 raise ConfigError(e.detail, f"sparse_attention_config.{e.path}".rstrip(".")) from None
         if "model" not in data:
-            raise ConfigError("required: the path to a checkpoint folder", "model")
+            raise ConfigError("required: the path to a checkpoint folder or .gguf file", "model")
         super().__init__(**data)
         self._check_cross_field()
 

@@ -4,7 +4,6 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -12,7 +11,8 @@ import torch
 from ..errors import ConfigError, RequestError
 from ..llmapi.llm_args import LlmArgs
 from ..llmapi.sampling_params import SamplingParams
-from ..models.loader import load_hf_config, load_model, resolve_dtype
+from ..models.checkpoint import open_checkpoint
+from ..models.loader import load_model, resolve_dtype
 from ..sparse import lookup
 from .attention import AttentionBackend
 from .kv_cache import KVCachePool, ModelShape
@@ -40,13 +40,15 @@ class LLMEngine:
 
         self.args = args
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.hf_config = load_hf_config(args.model)
-        self.dtype = resolve_dtype(self.hf_config, args.dtype)
+        self.checkpoint = open_checkpoint(args.model)
+        self.hf_config = self.checkpoint.config
+        self.dtype = resolve_dtype(self.checkpoint, args.dtype, self.device)
         self.max_seq_len = self._max_seq_len()
-        self.model = load_model(
-            args.model, self.hf_config, self.dtype, self.device, random_weights=args.load_format == "dummy"
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        self.model = load_model(self.checkpoint, self.dtype, self.device, random_weights=args.load_format == "dummy")
+        if args.tokenizer:
+            self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        else:
+            self.tokenizer = self.checkpoint.tokenizer()
         shape = self.model.shape
         sparse = args.sparse_attention_config
         kv = args.kv_cache_config
@@ -137,17 +139,8 @@ class LLMEngine:
         return self._backend_cls()(shape, self.pool, use_kernels, self.args.sparse_attention_config)
 
     def _eos_ids(self) -> set[int]:
-        from transformers import GenerationConfig
-
-        generation = None
-        if (Path(self.args.model) / "generation_config.json").is_file():
-            generation = GenerationConfig.from_pretrained(self.args.model)
-        ids = set()
-        for source in (self.hf_config, generation, self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if eos is not None:
-                ids.update(eos if isinstance(eos, list) else [eos])
-        return ids
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return self.checkpoint.eos_token_ids() | ({eos} if eos is not None else set())
 
     # ---- requests -------------------------------------------------------------------------------
 

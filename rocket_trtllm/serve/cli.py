@@ -2,20 +2,21 @@
 
 import argparse
 import logging
-from pathlib import Path
 
 from ..errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rocket-serve", description=__doc__)
-    p.add_argument("model", help="Hugging Face checkpoint folder")
+    p.add_argument("model", help="Hugging Face checkpoint folder or .gguf file")
     p.add_argument("--config", "--extra_llm_api_options", dest="config", help="TensorRT-LLM-style YAML of LLM options")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's own)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", "--api_key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/")
-    p.add_argument("--served-model-name", dest="served_model_name", help="model id clients send (default: folder name)")
+    p.add_argument(
+        "--served-model-name", dest="served_model_name", help="model id clients send (default: the folder or file name)"
+    )
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_seq_len", type=int)
     p.add_argument("--max_num_tokens", type=int)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         llm = LLM(model=args.model, llm_args=llm_args)
     except ConfigError as e:
         raise SystemExit(f"rocket-serve: {e}") from None
-    name = args.served_model_name or Path(args.model).name
+    name = args.served_model_name or llm.engine.checkpoint.name
     try:
         uvicorn.run(create_app(llm, name, args.api_key), host=args.host, port=args.port, log_level=args.log_level)
     finally:
