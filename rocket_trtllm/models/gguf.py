@@ -1,6 +1,8 @@
 """GGUF files (llama.cpp's format): the config and tokenizer (chat template included) through transformers,
 the tensors read and dequantized with the `gguf` package, renamed to Hugging Face names."""
 
+import copy
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,19 @@ def _reader(path: Path) -> Any:
     return gguf.GGUFReader(str(path))
 
 
+@functools.lru_cache(maxsize=2)
+def _parsed(path: Path, mtime_ns: int) -> tuple[Any, Any]:
+    """transformers' config and tokenizer of a GGUF file. Its parser reads every metadata field in Python
+    (seconds for a 49k-token vocabulary), so a process that builds several engines from one file (an
+    eval sweep) parses it once."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    return (
+        AutoConfig.from_pretrained(path.parent, gguf_file=path.name),
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name),
+    )
+
+
 def _field(reader: Any, key: str) -> Any:
     field = reader.fields.get(key)
     return None if field is None else field.contents()
@@ -72,8 +87,6 @@ class GGUFCheckpoint(Checkpoint):
     gguf package dequantizes."""
 
     def __init__(self, path: Path) -> None:
-        from transformers import AutoConfig
-
         self.path = path
         self.reader = _reader(path)
         self.arch = _field(self.reader, "general.architecture")
@@ -83,7 +96,7 @@ class GGUFCheckpoint(Checkpoint):
                 f"{', '.join(ARCHITECTURES)} (Mistral GGUFs are 'llama')",
                 "model",
             )
-        self.config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        self.config = copy.deepcopy(_parsed(path, path.stat().st_mtime_ns)[0])
         self.config.architectures = [ARCHITECTURES[self.arch]]
 
     @property
@@ -95,9 +108,7 @@ class GGUFCheckpoint(Checkpoint):
         return None  # quantized blocks: the run's dtype is chosen by the engine
 
     def tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        return copy.deepcopy(_parsed(self.path, self.path.stat().st_mtime_ns)[1])
 
     def eos_token_ids(self) -> set[int]:
         return _ids(self.config) | {_field(self.reader, "tokenizer.ggml.eos_token_id")} - {None}
