@@ -169,12 +169,31 @@ def test_api_key(server):
 def test_disconnect_mid_stream_frees_blocks(server):
     llm, base = server
     body = {"model": "tiny", "prompt": "a long story " * 20, "max_tokens": 600, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", base + "/v1/completions", json=body, headers={"Authorization": "Bearer secret"}) as r:
-        assert r.status_code == 200
-        for i, _ in enumerate(r.iter_lines()):
-            if i > 3:
+    engine, step = llm.engine, llm.engine.step
+    reached, gate, held = threading.Event(), threading.Event(), {}
+
+    def held_step():  # the engine thread stops before its step once the request has streamed 4 tokens
+        running = engine.scheduler.running
+        if running and len(running[0].output_token_ids) >= 4 and not gate.is_set():
+            held.update(seq=running[0], blocks=engine.pool.allocator.num_used)
+            reached.set()
+            gate.wait()
+        return step()
+
+    engine.step = held_step
+    try:
+        with httpx.stream("POST", base + "/v1/completions", json=body, headers={"Authorization": "Bearer secret"}) as r:
+            assert r.status_code == 200
+            assert reached.wait(60)  # 4 tokens streamed (some may still be held back as partial UTF-8)
+        assert held["blocks"] > 0 and not held["seq"].is_finished
+        for _ in range(1000):  # the server notices the disconnect and queues the abort
+            if llm._executor._inbox.qsize():
                 break
-        assert llm.snapshot()["kvBlocksUsed"] > 0
+            time.sleep(0.01)
+    finally:
+        gate.set()
+        del engine.step
     wait_blocks_free(llm)
+    assert held["seq"].finish_reason == "abort" and len(held["seq"].output_token_ids) < 600
     metrics = httpx.get(base + "/metrics").text
     assert "rocket_kv_blocks_used 0" in metrics
