@@ -27,6 +27,11 @@ SPECIAL = ["<s>", "</s>"]
 PAD, CONTEXT, ANSWER = 0, 1, 2  # what a training token is (the first one of a prompt, BOS, is PAD)
 
 
+# The turns of a chat in the one format the model learns (prompt, "\nAnswer:", answer): rocket-serve's chat
+# endpoint and rocket-eval's chat prompts then give the model exactly what it was trained on.
+CHAT_TEMPLATE = Path(__file__).with_name("model") / "chat_template.jinja"
+
+
 def build_tokenizer(vocab_size: int, seed: int) -> Any:
     """Byte-level BPE learnt from task text: every string encodes, the task words become single tokens,
     digits always stay one token each (so any number is copied digit by digit)."""
@@ -46,7 +51,9 @@ def build_tokenizer(vocab_size: int, seed: int) -> Any:
     tok.train_from_iterator(corpus, trainer)
     bos = ("<s>", tok.token_to_id("<s>"))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE.read_text()
+    return fast
 
 
 def key_drill(rng: random.Random) -> list[Query]:

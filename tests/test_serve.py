@@ -1,6 +1,7 @@
 """rocket-serve on a real uvicorn server on loopback, driven by the official openai client."""
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -41,17 +42,26 @@ def server(llama_dir, tmp_path_factory):
         kv_cache_config=KvCacheConfig(tokens_per_block=16),
         sparse_attention_config=rocket,
     )
+    with serving(llm, "tiny", api_key="secret") as base:
+        yield llm, base
+    llm.shutdown()
+
+
+@contextlib.contextmanager
+def serving(llm, name, **options):
+    """rocket-serve's app for `llm` on a free loopback port, in a thread; yields its base URL."""
     port = free_port()
-    app = create_app(llm, "tiny", api_key="secret")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(llm, name, **options), host="127.0.0.1", port=port,
+                                       log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
         time.sleep(0.05)
-    yield llm, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join()
-    llm.shutdown()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join()
 
 
 @pytest.fixture
@@ -197,3 +207,18 @@ def test_disconnect_mid_stream_frees_blocks(server):
     assert held["seq"].finish_reason == "abort" and len(held["seq"].output_token_ids) < 600
     metrics = httpx.get(base + "/metrics").text
     assert "rocket_kv_blocks_used 0" in metrics
+
+
+def test_readme_client_example_talks_to_the_shipped_model():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rocket_trtllm.eval import SHIPPED_MODEL
+
+    example = Path(__file__).parents[1] / "examples" / "openai_client.py"
+    with LLM(str(SHIPPED_MODEL), max_seq_len=512) as llm, serving(llm, "model") as base:
+        done = subprocess.run([sys.executable, str(example), "--base-url", base + "/v1"], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
