@@ -3,6 +3,9 @@ the dense baseline measured in the same run.
 
     rocket-bench --arch llama-3.1-8b --random-weights --config configs/rocket.yaml \\
         --input-len 131072 --output-len 256 --batch-size 1 --compare dense
+
+Two subcommands: `rocket-bench serve ...` loads a running OpenAI-compatible server (rocket-bench serve -h),
+and `rocket-bench --model MODEL throughput --dataset D --config Y` is trtllm-bench's offline throughput.
 """
 
 import argparse
@@ -223,7 +226,44 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def subcommand(argv: list[str]) -> Optional[tuple[str, Optional[str], list[str]]]:
+    """(name, the --model given before it, the subcommand's own arguments) when `argv` names a subcommand."""
+    at = next((i for i, a in enumerate(argv) if a in SUBCOMMANDS), None)
+    if at is None:
+        return None
+    before = argparse.ArgumentParser(add_help=False)
+    before.add_argument("--model", "--model_path", dest="model")
+    known, unknown = before.parse_known_args(argv[:at])
+    if unknown:
+        raise SystemExit(f"rocket-bench: before '{argv[at]}' only --model MODEL goes, got {' '.join(unknown)}")
+    return argv[at], known.model, argv[at + 1 :]
+
+
+SUBCOMMANDS = ("serve", "throughput")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    picked = subcommand(argv)
+    if picked is not None:
+        name, model, rest = picked
+        p = argparse.ArgumentParser(prog=f"rocket-bench {name}", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        if name == "serve":
+            from .serve import benchmark
+
+            benchmark.add_arguments(p)
+            sub = p.parse_args(rest)
+            sub.model = sub.model or model
+            benchmark.main(sub)
+        else:
+            from . import throughput
+
+            throughput.add_arguments(p)
+            if model is None:
+                p.error("give the model before the subcommand: rocket-bench --model MODEL throughput ...")
+            throughput.main(model, p.parse_args(rest))
+        return
     ns = parse_args(argv)
     copy_bpms = copy_bandwidth() if torch.cuda.is_available() else 0.0
     model = ns.model or str(write_arch(ns.arch, Path(tempfile.mkdtemp())))

@@ -92,6 +92,10 @@ class Executor:
     def submit(self, result: GenerationResult) -> None:
         self._inbox.put(("add", result))
 
+    def pending(self) -> int:
+        """Messages (mostly new requests) the engine thread has not taken yet."""
+        return self._inbox.qsize()
+
     def abort(self, result: GenerationResult) -> None:
         self._inbox.put(("abort", result))
 

@@ -132,6 +132,10 @@ class LLM:
         """Current pool use and RocketKV counters, taken on the engine thread."""
         return self._executor.call(_snapshot)
 
+    def queue_depth(self) -> int:
+        """Requests submitted and not yet admitted to the running batch (read without the engine thread)."""
+        return self._executor.pending() + len(self.engine.scheduler.waiting)
+
     def shutdown(self) -> None:
         self._executor.shutdown()
 

@@ -20,16 +20,26 @@ from .protocol import ChatCompletionRequest, CompletionRequest
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None):
-        self.status, self.message, self.kind, self.param = status, message, kind, param
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+    ):
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
 
 
-def error_response(status: int, message: str, kind: str, param: Optional[str] = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+def error_response(
+    status: int, message: str, kind: str, param: Optional[str] = None, code: Union[int, str, None] = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status if code is None else code}}
     return JSONResponse(body, status_code=status)
 
 
-def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None) -> FastAPI:
+def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_queue: Optional[int] = None) -> FastAPI:
+    """The server. `max_queue`: requests waiting for admission past which new ones get 429 (None: no limit)."""
     app = FastAPI(title="rocket-serve", version=__version__)
     metrics = Metrics()
     app.state.metrics = metrics
@@ -43,7 +53,7 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None) -> Fast
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
-        return error_response(e.status, e.message, e.kind, e.param)
+        return error_response(e.status, e.message, e.kind, e.param, e.code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -95,6 +105,10 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None) -> Fast
             raise APIError(400, str(e), param=str(e).split(" ")[0]) from None
 
     def submit(prompt: Union[str, list[int]], params: SamplingParams, streaming: bool) -> Any:
+        if max_queue is not None and llm.queue_depth() >= max_queue:
+            metrics.requests["rejected"] += 1
+            raise APIError(429, f"the server's queue is full ({max_queue} requests waiting); retry later",
+                           kind="requests", code="rate_limit_exceeded")  # fmt: skip
         try:
             return llm.generate_async(prompt, params, streaming=streaming)
         except RequestError as e:

@@ -17,6 +17,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--served-model-name", dest="served_model_name", help="model id clients send (default: the folder or file name)"
     )
+    p.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int,
+                   help="answer 429 while this many requests wait for admission (default: no limit)")  # fmt: skip
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_seq_len", type=int)
     p.add_argument("--max_num_tokens", type=int)
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"rocket-serve: {e}") from None
     name = args.served_model_name or llm.engine.checkpoint.name
     try:
-        uvicorn.run(create_app(llm, name, args.api_key), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            create_app(llm, name, args.api_key, args.max_queue),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+        )
     finally:
         llm.shutdown()
 

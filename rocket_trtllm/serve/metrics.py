@@ -6,7 +6,7 @@ from typing import Any
 
 @dataclass
 class Metrics:
-    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "abort": 0})
+    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "abort": 0, "rejected": 0})
     prompt_tokens: int = 0
     generation_tokens: int = 0
 

@@ -1,0 +1,288 @@
+"""rocket-bench serve: latency and throughput of any OpenAI-compatible completions endpoint under load, with
+the knobs of vLLM's and TensorRT-LLM's benchmark_serving.
+
+    rocket-serve MODEL --config configs/rocket.yaml &
+    rocket-bench serve --num-prompts 200 --input-len 8192 --output-len 256 --request-rate 1 2 4 inf \\
+        --slo-tpot-ms 50 --json serve.json --plot serve.png
+
+Requests arrive as a Poisson process at each --request-rate (inf: all at once), at most --max-concurrency in
+flight; prompts are random token ids of --input-len (or a trtllm-bench JSONL --dataset), each asked for
+exactly its output length (ignore_eos). Streaming gives time to first token (TTFT), inter-token latency
+(ITL: the gaps between streamed chunks) and time per output token (TPOT: after the first, per request).
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import httpx
+from tqdm.auto import tqdm
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class BenchRequest:
+    prompt: Union[str, list[int]]
+    output_len: int
+    prompt_len: int = 0
+
+
+@dataclass
+class RequestRecord:
+    """One request's timeline, in seconds from its own start."""
+
+    ok: bool
+    prompt_len: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def tpot(self) -> float:
+        return (self.latency - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile with linear interpolation between the closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    rank = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return xs[lo] + (xs[hi] - xs[lo]) * (rank - lo)
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """mean and p50/p90/p99, in milliseconds, of values in seconds."""
+    ms = [v * 1e3 for v in values]
+    out = {"mean": sum(ms) / len(ms) if ms else float("nan")}
+    out.update({f"p{q}": percentile(ms, q) for q in PERCENTILES})
+    return out
+
+
+def summarize(
+    records: list[RequestRecord],
+    duration: float,
+    slo_ttft_ms: Optional[float] = None,
+    slo_tpot_ms: Optional[float] = None,
+) -> dict[str, Any]:
+    """The benchmark's figures from the requests' timelines and the run's wall time."""
+    done = [r for r in records if r.ok]
+    good = [
+        r for r in done
+        if (slo_ttft_ms is None or r.ttft * 1e3 <= slo_ttft_ms) and (slo_tpot_ms is None or r.tpot * 1e3 <= slo_tpot_ms)
+    ]  # fmt: skip
+    output = sum(r.output_tokens for r in done)
+    return {
+        "completed": len(done),
+        "failed": len(records) - len(done),
+        "duration_s": duration,
+        "request_throughput": len(done) / duration,
+        "output_throughput": output / duration,
+        "total_token_throughput": (output + sum(r.prompt_len for r in done)) / duration,
+        "goodput": len(good) / duration,
+        "ttft_ms": distribution([r.ttft for r in done]),
+        "tpot_ms": distribution([r.tpot for r in done if r.output_tokens > 1]),
+        "itl_ms": distribution([gap for r in done for gap in r.itl]),
+        "e2el_ms": distribution([r.latency for r in done]),
+        "errors": sorted({r.error for r in records if not r.ok})[:5],
+    }
+
+
+def synthetic_requests(n: int, input_len: int, output_len: int, seed: int, token_range: tuple[int, int]) -> list:
+    """Prompts of random token ids (valid in any vocabulary holding `token_range`), fixed lengths."""
+    rng = random.Random(seed)
+    lo, hi = token_range
+    return [BenchRequest([rng.randrange(lo, hi) for _ in range(input_len)], output_len, input_len) for _ in range(n)]
+
+
+def dataset_requests(path: str, n: Optional[int] = None) -> list[BenchRequest]:
+    """trtllm-bench's JSONL: one request a line with `prompt` (text) or `input_ids`, and `output_tokens`."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+        prompt = row.get("input_ids", row.get("prompt"))
+        if not isinstance(prompt, (str, list)) or not isinstance(row.get("output_tokens"), int):
+            raise ValueError(f"{path}:{i}: needs 'prompt' (text) or 'input_ids' (token ids), and 'output_tokens' (int)")
+        out.append(BenchRequest(prompt, row["output_tokens"], len(prompt) if isinstance(prompt, list) else 0))
+    if not out:
+        raise ValueError(f"{path} holds no requests")
+    return out[:n] if n else out
+
+
+async def send(client: httpx.AsyncClient, url: str, model: str, req: BenchRequest, stream: bool) -> RequestRecord:
+    body = {"model": model, "prompt": req.prompt, "max_tokens": req.output_len, "temperature": 0.0,
+            "ignore_eos": True, "stream": stream}  # fmt: skip
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    start = time.perf_counter()
+    record = RequestRecord(ok=False, prompt_len=req.prompt_len)
+    try:
+        if not stream:
+            r = await client.post(url, json=body)
+            record.latency = record.ttft = time.perf_counter() - start
+            if r.status_code != 200:
+                record.error = f"HTTP {r.status_code}"
+                return record
+            usage = r.json().get("usage") or {}
+            record.output_tokens = usage.get("completion_tokens", req.output_len)
+            record.prompt_len = usage.get("prompt_tokens", req.prompt_len)
+            record.ok = True
+            return record
+        last = start
+        async with client.stream("POST", url, json=body) as r:
+            if r.status_code != 200:
+                record.error = f"HTTP {r.status_code}"
+                return record
+            chunks = 0
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if data.get("usage"):
+                    record.output_tokens = data["usage"].get("completion_tokens", 0)
+                    record.prompt_len = data["usage"].get("prompt_tokens", req.prompt_len)
+                if not any(c.get("text") for c in data.get("choices", [])):
+                    continue
+                now = time.perf_counter()
+                if chunks == 0:
+                    record.ttft = now - start
+                else:
+                    record.itl.append(now - last)
+                last, chunks = now, chunks + 1
+        record.latency = time.perf_counter() - start
+        record.output_tokens = record.output_tokens or chunks
+        record.ok = True
+    except httpx.HTTPError as e:
+        record.error = type(e).__name__
+    return record
+
+
+async def run_rate(
+    base_url: str, model: str, requests: list[BenchRequest], rate: float, max_concurrency: Optional[int],
+    stream: bool, seed: int, api_key: Optional[str] = None,
+) -> tuple[list[RequestRecord], float]:  # fmt: skip
+    """Send every request, arrivals Poisson at `rate` per second (inf: at once); the records and wall time."""
+    rng = random.Random(seed)
+    limit = asyncio.Semaphore(max_concurrency or len(requests))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/completions"
+    pool = httpx.Limits(max_connections=max_concurrency or len(requests), max_keepalive_connections=32)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), headers=headers, limits=pool) as client:
+        bar = tqdm(total=len(requests), desc=f"rate {rate:g}/s", leave=False)
+
+        async def one(req: BenchRequest) -> RequestRecord:
+            async with limit:
+                record = await send(client, url, model, req, stream)
+            bar.update(1)
+            return record
+
+        start = time.perf_counter()
+        tasks = []
+        for req in requests:
+            tasks.append(asyncio.create_task(one(req)))
+            if math.isfinite(rate):
+                await asyncio.sleep(rng.expovariate(rate))
+        records = await asyncio.gather(*tasks)
+        bar.close()
+    return list(records), time.perf_counter() - start
+
+
+def served_model(base_url: str, api_key: Optional[str]) -> str:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=30).json()["data"][0]["id"]
+
+
+def plot(runs: list[dict[str, Any]], path: str) -> None:
+    """TTFT and TPOT (p50 and p99) against the request rate, a line per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    finite = [r["request_rate"] for r in runs if math.isfinite(r["request_rate"])]
+    at_inf = 2 * max(finite) if finite else 1.0  # "all at once" drawn past the highest finite rate
+    for label in dict.fromkeys(r["label"] for r in runs):
+        mine = sorted((r for r in runs if r["label"] == label), key=lambda r: r["request_rate"])
+        xs = [r["request_rate"] if math.isfinite(r["request_rate"]) else at_inf for r in mine]
+        for ax, metric in zip(axes, ("ttft_ms", "tpot_ms")):
+            for q, style in (("p50", "-o"), ("p99", "--s")):
+                ax.plot(xs, [r[metric][q] for r in mine], style, label=f"{label} {q}")
+    for ax, name in zip(axes, ("time to first token (ms)", "time per output token (ms)")):
+        ax.set_xlabel("request rate (requests/s; the rightmost point of a line past the others: all at once)")
+        ax.set_ylabel(name)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the server's OpenAI API root")
+    p.add_argument("--model", help="model id to send (default: the first of GET /v1/models)")
+    p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    p.add_argument("--label", help="this run's name in the JSON and the plot (default: the model id)")
+    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--request-rate", type=float, nargs="+", default=[math.inf],
+                   help="requests per second, Poisson arrivals; inf = all at once; several: one run each")  # fmt: skip
+    p.add_argument("--max-concurrency", type=int, help="most requests in flight (default: no limit)")
+    p.add_argument("--input-len", type=int, default=1024, help="prompt tokens (random ids)")
+    p.add_argument("--output-len", type=int, default=128, help="tokens generated per request")
+    p.add_argument("--token-range", type=int, nargs=2, default=[4, 250], metavar=("LO", "HI"),
+                   help="random prompt ids come from [LO, HI) (the default suits byte-level vocabularies)")  # fmt: skip
+    p.add_argument("--dataset", help="trtllm-bench JSONL (prompt or input_ids, output_tokens) instead of random")
+    p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming requests (no TTFT/ITL)")
+    p.add_argument("--slo-ttft-ms", type=float, help="goodput counts requests within this TTFT ...")
+    p.add_argument("--slo-tpot-ms", type=float, help="... and this TPOT")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the runs to this JSON file (appends to its runs if it exists)")
+    p.add_argument("--plot", help="write latency vs request rate for every run in --json (needs matplotlib)")
+
+
+def main(ns: argparse.Namespace) -> None:
+    if ns.num_prompts < 1 or ns.input_len < 1 or ns.output_len < 1 or min(ns.request_rate) <= 0:
+        raise SystemExit("rocket-bench serve: --num-prompts, --input-len, --output-len and --request-rate must be > 0")
+    try:
+        requests = (
+            dataset_requests(ns.dataset, ns.num_prompts)
+            if ns.dataset
+            else synthetic_requests(ns.num_prompts, ns.input_len, ns.output_len, ns.seed, tuple(ns.token_range))
+        )
+        model = ns.model or served_model(ns.base_url, ns.api_key)
+    except (ValueError, httpx.HTTPError, KeyError, IndexError) as e:
+        raise SystemExit(f"rocket-bench serve: {e}") from None
+    runs = []
+    for rate in ns.request_rate:
+        records, duration = asyncio.run(
+            run_rate(ns.base_url, model, requests, rate, ns.max_concurrency, ns.stream, ns.seed, ns.api_key)
+        )
+        run = {"label": ns.label or model, "request_rate": rate, "max_concurrency": ns.max_concurrency,
+               **summarize(records, duration, ns.slo_ttft_ms, ns.slo_tpot_ms)}  # fmt: skip
+        runs.append(run)
+        t, p = run["ttft_ms"], run["tpot_ms"]
+        print(f"rate {rate:g}/s: {run['completed']} ok, {run['failed']} failed, {run['request_throughput']:.2f} req/s, "
+              f"{run['output_throughput']:.1f} out tok/s, goodput {run['goodput']:.2f} req/s; TTFT p50/p99 "
+              f"{t['p50']:.1f}/{t['p99']:.1f} ms, TPOT p50/p99 {p['p50']:.2f}/{p['p99']:.2f} ms")  # fmt: skip
+    if ns.json:
+        path = Path(ns.json)
+        earlier = json.loads(path.read_text())["runs"] if path.is_file() else []
+        slo = {"slo_ttft_ms": ns.slo_ttft_ms, "slo_tpot_ms": ns.slo_tpot_ms}
+        path.write_text(json.dumps({"runs": earlier + runs, **slo}, indent=2))
+        runs = earlier + runs
+    if ns.plot:
+        plot(runs, ns.plot)
