@@ -4,6 +4,7 @@ tasks, optionally swept over token budgets.
     rocket-eval MODEL --config configs/rocket.yaml niah_single variable_tracking --lengths 4096 8192
     rocket-eval MODEL niah_single niah_multikey --sweep --budgets 256 512 1024 --json sweep.json --plot sweep.png
     rocket-eval MODEL longbench_v2 --dataset LongBench-v2/data.json --config configs/rocket.yaml
+    rocket-eval --model MODEL --config Y longbench_v2 --dataset_path data.json --max_output_length 1024  # trtllm-eval's
     rocket-eval "$(rocket-fetch smollm2)" passkey doc_ppl --lengths 2048 4096 --sweep   # real model, real prose
 """
 
@@ -54,6 +55,15 @@ def sparse_config(
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
+def trtllm_shape(argv: list[str]) -> list[str]:
+    """trtllm-eval's `--model M [options] TASK [task options]` as our `M TASK [options]`."""
+    for flag in ("--model", "--model_path"):
+        if flag in argv[:-1]:
+            i = argv.index(flag)
+            return [argv[i + 1], *argv[:i], *argv[i + 2 :]]
+    return argv
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,8 +73,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
     p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens (synthetic tasks)")
-    p.add_argument("--dataset", help=f"LongBench v2's data.json (official format), for {LONGBENCH}")
-    p.add_argument("--truncate", type=int, default=128000,
+    p.add_argument("--dataset", "--dataset_path", dest="dataset",
+                   help=f"LongBench v2's data.json (official format), for {LONGBENCH}")  # fmt: skip
+    p.add_argument("--max_output_length", type=int, default=LONGBENCH_MAX_TOKENS,
+                   help=f"{LONGBENCH}: tokens generated per answer (as trtllm-eval's option)")  # fmt: skip
+    p.add_argument("--truncate", "--max_input_length", dest="truncate", type=int, default=128000,
                    help=f"{LONGBENCH} prompts over this many tokens lose the middle of their context")  # fmt: skip
     p.add_argument("--prose", help="real English prose for passkey, doc_ppl and --haystack prose: a text file, one "
                    "paragraph a line (default: the King James Bible, fetched by rocket-fetch prose)")  # fmt: skip
@@ -88,7 +101,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
-    ns = p.parse_args(argv)
+    ns = p.parse_args(trtllm_shape(sys.argv[1:] if argv is None else list(argv)))
     if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64 or ns.truncate < 256 or ns.window_size < 1:
         p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64, --truncate >= 256 and --window-size >= 1")
     if ns.prompt_ratio < 2:
@@ -138,9 +151,9 @@ def evaluate(
         tokenizer = llm.tokenizer
         for task in ns.tasks:
             if task == LONGBENCH:
-                limit = min(ns.truncate, llm.engine.max_seq_len - LONGBENCH_MAX_TOKENS)
+                limit = min(ns.truncate, llm.engine.max_seq_len - ns.max_output_length)
                 prompts = [longbench.prompt(r, tokenizer, limit) for r in records]
-                params = SamplingParams(max_tokens=LONGBENCH_MAX_TOKENS, temperature=0.0)
+                params = SamplingParams(max_tokens=ns.max_output_length, temperature=0.0)
                 texts = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=True)]
                 for subset, result in longbench.score(records, texts).items():
                     add(task, subset, result["samples"], accuracy=result["accuracy"])
@@ -167,7 +180,7 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     longest = max(ns.lengths) * 11 // 10 + 256 + ns.max_tokens
     if LONGBENCH in ns.tasks:
         window = getattr(open_checkpoint(ns.model).config, "max_position_embeddings", None)
-        longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + LONGBENCH_MAX_TOKENS)
+        longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + ns.max_output_length)
     base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
                                    "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
     if not ns.sweep:

@@ -153,3 +153,21 @@ def test_shipped_model_retrieves_and_rocket_eval_sweeps_it_on_cpu(tmp_path):
     full = [r["accuracy"] for r in rows if r["algorithm"] == "full"]
     assert full == [100.0, 100.0]  # the model really retrieves: every needle and every variable
     assert {r["algorithm"] for r in rows} == {"full", "rocket"}
+
+
+def test_trtllm_eval_command_shape(tmp_path):
+    from rocket_trtllm.eval import SHIPPED_MODEL
+    from rocket_trtllm.eval.cli import parse_args
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(longbench_records(2)))
+    config = tmp_path / "extra_config.yaml"
+    config.write_text("sparse_attention_config:\n  algorithm: rocket\n  prompt_budget: 128\n  topr: 1.0\n")
+    argv = ["--model", str(SHIPPED_MODEL), "--config", str(config), "longbench_v2", "--max_output_length", "8",
+            "--dataset_path", str(data), "--max_input_length", "400"]  # fmt: skip
+    ns = parse_args(argv)
+    assert (ns.model, ns.tasks, ns.max_output_length, ns.truncate) == (str(SHIPPED_MODEL), ["longbench_v2"], 8, 400)
+    out = tmp_path / "lb.json"
+    main([*argv, "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert {r["algorithm"] for r in rows} == {"rocket"} and {r["length"]: r["samples"] for r in rows}["overall"] == 2

@@ -1,7 +1,6 @@
 """rocket-serve on a real uvicorn server on loopback, driven by the official openai client."""
 
 import asyncio
-import contextlib
 import json
 import socket
 import threading
@@ -10,11 +9,10 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 from transformers import AutoTokenizer
 
 from rocket_trtllm import LLM, KvCacheConfig, RocketSparseAttentionConfig, SamplingParams
-from rocket_trtllm.serve.app import create_app
+from rocket_trtllm.serve.soak import local_server
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
 
@@ -42,26 +40,9 @@ def server(llama_dir, tmp_path_factory):
         kv_cache_config=KvCacheConfig(tokens_per_block=16),
         sparse_attention_config=rocket,
     )
-    with serving(llm, "tiny", api_key="secret") as base:
-        yield llm, base
+    with local_server(llm, "tiny", api_key="secret") as base:
+        yield llm, base.removesuffix("/v1")
     llm.shutdown()
-
-
-@contextlib.contextmanager
-def serving(llm, name, **options):
-    """rocket-serve's app for `llm` on a free loopback port, in a thread; yields its base URL."""
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(llm, name, **options), host="127.0.0.1", port=port,
-                                       log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join()
 
 
 @pytest.fixture
@@ -217,8 +198,8 @@ def test_readme_client_example_talks_to_the_shipped_model():
     from rocket_trtllm.eval import SHIPPED_MODEL
 
     example = Path(__file__).parents[1] / "examples" / "openai_client.py"
-    with LLM(str(SHIPPED_MODEL), max_seq_len=512) as llm, serving(llm, "model") as base:
-        done = subprocess.run([sys.executable, str(example), "--base-url", base + "/v1"], capture_output=True,
+    with LLM(str(SHIPPED_MODEL), max_seq_len=512) as llm, local_server(llm, "model") as base:
+        done = subprocess.run([sys.executable, str(example), "--base-url", base], capture_output=True,
                               text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()

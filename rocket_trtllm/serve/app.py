@@ -80,7 +80,8 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "rocket-trtllm"}
+        card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "rocket-trtllm",
+                "max_model_len": llm.max_seq_len}  # fmt: skip
         return {"object": "list", "data": [card]}
 
     def check_common(req: Union[CompletionRequest, ChatCompletionRequest]) -> None:

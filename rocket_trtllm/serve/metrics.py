@@ -1,7 +1,19 @@
 """Server counters, written in the Prometheus text format."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass
@@ -16,6 +28,13 @@ class Metrics:
             *[(f'rocket_requests_total{{outcome="{k}"}}', None, None, v) for k, v in self.requests.items()],
             ("rocket_prompt_tokens_total", "counter", "Prompt tokens processed", self.prompt_tokens),
             ("rocket_generation_tokens_total", "counter", "Tokens generated", self.generation_tokens),
+            ("process_resident_memory_bytes", "gauge", "Resident memory of the server process", resident_bytes()),
+            (
+                "rocket_gpu_memory_allocated_bytes",
+                "gauge",
+                "GPU memory held by tensors (0 without CUDA)",
+                torch.cuda.memory_allocated() if torch.cuda.is_available() else 0,
+            ),
             ("rocket_requests_running", "gauge", "Requests in the running batch", snapshot["running"]),
             ("rocket_requests_waiting", "gauge", "Requests queued for admission", snapshot["waiting"]),
             ("rocket_batch_size_max", "gauge", "Largest batch run in one step", snapshot["peak_batch"]),

@@ -1,0 +1,137 @@
+"""The serving benchmark, the soak test and the queue limit against a real rocket-serve on loopback."""
+
+import json
+import math
+import threading
+
+import httpx
+import pytest
+from rocket_trtllm.eval import SHIPPED_MODEL
+
+from rocket_trtllm import LLM
+from rocket_trtllm.bench import main as bench_main
+from rocket_trtllm.serve.benchmark import RequestRecord, percentile, summarize
+from rocket_trtllm.serve.soak import local_server, passed, soak
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    with LLM(str(SHIPPED_MODEL), max_seq_len=512) as llm:
+        yield llm
+
+
+def test_percentiles_interpolate_between_ranks():
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+    assert percentile([7.0], 99) == 7.0 and math.isnan(percentile([], 50))
+
+
+def test_summary_of_a_trace_with_known_timings():
+    # Request i: first token at 0.1 * (i + 1) s, then 9 more tokens 20 ms apart (+ i ms); 10 requests in 4 s.
+    records = [
+        RequestRecord(ok=True, prompt_len=100, output_tokens=10, ttft=0.1 * (i + 1),
+                      latency=0.1 * (i + 1) + 9 * (0.020 + 0.001 * i), itl=[0.020 + 0.001 * i] * 9)
+        for i in range(10)
+    ] + [RequestRecord(ok=False, error="HTTP 500")]  # fmt: skip
+    s = summarize(records, duration=4.0, slo_ttft_ms=500, slo_tpot_ms=25)
+    assert (s["completed"], s["failed"], s["errors"]) == (10, 1, ["HTTP 500"])
+    assert s["request_throughput"] == 2.5 and s["output_throughput"] == 25.0 and s["total_token_throughput"] == 275.0
+    assert s["ttft_ms"]["mean"] == pytest.approx(550.0) and s["ttft_ms"]["p50"] == pytest.approx(550.0)
+    assert s["ttft_ms"]["p90"] == pytest.approx(910.0) and s["ttft_ms"]["p99"] == pytest.approx(991.0)
+    assert s["tpot_ms"]["p50"] == pytest.approx(24.5) and s["itl_ms"]["p99"] == pytest.approx(29.0)
+    assert s["goodput"] == 5 / 4.0  # requests 0-4: TTFT <= 500 ms (request 4: exactly) and TPOT 20-24 ms
+
+
+def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):
+    out, png = tmp_path / "serve.json", tmp_path / "serve.png"
+    with local_server(shipped, "model") as base:
+        bench_main(["serve", "--base-url", base, "--num-prompts", "6", "--input-len", "48", "--output-len", "6",
+                    "--request-rate", "50", "inf", "--max-concurrency", "4", "--slo-tpot-ms", "100000",
+                    "--json", str(out)])  # fmt: skip
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["request_rate"] for r in runs] == [50, math.inf]
+    for r in runs:
+        assert (r["completed"], r["failed"], r["label"]) == (6, 0, "model")
+        assert r["output_throughput"] == pytest.approx(6 * 6 / r["duration_s"])  # exactly 6 tokens each (ignore_eos)
+        assert 0 < r["ttft_ms"]["p50"] <= r["e2el_ms"]["p50"] and r["goodput"] == r["request_throughput"]
+    pytest.importorskip("matplotlib")
+    bench_main(
+        [
+            "serve",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--num-prompts",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )  # fmt: skip  (nothing listens on port 9: a failed run)
+    assert png.stat().st_size > 1000 and json.loads(out.read_text())["runs"][-1]["failed"] == 1
+
+
+def test_soak_at_ci_size(shipped):
+    with local_server(shipped, "model") as base:
+        report = soak(base, requests=300, rate=150, seed=0, time_limit=120)
+    assert passed(report) == [], report
+    assert report["requests_sent"] == 300 and report["server_errors"] == 0
+    kinds = {k.split(" ")[0] for k in report["outcomes"]}
+    assert kinds == {"stream", "complete", "chat", "disconnect", "give_up", "malformed", "too_long"}
+    assert report["outcomes"]["too_long -> 400"] > 0 and report["after"]["rocket_kv_blocks_used"] == 0
+
+
+def test_max_queue_answers_429_and_the_server_recovers(shipped):
+    engine, step = shipped.engine, shipped.engine.step
+    reached, gate = threading.Event(), threading.Event()
+
+    def held_step():  # nothing is admitted until the gate opens: the first request waits in the queue
+        if not gate.is_set():
+            reached.set()
+            gate.wait()
+        return step()
+
+    body = {"model": "model", "prompt": "hello", "max_tokens": 3}
+    engine.step = held_step
+    try:
+        with local_server(shipped, "model", max_queue=1) as base:
+            first: dict = {}
+            waiter = threading.Thread(target=lambda: first.update(r=httpx.post(base + "/completions", json=body,
+                                                                                 timeout=120)))  # fmt: skip
+            waiter.start()
+            assert reached.wait(60)
+            refused = httpx.post(base + "/completions", json=body, timeout=60)
+            assert refused.status_code == 429
+            error = refused.json()["error"]
+            assert error["type"] == "requests" and error["code"] == "rate_limit_exceeded" and "queue is full" in error[
+                "message"]  # fmt: skip
+            gate.set()
+            waiter.join()
+            assert first["r"].status_code == 200
+            assert httpx.post(base + "/completions", json=body, timeout=60).status_code == 200
+            assert (
+                'rocket_requests_total{outcome="rejected"} 1' in httpx.get(base.removesuffix("/v1") + "/metrics").text
+            )
+    finally:
+        gate.set()
+        del engine.step
+
+
+def test_trtllm_bench_throughput_shape(tmp_path):
+    data = tmp_path / "requests.jsonl"
+    rows = [{"task_id": 0, "prompt": "Read the text and answer.", "output_tokens": 5},
+            {"task_id": 1, "input_ids": [5, 6, 7, 8, 9, 10], "output_tokens": 7}]  # fmt: skip
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = tmp_path / "extra.yaml"
+    config.write_text("sparse_attention_config:\n  algorithm: rocket\n  prompt_budget: 64\n  topr: 1.0\n")
+    report = tmp_path / "report.json"
+    bench_main(["--model", str(SHIPPED_MODEL), "throughput", "--dataset", str(data), "--config", str(config),
+                "--report_json", str(report)])  # fmt: skip
+    out = json.loads(report.read_text())
+    assert out["num_requests"] == 2 and out["total_output_tokens"] == 12 and out["total_input_tokens"] > 6
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": 0, "output_tokens": 3}\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:1: needs 'prompt'"):
+        bench_main(["--model", str(SHIPPED_MODEL), "throughput", "--dataset", str(bad)])
