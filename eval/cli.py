@@ -139,10 +139,18 @@ def evaluate(
     prose: Optional[Corpus] = None,
 ) -> list[dict[str, Any]]:
     rows = []
+    spent = {"attention_bytes": 0.0, "decode_steps": 0}
 
     def add(task: str, length: Any, samples: int, accuracy: Optional[float] = None, ppl: Optional[float] = None):
         row = {"algorithm": label, "budget": budget, "task": task, "length": length, "samples": samples}
         row.update({"accuracy": accuracy} if ppl is None else {"perplexity": ppl})
+        # What this cell's decode steps read for attention, per sequence and step (every layer), in bytes and
+        # in tokens of K/V: the yardstick on which methods at one nominal budget compare.
+        now = llm.snapshot()
+        steps = now["decode_steps"] - spent["decode_steps"]
+        per_step = (now["attention_bytes"] - spent["attention_bytes"]) / steps if steps else 0.0
+        row.update(bytes_per_step=per_step, tokens_equivalent_per_step=per_step / llm.engine.backend.token_kv_bytes)
+        spent.update(attention_bytes=now["attention_bytes"], decode_steps=now["decode_steps"])
         rows.append(row)
         shown = f"{accuracy:.1f}%" if ppl is None else f"perplexity {ppl:.3f}"
         print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>7}: {shown}")

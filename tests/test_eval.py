@@ -34,6 +34,8 @@ def test_sweep_runs_every_algorithm_and_writes_results(llama_dir, tmp_path, caps
     rows = json.loads(out.read_text())["results"]
     assert {r["algorithm"] for r in rows} == {"full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"}
     assert all(0.0 <= r["accuracy"] <= 100.0 and r["samples"] == 2 for r in rows)
+    paid = {r["algorithm"]: r["tokens_equivalent_per_step"] for r in rows}
+    assert paid["full"] > 300 and paid["rocket"] < paid["full"] and paid["streamingllm"] <= 64
     assert "| rocket | 64 |" in md.read_text() and "| full | all |" in capsys.readouterr().out
 
 

@@ -139,3 +139,31 @@ def test_score_goes_through_sparse_decode(llama_dir):
     )
     assert full == pytest.approx(dense, abs=1e-4)
     assert abs(small[0] - dense[0]) > 1e-2
+
+
+# tiny llama: 2 layers, 2 KV heads of 16 channels, float32 -> one token's K/V over every layer is 512 bytes
+BYTE_CASES = [
+    (None, 100 * 512),
+    ({"algorithm": "snapkv", "prompt_budget": 64, "window_size": 8}, 100 * 512),  # dense over what it kept
+    # 4 pages of 4 + the newest page's 4 tokens, and 25 pages' fp8 min and max over every channel
+    ({"algorithm": "rocket", "topk": 4, "page_size": 4, "topr": 8}, 20 * 512 + 25 * 2 * 2 * 2 * 16 * 1),
+    # 2 pages of 16 + the newest page's 4 tokens, and 7 pages' float16 min and max
+    ({"algorithm": "quest", "topk": 2, "page_size": 16}, 36 * 512 + 7 * 2 * 2 * 2 * 16 * 2),
+    ({"algorithm": "topk_oracle", "topk": 10}, 10 * 512 + 100 * 256),  # and every key, to choose
+    ({"algorithm": "streamingllm", "sink_size": 4, "window_size": 12}, 16 * 512),
+]
+
+
+@pytest.mark.parametrize(
+    ("sparse", "expected"), BYTE_CASES, ids=lambda c: c["algorithm"] if isinstance(c, dict) else ""
+)
+def test_decode_read_bytes_by_hand(llama_dir, sparse, expected):
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, sparse_attention_config=sparse) as llm:
+        backend = llm.engine.backend
+        assert backend.token_kv_bytes == 512 and backend.decode_read_bytes(100) == expected
+        llm.generate(LONG[:150], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        snap = llm.snapshot()
+    assert snap["meanAttentionBytesPerStep"] > 0
+    assert snap["meanAttentionTokensEquivalentPerStep"] * 512 == pytest.approx(snap["meanAttentionBytesPerStep"])
+    if sparse is None:
+        assert snap["meanAttentionTokensEquivalentPerStep"] == snap["meanTokensAttendedPerStep"]

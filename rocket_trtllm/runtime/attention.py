@@ -124,6 +124,17 @@ class AttentionBackend:
         """Tokens one KV head attends to at a decode step over `cache_len` cached tokens."""
         return cache_len
 
+    @property
+    def token_kv_bytes(self) -> int:
+        """Bytes of one token's K and V over every layer and KV head (the unit of the token budget)."""
+        s = self.shape
+        return 2 * s.num_layers * s.num_kv_heads * s.head_dim * self.pool.k.element_size()
+
+    def decode_read_bytes(self, cache_len: int) -> int:
+        """Bytes attention reads for one sequence at a decode step over `cache_len` cached tokens, every
+        layer: the attended tokens' K and V, plus whatever the method reads to choose them."""
+        return self.attended_tokens(cache_len) * self.token_kv_bytes
+
     def release(self, block_table: list[int]) -> None:
         """A request's blocks are going back to the pool; drop any per-request state."""
 

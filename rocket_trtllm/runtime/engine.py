@@ -75,6 +75,7 @@ class LLMEngine:
         self.totals = {
             "decode_steps": 0,
             "tokens_attended": 0.0,
+            "attention_bytes": 0.0,
             "prompt_tokens": 0,
             "generated_tokens": 0,
             "peak_batch": 0,
@@ -204,6 +205,8 @@ class LLMEngine:
             self.totals["decode_steps"] += 1
             attended = [self.backend.attended_tokens(s.cache_len) for s in batch.generations]
             self.totals["tokens_attended"] += sum(attended) / len(attended)
+            read = [self.backend.decode_read_bytes(s.cache_len) for s in batch.generations]
+            self.totals["attention_bytes"] += sum(read) / len(read)
         updates = [self._append(seq, tok) for seq, tok in zip(batch.sequences, tokens)]
         self.iteration += 1
         self.stats.append(self._iteration_stats(batch, time.perf_counter() - start))
@@ -270,6 +273,11 @@ class LLMEngine:
             "kvBlocksUsed": self.pool.allocator.num_used,
             "ktBlocksUsed": self.pool.allocator.num_used if self.backend.uses_kt_cache else 0,
             "meanTokensAttendedPerStep": self.totals["tokens_attended"] / steps if steps else 0.0,
+            # What a sequence's decode step reads for attention (all layers), and that as tokens of K/V.
+            "meanAttentionBytesPerStep": self.totals["attention_bytes"] / steps if steps else 0.0,
+            "meanAttentionTokensEquivalentPerStep": (
+                self.totals["attention_bytes"] / steps / self.backend.token_kv_bytes if steps else 0.0
+            ),
         }
 
 

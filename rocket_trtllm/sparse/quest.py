@@ -46,6 +46,14 @@ class PageSelectionAttention(AttentionBackend):
         newest = cache_len - (cache_len - 1) // self.page_size * self.page_size
         return self.topk * self.page_size + newest
 
+    def decode_read_bytes(self, cache_len: int) -> int:
+        attended = super().decode_read_bytes(cache_len)
+        if self._is_dense(cache_len):
+            return attended
+        # The scoring kernel reads each page's min and max over every channel (unused ones weigh zero).
+        s, pages = self.shape, -(-cache_len // self.page_size)
+        return attended + pages * 2 * s.num_layers * s.num_kv_heads * s.head_dim * self.kt.kmin.element_size()
+
     def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         store = store_token if self.use_kernels else store_token_ref
         pool, kt = self.pool, self.kt

@@ -15,6 +15,11 @@ class TopkOracleAttention(AttentionBackend):
     def attended_tokens(self, cache_len: int) -> int:
         return min(cache_len, self.config.topk)
 
+    def decode_read_bytes(self, cache_len: int) -> int:
+        chosen = super().decode_read_bytes(cache_len)
+        # Choosing reads every cached key (half of a token's K/V bytes) to score it exactly.
+        return chosen if cache_len <= self.config.topk else chosen + cache_len * self.token_kv_bytes // 2
+
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         topk = self.config.topk
         if meta.max_cache_len <= topk:
