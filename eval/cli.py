@@ -17,8 +17,8 @@ from typing import Any, Optional
 from ..errors import ConfigError
 from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
-from ..llmapi.sampling_params import SamplingParams
 from ..models.checkpoint import open_checkpoint
+from ..sampling_params import SamplingParams
 from . import longbench
 from .fetch import FetchError
 from .fetch import prose as fetch_prose

@@ -23,8 +23,8 @@ import torch
 from .errors import ConfigError
 from .llmapi.llm import LLM
 from .llmapi.llm_args import LlmArgs
-from .llmapi.sampling_params import SamplingParams
 from .models.random_checkpoint import save_byte_tokenizer
+from .sampling_params import SamplingParams
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ConfigError
 from .llmapi.llm import LLM
 from .llmapi.llm_args import LlmArgs
-from .llmapi.sampling_params import SamplingParams
+from .sampling_params import SamplingParams
 from .serve.benchmark import dataset_requests
 
 

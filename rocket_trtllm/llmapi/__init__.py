@@ -1,10 +1,10 @@
 """The LLM API: TensorRT-LLM's names for the things a user builds."""
 
+from ..sampling_params import SamplingParams
 from ..sparse import RocketSparseAttentionConfig
 from .llm import LLM
 from .llm_args import CudaGraphConfig, KvCacheConfig, LlmArgs
 from .outputs import CompletionOutput, RequestOutput
-from .sampling_params import SamplingParams
 
 __all__ = [
     "LLM",

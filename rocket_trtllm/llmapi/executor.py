@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..runtime.engine import LLMEngine, Update
+from ..engine import LLMEngine, Update
 from ..runtime.sequence import Sequence
 from .outputs import CompletionOutput, RequestOutput
 

@@ -6,12 +6,12 @@ from typing import Any, Optional, Union
 
 from tqdm.auto import tqdm
 
+from ..engine import LLMEngine
 from ..errors import RequestError
-from ..runtime.engine import LLMEngine
+from ..sampling_params import SamplingParams
 from .executor import Executor, GenerationResult
 from .llm_args import LlmArgs
 from .outputs import RequestOutput
-from .sampling_params import SamplingParams
 
 PromptInput = Union[str, list[int]]
 

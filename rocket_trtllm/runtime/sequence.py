@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..llmapi.sampling_params import SamplingParams
+from ..sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import RequestError
 from ..llmapi.llm import LLM
-from ..llmapi.sampling_params import SamplingParams
+from ..sampling_params import SamplingParams
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ..errors import RequestError
+from .errors import RequestError
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""The engine loop's body: admit, run one step, sample, detokenize, finish."""
+"""The engine loop's body: admit, run one step, sample, detokenize, finish.
+
+The composition root: it builds the checkpoint's model, the KV pool, the attention backend the sparse
+registry names, the runner and the scheduler from one LlmArgs; nothing it composes imports it."""
 
 import itertools
 import time
@@ -8,18 +11,18 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import ConfigError, RequestError
-from ..llmapi.llm_args import LlmArgs
-from ..llmapi.sampling_params import SamplingParams
-from ..models.checkpoint import open_checkpoint
-from ..models.loader import load_model, resolve_dtype
-from ..sparse import lookup
-from .attention import AttentionBackend
-from .kv_cache import KVCachePool, ModelShape
-from .model_runner import ModelRunner
-from .sampler import sample
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .errors import ConfigError, RequestError
+from .llmapi.llm_args import LlmArgs
+from .models.checkpoint import open_checkpoint
+from .models.loader import load_model, resolve_dtype
+from .runtime.attention import AttentionBackend
+from .runtime.kv_cache import KVCachePool, ModelShape
+from .runtime.model_runner import ModelRunner
+from .runtime.sampler import sample
+from .runtime.scheduler import Scheduler
+from .runtime.sequence import Sequence
+from .sampling_params import SamplingParams
+from .sparse import lookup
 
 CPU_POOL_BYTES = 2 << 30  # the CPU's default pool cap when kv_cache_config.max_tokens is not given
 
