@@ -10,7 +10,7 @@ from rocket_trtllm.eval import SHIPPED_MODEL
 
 from rocket_trtllm import LLM
 from rocket_trtllm.bench import main as bench_main
-from rocket_trtllm.serve.benchmark import RequestRecord, percentile, summarize
+from rocket_trtllm.serve.benchmark import RequestRecord, percentile, summarize, sustained
 from rocket_trtllm.serve.soak import local_server, passed, soak
 
 
@@ -40,6 +40,14 @@ def test_summary_of_a_trace_with_known_timings():
     assert s["ttft_ms"]["p90"] == pytest.approx(910.0) and s["ttft_ms"]["p99"] == pytest.approx(991.0)
     assert s["tpot_ms"]["p50"] == pytest.approx(24.5) and s["itl_ms"]["p99"] == pytest.approx(29.0)
     assert s["goodput"] == 5 / 4.0  # requests 0-4: TTFT <= 500 ms (request 4: exactly) and TPOT 20-24 ms
+
+
+def test_sustained_rate_is_the_highest_within_the_slo():
+    def run(label, rate, p99):
+        return {"label": label, "request_rate": rate, "completed": 5, "tpot_ms": {"p99": p99}}
+
+    runs = [run("a", 1, 10), run("a", 2, 40), run("a", 4, 90), run("a", math.inf, 20), run("b", 1, 60)]
+    assert sustained(runs, 50) == {"a": 2, "b": None}
 
 
 def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):

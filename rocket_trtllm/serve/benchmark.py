@@ -224,7 +224,7 @@ def plot(runs: list[dict[str, Any]], path: str) -> None:
             for q, style in (("p50", "-o"), ("p99", "--s")):
                 ax.plot(xs, [r[metric][q] for r in mine], style, label=f"{label} {q}")
     for ax, name in zip(axes, ("time to first token (ms)", "time per output token (ms)")):
-        ax.set_xlabel("request rate (requests/s; the rightmost point of a line past the others: all at once)")
+        ax.set_xlabel("request rate (requests/s; a point past the others: all at once)")
         ax.set_ylabel(name)
         ax.set_yscale("log")
         ax.legend(fontsize=8)
@@ -284,5 +284,18 @@ def main(ns: argparse.Namespace) -> None:
         slo = {"slo_ttft_ms": ns.slo_ttft_ms, "slo_tpot_ms": ns.slo_tpot_ms}
         path.write_text(json.dumps({"runs": earlier + runs, **slo}, indent=2))
         runs = earlier + runs
+    if ns.slo_tpot_ms is not None:
+        for label, rate in sustained(runs, ns.slo_tpot_ms).items():
+            print(f"{label}: highest rate with TPOT p99 <= {ns.slo_tpot_ms:g} ms: {rate if rate else 'none'}")
     if ns.plot:
         plot(runs, ns.plot)
+
+
+def sustained(runs: list[dict[str, Any]], slo_tpot_ms: float) -> dict[str, Optional[float]]:
+    """Per label, the highest finite request rate whose TPOT p99 stays within the SLO (None: no rate did)."""
+    out: dict[str, Optional[float]] = {}
+    for r in runs:
+        ok = math.isfinite(r["request_rate"]) and r["completed"] and r["tpot_ms"]["p99"] <= slo_tpot_ms
+        best = out.get(r["label"])
+        out[r["label"]] = max(best or 0.0, r["request_rate"]) if ok else best
+    return out

@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int,
                    help="answer 429 while this many requests wait for admission (default: no limit)")  # fmt: skip
+    p.add_argument("--load_format", "--load-format", dest="load_format", choices=["auto", "dummy"],
+                   help="dummy: random weights, for benchmarks of an architecture without its checkpoint")  # fmt: skip
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_seq_len", type=int)
     p.add_argument("--max_num_tokens", type=int)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper())
     overrides = {
         k: getattr(args, k)
-        for k in ("tokenizer", "max_batch_size", "max_seq_len", "max_num_tokens")
+        for k in ("tokenizer", "max_batch_size", "max_seq_len", "max_num_tokens", "load_format")
         if getattr(args, k)
     }
     try:
