@@ -22,6 +22,7 @@ class Corpus:
         if not books or not any(b.paragraphs for b in books):
             raise ValueError("the prose file has no text")
         self.books = books
+        self.paragraphs = [p for b in books for p in b.paragraphs]  # every book's, in order
 
     @classmethod
     def load(cls, path: Path) -> "Corpus":
@@ -46,7 +47,7 @@ class Corpus:
     def excerpt(self, n_chars: int, rng: random.Random) -> str:
         """About `n_chars` characters of consecutive paragraphs from a random place (running on into
         the next books), cut at a word's end."""
-        flat = [p for b in self.books for p in b.paragraphs]
+        flat = self.paragraphs
         i = rng.randrange(len(flat))
         parts: list[str] = []
         size = 0

@@ -11,7 +11,7 @@ from rocket_trtllm.eval import SHIPPED_MODEL
 from rocket_trtllm import LLM
 from rocket_trtllm.bench import main as bench_main
 from rocket_trtllm.serve.benchmark import RequestRecord, percentile, summarize, sustained
-from rocket_trtllm.serve.soak import local_server, passed, soak
+from rocket_trtllm.serve.soak import local_server, problems, soak
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):
 def test_soak_at_ci_size(shipped):
     with local_server(shipped, "model") as base:
         report = soak(base, requests=300, rate=150, seed=0, time_limit=120)
-    assert passed(report) == [], report
+    assert problems(report) == [], report
     assert report["requests_sent"] == 300 and report["server_errors"] == 0
     kinds = {k.split(" ")[0] for k in report["outcomes"]}
     assert kinds == {"stream", "complete", "chat", "disconnect", "give_up", "malformed", "too_long"}

@@ -65,7 +65,7 @@ class SafetensorsCheckpoint(Checkpoint):
         generation = None
         if (self.path / "generation_config.json").is_file():
             generation = GenerationConfig.from_pretrained(self.path)
-        return _ids(self.config, generation)
+        return eos_ids(self.config, generation)
 
     def files(self) -> list[Path]:
         """The safetensors files: the sharded index's, or every *.safetensors of the folder."""
@@ -91,7 +91,8 @@ class SafetensorsCheckpoint(Checkpoint):
                         yield name, f.get_tensor(name)
 
 
-def _ids(*sources: Any) -> set[int]:
+def eos_ids(*sources: Any) -> set[int]:
+    """Every end-of-sequence id the given configs (or tokenizers) name."""
     ids: set[int] = set()
     for source in sources:
         eos = getattr(source, "eos_token_id", None)

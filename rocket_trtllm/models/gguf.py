@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .checkpoint import Checkpoint, _ids
+from .checkpoint import Checkpoint, eos_ids
 
 # general.architecture -> the Hugging Face class our model code registers under that name.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -111,7 +111,8 @@ class GGUFCheckpoint(Checkpoint):
         return copy.deepcopy(_parsed(self.path, self.path.stat().st_mtime_ns)[1])
 
     def eos_token_ids(self) -> set[int]:
-        return _ids(self.config) | {_field(self.reader, "tokenizer.ggml.eos_token_id")} - {None}
+        eos = _field(self.reader, "tokenizer.ggml.eos_token_id")
+        return eos_ids(self.config) | ({eos} if eos is not None else set())
 
     def tensors(self, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
         from gguf.quants import dequantize

@@ -135,8 +135,8 @@ def soak(base_url: str, requests: int, rate: float, seed: int = 0, time_limit: f
     """Run the soak against `base_url` (an OpenAI API root on loopback) and return its report."""
     check_loopback(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    model = httpx.get(base_url + "/models", headers=headers, timeout=30).json()["data"][0]["id"]
-    max_seq_len = int(httpx.get(base_url + "/models", headers=headers, timeout=30).json()["data"][0]["max_model_len"])
+    card = httpx.get(base_url + "/models", headers=headers, timeout=30).json()["data"][0]
+    model, max_seq_len = card["id"], int(card["max_model_len"])
     rng = random.Random(seed)
     mix = [k for k, w in KINDS.items() for _ in range(w)]
     deadline = time.monotonic() + time_limit
@@ -180,7 +180,7 @@ def settle(base_url: str, api_key: Optional[str], timeout: float = 120.0) -> dic
         time.sleep(0.1)
 
 
-def passed(report: dict[str, Any]) -> list[str]:
+def problems(report: dict[str, Any]) -> list[str]:
     """What the soak found wrong (empty when it passed)."""
     problems = []
     if report["server_errors"]:
@@ -240,7 +240,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--max-seq-len", type=int, default=2048, help="the local server's max_seq_len")
     p.add_argument("--time-limit", type=float, default=600.0, help="stop sending after this many seconds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="soak one server this many times (seeds SEED, SEED+1...): does memory level off?")  # fmt: skip
+    p.add_argument("--json", help="write the report (a list of them with --rounds > 1) here")
     ns = p.parse_args(argv)
     if not ns.model and not ns.base_url:
         p.error("give a MODEL to serve here or the --base-url of a running server")
@@ -253,14 +255,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                 model=ns.model, max_seq_len=ns.max_seq_len)  # fmt: skip
             stack.callback(llm.shutdown)
             base = stack.enter_context(local_server(llm, "model", max_queue=ns.max_queue))
-        report = soak(base.rstrip("/"), ns.requests, ns.rate, ns.seed, ns.time_limit, ns.concurrency, ns.api_key)
-    print(json.dumps(report, indent=2))
+        reports = []
+        for i in range(ns.rounds):
+            reports.append(soak(base.rstrip("/"), ns.requests, ns.rate, ns.seed + i, ns.time_limit, ns.concurrency,
+                                ns.api_key))  # fmt: skip
+            mib = [reports[-1][k]["process_resident_memory_bytes"] / 2**20 for k in ("before", "after")]
+            print(f"round {i}: resident memory {mib[0]:.0f} -> {mib[1]:.0f} MiB", flush=True)
+    print(json.dumps(reports[0] if ns.rounds == 1 else reports, indent=2))
     if ns.json:
         with open(ns.json, "w") as f:
-            json.dump(report, f, indent=2)
-    problems = passed(report)
-    if problems:
-        raise SystemExit("soak failed: " + "; ".join(problems))
+            json.dump(reports[0] if ns.rounds == 1 else reports, f, indent=2)
+    found = [p for report in reports for p in problems(report)]
+    if found:
+        raise SystemExit("soak failed: " + "; ".join(found))
     print("soak passed")
 
 
