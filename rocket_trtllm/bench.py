@@ -142,7 +142,8 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         total = time.perf_counter() - start
         stats = llm.get_stats()
         snap = llm.snapshot()
-        step_bytes = decode_step_bytes(llm, llm_args, ns, snap["meanTokensAttendedPerStep"])
+        # Per request, what its attention read each step (attended K/V plus KT pages), as the engine counts it.
+        step_bytes = {"weights": weight_bytes(llm), "per_request": snap["meanAttentionBytesPerStep"]}
     finally:
         llm.shutdown()
     prefill_steps = [s for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
@@ -196,23 +197,13 @@ def copy_bandwidth() -> float:
     return 2 * 20 * x.numel() / start.elapsed_time(end)
 
 
-def decode_step_bytes(llm: LLM, args: LlmArgs, ns: argparse.Namespace, attended: float) -> dict[str, float]:
-    """Bytes a decode step reads: the weights (all but the embedding table), and per request the
-    K/V of the tokens it attends to plus, with a KT cache, the KT pages it scores."""
+def weight_bytes(llm: LLM) -> float:
+    """Weight bytes a decode step reads: all but the embedding table (a lookup), the tied head included."""
     model = llm.engine.model
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     if model.tie_word_embeddings:
         weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    shape, elem = model.shape, llm.engine.pool.k.element_size()
-    per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * elem
-    per_request = attended * per_token
-    sparse = args.sparse_attention_config
-    if getattr(llm.engine.backend, "uses_kt_cache", False):
-        kt = llm.engine.backend.kt
-        mean_len = kept_len(args, ns.input_len) + ns.output_len / 2
-        pages = mean_len / sparse.page_size
-        per_request += 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * kt.kmin.element_size() * pages
-    return {"weights": float(weights), "per_request": per_request}
+    return float(weights)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
