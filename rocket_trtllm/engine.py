@@ -82,6 +82,8 @@ class LLMEngine:
             "prompt_tokens": 0,
             "generated_tokens": 0,
             "peak_batch": 0,
+            "prefill_step_seconds": 0.0,  # wall time of steps that prefill a prompt (with any decodes beside)
+            "decode_step_seconds": 0.0,  # wall time of decode-only steps
         }
         self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
         self._ids = itertools.count()
@@ -212,7 +214,9 @@ class LLMEngine:
             self.totals["attention_bytes"] += sum(read) / len(read)
         updates = [self._append(seq, tok) for seq, tok in zip(batch.sequences, tokens)]
         self.iteration += 1
-        self.stats.append(self._iteration_stats(batch, time.perf_counter() - start))
+        seconds = time.perf_counter() - start  # the sampled tokens were read back: the GPU work is done
+        self.totals["prefill_step_seconds" if batch.contexts else "decode_step_seconds"] += seconds
+        self.stats.append(self._iteration_stats(batch, seconds))
         return updates
 
     def _append(self, seq: Sequence, token: int) -> Update:

@@ -95,6 +95,11 @@ def test_models_health_version_metrics(server, client):
     assert "version" in httpx.get(base + "/version").json()
     text = httpx.get(base + "/metrics").text
     assert "rocket_kv_blocks_used" in text and "rocket_tokens_attended_per_step" in text
+    client.completions.create(model="tiny", prompt="one two three", max_tokens=3)
+    text = httpx.get(base + "/metrics").text
+    seconds = {k: float(line.split()[1]) for line in text.splitlines() for k in ("prefill", "decode")
+               if line.startswith(f'rocket_step_seconds_total{{kind="{k}"}}')}  # fmt: skip
+    assert seconds["prefill"] > 0 and seconds["decode"] > 0
 
 
 def test_concurrent_streams_batch_together(server):

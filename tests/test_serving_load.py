@@ -43,11 +43,16 @@ def test_summary_of_a_trace_with_known_timings():
 
 
 def test_sustained_rate_is_the_highest_within_the_slo():
-    def run(label, rate, p99):
-        return {"label": label, "request_rate": rate, "completed": 5, "tpot_ms": {"p99": p99}}
+    def run(label, rate, p99, ttft_p99=100.0, failed=0):
+        return {"label": label, "request_rate": rate, "completed": 5, "failed": failed, "tpot_ms": {"p99": p99},
+                "ttft_ms": {"p99": ttft_p99}}  # fmt: skip
 
     runs = [run("a", 1, 10), run("a", 2, 40), run("a", 4, 90), run("a", math.inf, 20), run("b", 1, 60)]
     assert sustained(runs, 50) == {"a": 2, "b": None}
+    queued = [run("c", 1, 10), run("c", 2, 12, ttft_p99=30_000), run("c", 3, 11, failed=1)]
+    assert sustained(queued, 50) == {"c": 2}  # the failed run does not count; TPOT alone misses the queue
+    assert sustained(queued + [run("c", 0.5, 9)], 50, slo_ttft_ms=5000) == {"c": 1}
+    assert sustained([run("d", 2, 12, ttft_p99=30_000)], 50, slo_ttft_ms=5000) == {"d": None}
 
 
 def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):

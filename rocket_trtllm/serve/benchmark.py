@@ -285,17 +285,29 @@ def main(ns: argparse.Namespace) -> None:
         path.write_text(json.dumps({"runs": earlier + runs, **slo}, indent=2))
         runs = earlier + runs
     if ns.slo_tpot_ms is not None:
-        for label, rate in sustained(runs, ns.slo_tpot_ms).items():
-            print(f"{label}: highest rate with TPOT p99 <= {ns.slo_tpot_ms:g} ms: {rate if rate else 'none'}")
+        within = f"TPOT p99 <= {ns.slo_tpot_ms:g} ms" + (
+            f" and TTFT p99 <= {ns.slo_ttft_ms:g} ms" if ns.slo_ttft_ms is not None else ""
+        )
+        for label, rate in sustained(runs, ns.slo_tpot_ms, ns.slo_ttft_ms).items():
+            print(f"{label}: highest rate with {within}: {rate if rate else 'none'}")
     if ns.plot:
         plot(runs, ns.plot)
 
 
-def sustained(runs: list[dict[str, Any]], slo_tpot_ms: float) -> dict[str, Optional[float]]:
-    """Per label, the highest finite request rate whose TPOT p99 stays within the SLO (None: no rate did)."""
+def sustained(
+    runs: list[dict[str, Any]], slo_tpot_ms: float, slo_ttft_ms: Optional[float] = None
+) -> dict[str, Optional[float]]:
+    """Per label, the highest finite request rate whose TPOT p99 (and TTFT p99, when given) stay within the SLOs
+    (None: no rate did). A server past its capacity keeps TPOT low and queues: the TTFT SLO is what catches that."""
     out: dict[str, Optional[float]] = {}
     for r in runs:
-        ok = math.isfinite(r["request_rate"]) and r["completed"] and r["tpot_ms"]["p99"] <= slo_tpot_ms
+        ok = (
+            math.isfinite(r["request_rate"])
+            and r["completed"]
+            and not r.get("failed")
+            and r["tpot_ms"]["p99"] <= slo_tpot_ms
+            and (slo_ttft_ms is None or r["ttft_ms"]["p99"] <= slo_ttft_ms)
+        )
         best = out.get(r["label"])
         out[r["label"]] = max(best or 0.0, r["request_rate"]) if ok else best
     return out
