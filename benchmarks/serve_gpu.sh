@@ -5,7 +5,7 @@
 # decode: 8192-token prompts, 2048-token outputs; prefill: 32768-token prompts, 256-token outputs.
 # Each (method, rate) sends about rate x (one request's lifetime + 30 s) prompts, so a server past its capacity
 # shows a growing queue (TTFT) and not only TPOT. Writes $OUT/serve-WORKLOAD.json (every run), the server logs,
-# /metrics after each method (its rocket_step_seconds_total gives the prefill share of step time), and
+# /metrics after each method (warm-up included) (its rocket_step_seconds_total gives the prefill share of step time), and
 # $OUT/serve-WORKLOAD.png. MODEL (default: the Llama-3.1-8B architecture, random weights), LOAD (dummy),
 # ROCKET and DENSE (configs), DECODE / PREFILL ("input output"), and the run lists below ("rate:prompts ...") override.
 set -uo pipefail
@@ -16,7 +16,7 @@ from rocket_trtllm.bench import write_arch
 print(write_arch('llama-3.1-8b', pathlib.Path(tempfile.mkdtemp())))")}
 PORT=${PORT:-8123}
 DECODE_DENSE=${DECODE_DENSE:-0.5:32 1:64}
-DECODE_ROCKET=${DECODE_ROCKET:-1:32 2:128}
+DECODE_ROCKET=${DECODE_ROCKET:-1:32 2:96}
 PREFILL_DENSE=${PREFILL_DENSE:-0.25:12 0.5:16}
 PREFILL_ROCKET=${PREFILL_ROCKET:-0.25:12 0.5:16}
 SLO_TPOT=${SLO_TPOT:-50}
@@ -32,6 +32,11 @@ run() {  # name config workload input output ttft_slo_ms rate:prompts...
     sleep 1
   done
   echo "== $name $workload: server up in $((SECONDS - start)) s"
+  # Warm-up, not recorded: compiles the Triton kernels and captures the first CUDA graphs (else the first
+  # requests of the first rate wait tens of seconds behind the compiler).
+  python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --input-len "$input" --output-len 32 \
+    --num-prompts "${WARMUP:-8}" --request-rate inf --seed 1 > /dev/null 2>&1
+  echo "== warm after $((SECONDS - start)) s"
   for spec in "$@"; do
     python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --label "$name" \
       --input-len "$input" --output-len "$output" --num-prompts "${spec#*:}" --request-rate "${spec%%:*}" \
