@@ -1,5 +1,6 @@
 import asyncio
 import json
+import random
 import shutil
 
 import pytest
@@ -270,3 +271,21 @@ def test_score_matches_transformers_logprobs(llama, llama_dir):
     with pytest.raises(RequestError, match="at least one token"):
         llama.score([(context, [])])
     assert_pool_empty(llama)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_incremental_detokenization_equals_decoding_everything(seed):
+    """Text streamed token by token from a small window adds up to decoding all the tokens at once, also
+    through byte-level tokens that split UTF-8 characters (held back until complete) and special tokens."""
+    from transformers import AutoTokenizer
+
+    from rocket_trtllm.llmapi.executor import GenerationResult
+    from rocket_trtllm.runtime.sequence import Sequence
+
+    tok = AutoTokenizer.from_pretrained("eval/model")
+    words = tok.encode("naïve café — 東京 ünïcödé 🚀 rocket " * 4, add_special_tokens=False)
+    rng = random.Random(seed)
+    ids = [rng.choice(words) if rng.random() < 0.7 else rng.randrange(len(tok)) for _ in range(300)]
+    result = GenerationResult(None, Sequence(0, [1], SamplingParams()), None, streaming=True)
+    text = "".join(result._new_text(tok, ids[: i + 1], final=i == len(ids) - 1) for i in range(len(ids)))
+    assert text == tok.decode(ids, skip_special_tokens=True)

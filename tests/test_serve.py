@@ -85,7 +85,9 @@ def test_chat_matches_generate(server, client):
     got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
     assert got.choices[0].message.content == want.text
     stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream) == want.text
+    chunks = [c for c in stream if c.choices and c.choices[0].finish_reason is None]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert len(chunks) == len(want.token_ids)  # one chunk per token, whether it adds text or not
 
 
 def test_models_health_version_metrics(server, client):

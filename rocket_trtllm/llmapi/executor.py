@@ -30,6 +30,20 @@ class GenerationResult:
         self._early: list[Optional[tuple[list[int], str]]] = []
         self._ended = False
         self._stop_strings: list[str] = list(seq.sampling_params.stop or [])
+        # Incremental detokenization: text is decoded from a window of recent tokens, never the whole output
+        # (decoding all of it every step costs O(length) per token: ~0.5 ms at 2k tokens, x the batch).
+        self._window_start = 0  # first token of the decode window
+        self._read = 0  # tokens whose text is in output.text
+
+    def _new_text(self, tokenizer: Any, ids: list[int], final: bool) -> str:
+        """The text the tokens past `_read` add (empty while they end inside a UTF-8 character)."""
+        window = ids[self._window_start :]
+        before = tokenizer.decode(window[: self._read - self._window_start], skip_special_tokens=True)
+        after = tokenizer.decode(window, skip_special_tokens=True)
+        if after.endswith("\ufffd") and not final:
+            return ""  # hold back a partial UTF-8 character until it completes
+        self._window_start, self._read = self._read, len(ids)
+        return after[len(before) :]
 
     def _bind_loop(self) -> None:
         with self._lock:
@@ -151,15 +165,13 @@ class Executor:
         out.token_ids = list(seq.output_token_ids)
         new_text = ""
         if seq.sampling_params.detokenize:
-            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+            text = out.text + result._new_text(self.tokenizer, out.token_ids, seq.is_finished)
             stop_at = _find_stop(text, result._stop_strings, len(out.text))
             if stop_at is not None:
                 idx, stop = stop_at
                 text = text[: idx + (len(stop) if seq.sampling_params.include_stop_str_in_output else 0)]
                 if not seq.is_finished:
                     self.engine.abort(seq, "stop")
-            elif not seq.is_finished and text.endswith("\ufffd"):
-                text = out.text  # hold back a partial UTF-8 character until it completes
             new_text, out.text = text[len(out.text) :], text
         if update.new_token_ids or new_text:
             result._deliver((update.new_token_ids, new_text))

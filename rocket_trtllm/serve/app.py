@@ -127,9 +127,8 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     async def stream(result: Any, make_chunk: Any) -> AsyncIterator[str]:
         try:
-            async for _, text in result:
-                if text:
-                    yield f"data: {json.dumps(make_chunk(text, None))}\n\n"
+            async for _, text in result:  # one chunk per step, text or not: clients time tokens by chunks
+                yield f"data: {json.dumps(make_chunk(text, None))}\n\n"
             out = result.output
             yield f"data: {json.dumps(make_chunk('', out.outputs[0].finish_reason, usage(out)))}\n\n"
             yield "data: [DONE]\n\n"

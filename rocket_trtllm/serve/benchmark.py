@@ -8,7 +8,7 @@ the knobs of vLLM's and TensorRT-LLM's benchmark_serving.
 Requests arrive as a Poisson process at each --request-rate (inf: all at once), at most --max-concurrency in
 flight; prompts are random token ids of --input-len (or a trtllm-bench JSONL --dataset), each asked for
 exactly its output length (ignore_eos). Streaming gives time to first token (TTFT), inter-token latency
-(ITL: the gaps between streamed chunks) and time per output token (TPOT: after the first, per request).
+(ITL: the gaps between streamed chunks, one per token from rocket-serve) and time per output token (TPOT: after the first, per request).
 """
 
 import argparse
@@ -156,8 +156,8 @@ async def send(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
                 if data.get("usage"):
                     record.output_tokens = data["usage"].get("completion_tokens", 0)
                     record.prompt_len = data["usage"].get("prompt_tokens", req.prompt_len)
-                if not any(c.get("text") for c in data.get("choices", [])):
-                    continue
+                if not any(c.get("text") or c.get("finish_reason") is None for c in data.get("choices", [])):
+                    continue  # the closing chunk (finish_reason, usage) carries no token
                 now = time.perf_counter()
                 if chunks == 0:
                     record.ttft = now - start
