@@ -49,8 +49,8 @@ run() {  # name config workload input output ttft_slo_ms rate:prompts...
 
 for workload in ${WORKLOADS:-decode prefill}; do
   if [ "$workload" = decode ]; then
-    run dense "${DENSE:-configs/dense.yaml}" decode ${DECODE:-8192 2048} "${TTFT_DECODE:-5000}" $DECODE_DENSE
     run rocket "${ROCKET:-configs/rocket-long-context.yaml}" decode ${DECODE:-8192 2048} "${TTFT_DECODE:-5000}" $DECODE_ROCKET
+    run dense "${DENSE:-configs/dense.yaml}" decode ${DECODE:-8192 2048} "${TTFT_DECODE:-5000}" $DECODE_DENSE
   else
     run dense "${DENSE:-configs/dense.yaml}" prefill ${PREFILL:-32768 256} "${TTFT_PREFILL:-10000}" $PREFILL_DENSE
     run rocket "${ROCKET:-configs/rocket-long-context.yaml}" prefill ${PREFILL:-32768 256} "${TTFT_PREFILL:-10000}" $PREFILL_ROCKET
