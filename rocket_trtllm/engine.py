@@ -1,7 +1,9 @@
 """The engine loop's body: admit, run one step, sample, detokenize, finish.
 
 The composition root: it builds the checkpoint's model, the KV pool, the attention backend the sparse
-registry names, the runner and the scheduler from one LlmArgs; nothing it composes imports it."""
+registry names, the runner and the scheduler from one LlmArgs; nothing it composes imports it. Under tensor
+parallelism it starts the worker ranks (tp_worker.py) and each of them builds the same engine on its slice
+of the model and follows rank 0's steps."""
 
 import itertools
 import time
@@ -15,7 +17,9 @@ from .errors import ConfigError, RequestError
 from .llmapi.llm_args import LlmArgs
 from .models.checkpoint import open_checkpoint
 from .models.loader import load_model, resolve_dtype
+from .models.parallel import HeadPartition, split
 from .runtime.attention import AttentionBackend
+from .runtime.distributed import SINGLE, Communicator
 from .runtime.kv_cache import KVCachePool, ModelShape
 from .runtime.model_runner import ModelRunner
 from .runtime.sampler import sample
@@ -23,6 +27,7 @@ from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
 from .sampling_params import SamplingParams
 from .sparse import lookup
+from .tp_worker import StepInput, Workers
 
 CPU_POOL_BYTES = 2 << 30  # the CPU's default pool cap when kv_cache_config.max_tokens is not given
 
@@ -38,16 +43,40 @@ class Update:
 
 
 class LLMEngine:
-    def __init__(self, args: LlmArgs, device: Optional[torch.device] = None) -> None:
-        from transformers import AutoTokenizer
-
+    def __init__(
+        self, args: LlmArgs, device: Optional[torch.device] = None, comm: Optional[Communicator] = None
+    ) -> None:
+        """`comm` is given to a worker rank's engine; rank 0 (the caller's) starts the workers itself."""
         self.args = args
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.checkpoint = open_checkpoint(args.model)
         self.hf_config = self.checkpoint.config
+        self.workers: Optional[Workers] = None
+        self._released: list[int] = []  # requests finished since the workers' last step
+        if comm is None and args.tensor_parallel_size > 1:
+            self._check_tensor_parallel(args.tensor_parallel_size)
+            self.workers, comm = Workers.start(args, self.device)
+        self.comm = comm or SINGLE
+        try:
+            self._build()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _check_tensor_parallel(self, tp: int) -> None:
+        c, world = self.hf_config, Communicator(0, tp)
+        HeadPartition.of(c.num_attention_heads, c.num_key_value_heads, world)
+        split(c.intermediate_size, world, "intermediate_size")
+
+    def _build(self) -> None:
+        from transformers import AutoTokenizer
+
+        args = self.args
         self.dtype = resolve_dtype(self.checkpoint, args.dtype, self.device)
         self.max_seq_len = self._max_seq_len()
-        self.model = load_model(self.checkpoint, self.dtype, self.device, random_weights=args.load_format == "dummy")
+        self.model = load_model(
+            self.checkpoint, self.dtype, self.device, random_weights=args.load_format == "dummy", comm=self.comm
+        )
         if args.tokenizer:
             self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         else:
@@ -58,7 +87,10 @@ class LLMEngine:
         if sparse is not None:
             sparse.check_model(shape, kv.tokens_per_block)
         kv_dtype = self.dtype if kv.dtype == "auto" else getattr(torch, kv.dtype)
-        self.pool = KVCachePool(shape, self._num_blocks(shape, kv_dtype), kv.tokens_per_block, kv_dtype, self.device)
+        blocks = self.comm.min(self._num_blocks(shape, kv_dtype))  # every rank's pool has the same block ids
+        if blocks < 1:
+            raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
+        self.pool = KVCachePool(shape, blocks, kv.tokens_per_block, kv_dtype, self.device)
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)
         graphs = args.cuda_graph_config
@@ -118,8 +150,6 @@ class LLMEngine:
             blocks = by_tokens or min(
                 -(-4 * self.max_seq_len // kv.tokens_per_block), max(1, CPU_POOL_BYTES // per_block)
             )
-        if blocks < 1:
-            raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
         return blocks
 
     def _backend_cls(self) -> type[AttentionBackend]:
@@ -142,7 +172,7 @@ class LLMEngine:
         return self.args.max_num_tokens * per_token * elem + logits + (1 << 30)
 
     def _build_backend(self, shape: ModelShape, use_kernels: bool) -> AttentionBackend:
-        return self._backend_cls()(shape, self.pool, use_kernels, self.args.sparse_attention_config)
+        return self._backend_cls()(shape, self.pool, use_kernels, self.args.sparse_attention_config, self.comm)
 
     def _eos_ids(self) -> set[int]:
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -191,12 +221,17 @@ class LLMEngine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # for this iteration's gpuPeakMemUsage
         try:
+            if self.workers is not None:
+                self.workers.check()
+                self.comm.broadcast(("step", StepInput.of(batch, self._released)))
+                self._released = []
             logits = self.runner.run(batch)
             tokens = sample(logits, batch.sequences)
             _force(logits, batch.sequences, tokens)
         except Exception as e:  # a failed step fails its requests, never the engine
+            failure = self.workers and self.workers.failure
             for seq in batch.sequences:
-                seq.error = f"{type(e).__name__}: {e}"
+                seq.error = failure or f"{type(e).__name__}: {e}"
                 self._finish(seq, "error")
             return [Update(seq, finished=True) for seq in batch.sequences]
         for i, seq in enumerate(batch.sequences):
@@ -237,7 +272,44 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
         self.backend.release(seq.block_table)
+        if self.workers is not None:
+            self._released.append(seq.request_id)
         self.scheduler.finish(seq)
+
+    # ---- tensor parallelism -----------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """A worker rank's loop: run each step rank 0 broadcasts, until it says stop."""
+        live: dict[int, list[int]] = {}  # request -> its block table, as rank 0 last sent it
+        while True:
+            kind, payload = self.comm.broadcast()
+            if kind == "stop":
+                return
+            for request_id in payload.released if kind == "step" else payload:
+                table = live.pop(request_id, None)
+                if table is not None:
+                    self.backend.release(table)
+            if kind == "blocks":
+                self.comm.gather(sum(len(t) for t in live.values()))
+                continue
+            batch = payload.batch()
+            for seq in batch.sequences:
+                live[seq.request_id] = seq.block_table
+            self.runner.run(batch)
+
+    def blocks_per_rank(self) -> list[int]:
+        """KV blocks each rank holds for live requests (rank 0's allocator; the workers' view of it)."""
+        if self.workers is None:
+            return [self.pool.allocator.num_used]
+        self.workers.check()
+        self.comm.broadcast(("blocks", self._released))
+        self._released = []
+        return [self.pool.allocator.num_used, *self.comm.gather(0)[1:]]
+
+    def shutdown(self) -> None:
+        """Stop the worker ranks (nothing to do without tensor parallelism)."""
+        if self.workers is not None:
+            self.workers.stop(self.comm)
 
     # ---- stats ----------------------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ class Executor:
         if self._running:
             self._inbox.put(("stop", None))
             self._thread.join()
+            self.engine.shutdown()  # the tensor-parallel workers, once no step can be in flight
 
     def _loop(self) -> None:
         while True:

@@ -108,7 +108,9 @@ class LlmArgs(StrictModel):
     kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig)
     sparse_attention_config: Optional[BaseSparseAttentionConfig] = None
     cuda_graph_config: Optional[CudaGraphConfig] = Field(default_factory=CudaGraphConfig)
-    tensor_parallel_size: int = Field(default=1, description="GPUs per model; only 1 is supported.")
+    tensor_parallel_size: int = Field(
+        default=1, description="Ranks per model (GPUs on CUDA, processes on the CPU); the LLM starts them itself."
+    )
     load_format: Literal["auto", "dummy"] = Field(
         default="auto", description="auto: the checkpoint's safetensors; dummy: random weights (benchmarks)."
     )
@@ -164,8 +166,8 @@ class LlmArgs(StrictModel):
     @field_validator("tensor_parallel_size")
     @classmethod
     def _tp(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only 1 is supported (one GPU per model)")
+        if v < 1:
+            raise ValueError("must be >= 1")
         return v
 
     @field_validator("sparse_attention_config", mode="before")

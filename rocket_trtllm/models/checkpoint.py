@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ConfigError
+from .parallel import Shard, take
 
 
 class Checkpoint:
@@ -38,8 +39,11 @@ class Checkpoint:
     def eos_token_ids(self) -> set[int]:
         raise NotImplementedError
 
-    def tensors(self, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, tensor) for each tensor of the checkpoint named in `wanted`."""
+    def tensors(
+        self, wanted: set[str], shards: Optional[dict[str, Shard]] = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor) for each tensor of the checkpoint named in `wanted`; a name in `shards`
+        gives only that slice (read alone where the format allows)."""
         raise NotImplementedError
 
 
@@ -83,11 +87,19 @@ class SafetensorsCheckpoint(Checkpoint):
             raise ConfigError(f"{self.path} has no *.safetensors weights{hint}", "model")
         return files
 
-    def tensors(self, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(
+        self, wanted: set[str], shards: Optional[dict[str, Shard]] = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        shards = shards or {}
         for file in self.files():
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for name in f.keys():
-                    if name in wanted:  # others are e.g. rotary inv_freq buffers saved by old exporters
+                    if name not in wanted:  # e.g. rotary inv_freq buffers saved by old exporters
+                        continue
+                    if name in shards:
+                        view = f.get_slice(name)
+                        yield name, take(name, view, tuple(view.get_shape()), shards[name])
+                    else:
                         yield name, f.get_tensor(name)
 
 

@@ -6,12 +6,13 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from ..errors import ConfigError
 from .checkpoint import Checkpoint, eos_ids
+from .parallel import Shard, take
 
 # general.architecture -> the Hugging Face class our model code registers under that name.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -114,7 +115,9 @@ class GGUFCheckpoint(Checkpoint):
         eos = _field(self.reader, "tokenizer.ggml.eos_token_id")
         return eos_ids(self.config) | ({eos} if eos is not None else set())
 
-    def tensors(self, wanted: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(
+        self, wanted: set[str], shards: Optional[dict[str, Shard]] = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         from gguf.quants import dequantize
 
         heads = {"attn_q": self.config.num_attention_heads, "attn_k": self.config.num_key_value_heads}
@@ -134,4 +137,5 @@ class GGUFCheckpoint(Checkpoint):
             kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
             if self.arch == "llama" and kind in heads and name.endswith(".weight"):
                 tensor = unpermute_rotary(tensor, heads[kind])
-            yield name, tensor
+            shard = (shards or {}).get(name)
+            yield name, tensor if shard is None else take(name, tensor, tuple(tensor.shape), shard)

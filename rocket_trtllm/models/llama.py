@@ -1,6 +1,8 @@
 """The Llama family in one file: Llama 3.x, Mistral, Qwen2 (qkv bias) and Qwen3 (q/k norm).
 
-Module and parameter names follow the Hugging Face checkpoints so weights load by name.
+Module and parameter names follow the Hugging Face checkpoints so weights load by name. Under tensor
+parallelism each rank builds the model with its communicator: its projections are the parallel layers'
+slices, and everything downstream (KV pool, kernels, sparse methods) sees the rank's heads.
 """
 
 from typing import Any, Optional
@@ -11,7 +13,16 @@ from torch.nn import functional as F
 
 from ..kernels import layer_ops
 from ..runtime.attention import AttentionBackend, AttentionMetadata
+from ..runtime.distributed import SINGLE, Communicator
 from ..runtime.kv_cache import ModelShape
+from .parallel import (
+    ColumnParallelLinear,
+    HeadPartition,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    split,
+)
 from .rope import RotaryEmbedding, rope_parameters
 
 MLP_CHUNK_TOKENS = 8192
@@ -42,17 +53,18 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, Optional[torch
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
         super().__init__()
+        part = HeadPartition.of(cfg.num_attention_heads, cfg.num_key_value_heads, comm)
         self.layer = layer
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
-        self.head_dim = head_dim_of(cfg)
-        hidden = cfg.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=getattr(cfg, "o_bias", False))
+        self.num_heads, self.num_kv_heads = part.heads, part.kv_heads  # this rank's
+        d = self.head_dim = head_dim_of(cfg)
+        hidden, q_full, kv_full = cfg.hidden_size, cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+        self.q_proj = ColumnParallelLinear(hidden, q_full, part.q_start * d, part.heads * d, qkv_bias)
+        self.k_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias)
+        self.v_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias)
+        o_bias = getattr(cfg, "o_bias", False)
+        self.o_proj = RowParallelLinear(q_full, hidden, part.q_start * d, part.heads * d, o_bias, comm)
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -92,11 +104,13 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, comm: Communicator) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        full, hidden = cfg.intermediate_size, cfg.hidden_size
+        start, n = split(full, comm, "intermediate_size")
+        self.gate_proj = ColumnParallelLinear(hidden, full, start, n, bias=False)
+        self.up_proj = ColumnParallelLinear(hidden, full, start, n, bias=False)
+        self.down_proj = RowParallelLinear(full, hidden, start, n, bias=False, comm=comm)
 
     def fuse(self) -> None:
         """Replace gate/up_proj (loaded by their checkpoint names) with one fused projection."""
@@ -110,10 +124,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, layer, qkv_bias, qk_norm)
-        self.mlp = MLP(cfg)
+        self.self_attn = Attention(cfg, layer, qkv_bias, qk_norm, comm)
+        self.mlp = MLP(cfg, comm)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -132,10 +146,10 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: Any, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: Any, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, qkv_bias, qk_norm) for i in range(cfg.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, comm)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, qkv_bias, qk_norm, comm) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -145,11 +159,11 @@ class CausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, comm: Communicator = SINGLE) -> None:
         super().__init__()
         self.config = cfg
-        self.model = Backbone(cfg, self.qkv_bias or getattr(cfg, "attention_bias", False), self.qk_norm)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.model = Backbone(cfg, self.qkv_bias or getattr(cfg, "attention_bias", False), self.qk_norm, comm)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, comm)
         self.rotary = RotaryEmbedding(rope_parameters(cfg), head_dim_of(cfg))
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
 
@@ -161,8 +175,9 @@ class CausalLM(nn.Module):
 
     @property
     def shape(self) -> ModelShape:
-        c = self.config
-        return ModelShape(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, head_dim_of(c))
+        """The attention shape this rank computes (its heads under tensor parallelism)."""
+        attn = self.model.layers[0].self_attn
+        return ModelShape(self.config.num_hidden_layers, attn.num_heads, attn.num_kv_heads, attn.head_dim)
 
     # input_ids, positions: [tokens]; logit_idx: [n] -> logits [n, vocab] (float32)
     def forward(

@@ -5,8 +5,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..runtime.distributed import SINGLE, Communicator
 from .checkpoint import Checkpoint
 from .llama import ARCHITECTURES, CausalLM
+from .parallel import shards_of
 from .rope import inv_frequencies, rope_parameters
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -34,29 +36,42 @@ def resolve_dtype(checkpoint: Checkpoint, dtype: str, device: torch.device) -> t
 
 
 def load_model(
-    checkpoint: Checkpoint, dtype: torch.dtype, device: torch.device, random_weights: bool = False
+    checkpoint: Checkpoint,
+    dtype: torch.dtype,
+    device: torch.device,
+    random_weights: bool = False,
+    comm: Communicator = SINGLE,
 ) -> CausalLM:
     """Build the checkpoint's model on `device` in `dtype` and fill it from the checkpoint's tensors
-    (or with random weights, for benchmarks of a public architecture without its checkpoint)."""
+    (or with random weights, for benchmarks of a public architecture without its checkpoint). Under tensor
+    parallelism (`comm`), this rank's slices only."""
     cfg = checkpoint.config
     cls = architecture_of(cfg)
     with torch.device("meta"):
-        model = cls(cfg).to(dtype)
+        model = cls(cfg, comm).to(dtype)
     model.to_empty(device=device)  # allocated once, in `dtype` (float32 first would double the peak)
     # Buffers built on the meta device hold nothing: compute the RoPE frequencies for real.
     model.rotary.inv_freq = inv_frequencies(rope_parameters(cfg), model.shape.head_dim).to(device)
     params = dict(model.named_parameters())
+    shards = shards_of(model)
     if random_weights:
         for name, p in params.items():
             p.data = torch.ones_like(p, dtype=dtype) if "norm" in name else torch.randn_like(p, dtype=dtype) * 0.02
     loaded: set[str] = set(params) if random_weights else set()
-    for name, tensor in [] if random_weights else checkpoint.tensors(set(params)):
-        if tensor.shape != params[name].shape:
+    for name, tensor in [] if random_weights else checkpoint.tensors(set(params), shards):
+        want = list(params[name].shape)
+        shard = shards.get(name)
+        if shard is not None:
+            want[shard.dim] = shard.stored  # the rest of the last vocabulary slice stays zero
+        if list(tensor.shape) != want:
             raise ConfigError(
-                f"{checkpoint.name}: {name} has shape {tuple(tensor.shape)}, the config implies "
-                f"{tuple(params[name].shape)}",
+                f"{checkpoint.name}: {name} has shape {tuple(tensor.shape)}, the config implies {tuple(want)}",
                 "model",
             )
+        if shard is not None and shard.stored < shard.length:
+            padded = torch.zeros(params[name].shape, dtype=dtype)
+            padded.narrow(shard.dim, 0, shard.stored).copy_(tensor)
+            tensor = padded
         params[name].data = tensor.to(device=device, dtype=dtype)
         loaded.add(name)
     if model.tie_word_embeddings and "lm_head.weight" not in loaded:

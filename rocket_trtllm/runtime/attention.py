@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..kernels.cache_update import store_token, store_token_ref
 from ..kernels.paged_decode import paged_decode, paged_decode_ref
+from .distributed import SINGLE, Communicator
 from .kv_cache import KVCachePool, ModelShape
 
 
@@ -46,8 +47,16 @@ class AttentionBackend:
     uses_kt_cache = False
     supports_cuda_graphs = True
 
-    def __init__(self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Optional[Any] = None) -> None:
+    def __init__(
+        self,
+        shape: ModelShape,
+        pool: KVCachePool,
+        use_kernels: bool,
+        config: Optional[Any] = None,
+        comm: Communicator = SINGLE,
+    ) -> None:
         self.config = config
+        self.comm = comm  # this rank's group: `shape` and `pool` hold its heads only
         self.shape = shape
         self.pool = pool
         self.use_kernels = use_kernels

@@ -8,7 +8,8 @@ the knobs of vLLM's and TensorRT-LLM's benchmark_serving.
 Requests arrive as a Poisson process at each --request-rate (inf: all at once), at most --max-concurrency in
 flight; prompts are random token ids of --input-len (or a trtllm-bench JSONL --dataset), each asked for
 exactly its output length (ignore_eos). Streaming gives time to first token (TTFT), inter-token latency
-(ITL: the gaps between streamed chunks, one per token from rocket-serve) and time per output token (TPOT: after the first, per request).
+(ITL: the gaps between streamed chunks, one per token from rocket-serve) and time per output token (TPOT:
+after the first, per request).
 """
 
 import argparse

@@ -11,6 +11,7 @@ from ..kernels.cache_update import store_token, store_token_ref
 from ..kernels.kt_predict import predict_pages, predict_pages_ref
 from ..kernels.paged_decode import sparse_decode, sparse_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
+from ..runtime.distributed import SINGLE, Communicator
 from ..runtime.kv_cache import KVCachePool, ModelShape
 from .configs import QuestSparseAttentionConfig
 from .kt_cache import KT_DTYPES, KTCache
@@ -20,8 +21,10 @@ from .registry import register_sparse_attention
 class PageSelectionAttention(AttentionBackend):
     uses_kt_cache = True
 
-    def __init__(self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Any) -> None:
-        super().__init__(shape, pool, use_kernels, config)
+    def __init__(
+        self, shape: ModelShape, pool: KVCachePool, use_kernels: bool, config: Any, comm: Communicator = SINGLE
+    ) -> None:
+        super().__init__(shape, pool, use_kernels, config, comm)
         self.page_size = config.page_size
         self.topk = config.topk
         self.topr = config.topr_channels(shape.head_dim)

@@ -1,12 +1,20 @@
 """Stage 1 (SnapKV++): which prompt tokens each KV head keeps after prefill."""
 
+from collections.abc import Callable
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
-def window_scores(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, scale: float, scope: str) -> torch.Tensor:
+
+def window_scores(
+    q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, scale: float, scope: str, all_reduce: Reduce = None
+) -> torch.Tensor:
     """How much the last `window` queries attend to each earlier key, max-pooled: per KV head (`scope`
-    "kv_head"), or once for the layer ("layer": each KV head's scores normalised to sum to 1, then added).
+    "kv_head"), or once for the layer ("layer": each KV head's scores normalised to sum to 1, then added;
+    under tensor parallelism `all_reduce` adds the other ranks' heads, so every rank keeps the same tokens).
 
     q: [q_heads, n, d]; k: [kv_heads, n, d] -> [kv_heads or 1, n - window] float32
     """
@@ -23,11 +31,20 @@ def window_scores(q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, sc
         scores[h] = probs[..., : n - window].sum(dim=(0, 1))
     if scope == "layer":
         scores = (scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-30)).sum(dim=0, keepdim=True)
+        if all_reduce is not None:
+            scores = all_reduce(scores)
     return F.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
 
 
 def keep_indices(
-    q: torch.Tensor, k: torch.Tensor, window: int, kernel: int, budget: int, scale: float, scope: str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    window: int,
+    kernel: int,
+    budget: int,
+    scale: float,
+    scope: str,
+    all_reduce: Reduce = None,
 ) -> torch.Tensor:
     """Kept token positions per KV head, ascending: the best `budget - window` prefix tokens, then the window
     (the same tokens for every KV head when `scope` is "layer").
@@ -36,7 +53,7 @@ def keep_indices(
     -> [kv_heads, budget] int64 (n > budget)
     """
     kv_heads, n = k.shape[:2]
-    scores = window_scores(q, k, window, kernel, scale, scope)
+    scores = window_scores(q, k, window, kernel, scale, scope, all_reduce)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     prefix = torch.sort(order[:, : budget - window], dim=-1).values
     recent = torch.arange(n - window, n, device=k.device).expand(prefix.shape[0], window)
