@@ -67,6 +67,14 @@ class LLMEngine:
         c, world = self.hf_config, Communicator(0, tp)
         HeadPartition.of(c.num_attention_heads, c.num_key_value_heads, world)
         split(c.intermediate_size, world, "intermediate_size")
+        sparse = self.args.sparse_attention_config
+        if c.num_key_value_heads < tp and sparse is not None and self._backend_cls().reduces_query_groups:
+            raise ConfigError(
+                f"{sparse.algorithm!r} scores each KV head over all its query heads, and the model's "
+                f"{c.num_key_value_heads} KV heads would be replicated over {tp} ranks, each with part of the "
+                f"heads: use at most {c.num_key_value_heads}",
+                "tensor_parallel_size",
+            )
 
     def _build(self) -> None:
         from transformers import AutoTokenizer
@@ -298,7 +306,8 @@ class LLMEngine:
             self.runner.run(batch)
 
     def blocks_per_rank(self) -> list[int]:
-        """KV blocks each rank holds for live requests (rank 0's allocator; the workers' view of it)."""
+        """KV blocks each rank holds for live requests (rank 0's allocator; the workers' view of it). On the
+        engine's thread only (LLM.snapshot): it shares the workers' channel with the steps."""
         if self.workers is None:
             return [self.pool.allocator.num_used]
         self.workers.check()

@@ -56,8 +56,13 @@ class StepInput:
         contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len)
                     for s in batch.contexts]  # fmt: skip
         generations = [
-            SeqView(s.request_id, list(s.block_table), last_token=s.last_token, num_tokens=s.num_tokens,
-                    cache_len=s.cache_len)  # fmt: skip
+            SeqView(
+                s.request_id,
+                list(s.block_table),
+                last_token=s.last_token,
+                num_tokens=s.num_tokens,
+                cache_len=s.cache_len,
+            )  # fmt: skip
             for s in batch.generations
         ]
         return cls(contexts, generations, released)
@@ -89,8 +94,12 @@ class Workers:
             init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
         ctx = mp.get_context("spawn")
         procs = [
-            ctx.Process(target=_main, args=(args, rank, world, init, device.type, os.getpid()),
-                        name=f"rocket-tp{rank}", daemon=True)  # fmt: skip
+            ctx.Process(
+                target=_main,
+                args=(args, rank, world, init, device.type, os.getpid()),
+                name=f"rocket-tp{rank}",
+                daemon=True,
+            )  # fmt: skip
             for rank in range(1, world)
         ]
         for p in procs:
@@ -118,18 +127,21 @@ class Workers:
         return cls(procs), joined["comm"]
 
     def _watchdog(self) -> None:
-        while self.failure is None:
-            for rank, p in enumerate(self.procs, 1):
-                if p.exitcode is not None and self.failure is None:
-                    self.failure = f"tensor-parallel rank {rank} exited with code {p.exitcode}"
-                    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-                    if abort is not None and dist.is_initialized() and dist.get_backend() == "nccl":
-                        abort()  # a collective waiting for the dead rank fails instead of hanging
+        while not self._dead():
             time.sleep(POLL_SECONDS)
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None and dist.is_initialized() and dist.get_backend() == "nccl":
+            abort()  # a collective waiting for the dead rank fails instead of hanging
+
+    def _dead(self) -> bool:
+        for rank, p in enumerate(self.procs, 1):
+            if p.exitcode is not None and self.failure is None:
+                self.failure = f"tensor-parallel rank {rank} exited with code {p.exitcode}"
+        return self.failure is not None
 
     def check(self) -> None:
         """Raise if any worker has died."""
-        if self.failure is not None:
+        if self._dead():
             raise RuntimeError(self.failure)
 
     @property
@@ -142,8 +154,8 @@ class Workers:
                 comm.broadcast(("stop", None))
             except Exception:  # a worker died meanwhile: it needs no message
                 pass
-        _stop_procs(self.procs)
         self.failure = self.failure or "the tensor-parallel workers were stopped"
+        _stop_procs(self.procs)
         comm.close()
 
 

@@ -155,6 +155,7 @@ def _snapshot(engine: LLMEngine) -> dict[str, Any]:
         "kvBlocksFree": alloc.num_free,
         "kvBlocksTotal": alloc.num_blocks,
         "kvBlocksReserved": alloc.num_reserved,
+        "kvBlocksUsedPerRank": engine.blocks_per_rank(),
         **engine.sparse_stats(),
         **engine.totals,
     }

@@ -46,6 +46,9 @@ class AttentionBackend:
 
     uses_kt_cache = False
     supports_cuda_graphs = True
+    #: Scores each KV head over its whole query group (summed votes, group top-r): a rank must hold every
+    #: query head of its KV heads, so KV heads replicated over tensor-parallel ranks are refused.
+    reduces_query_groups = False
 
     def __init__(
         self,

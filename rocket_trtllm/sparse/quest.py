@@ -19,6 +19,8 @@ from .registry import register_sparse_attention
 
 
 class PageSelectionAttention(AttentionBackend):
+    reduces_query_groups = True
+
     uses_kt_cache = True
 
     def __init__(

@@ -9,6 +9,8 @@ from .stage1 import gather_kept, keep_indices
 
 
 class SnapKVAttention(AttentionBackend):
+    reduces_query_groups = True
+
     def kept_len(self, prompt_len: int) -> int:
         return min(prompt_len, self.config.prompt_budget)
 

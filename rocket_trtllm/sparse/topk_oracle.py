@@ -10,6 +10,8 @@ from .registry import register_sparse_attention
 
 
 class TopkOracleAttention(AttentionBackend):
+    reduces_query_groups = True
+
     supports_cuda_graphs = False  # chooses dense or sparse from this step's lengths
 
     def attended_tokens(self, cache_len: int) -> int:

@@ -1,0 +1,134 @@
+"""Tensor parallelism on the CPU: two gloo ranks (real processes) against one, token for token in float32."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rocket_trtllm import LLM, ConfigError, KvCacheConfig, SamplingParams
+from rocket_trtllm.models.checkpoint import open_checkpoint
+from rocket_trtllm.models.loader import load_model
+from rocket_trtllm.models.random_checkpoint import make_tiny_model
+from rocket_trtllm.runtime.distributed import Communicator
+
+KV = KvCacheConfig(tokens_per_block=16)
+PROMPTS = [list(range(3, 250)), list(range(40, 80)), [7, 8, 9] * 90]
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+METHODS = [
+    None,
+    {"algorithm": "rocket", "prompt_budget": 64, "window_size": 8, "topk": 4, "page_size": 4, "topr": 8},
+    {"algorithm": "rocket", "prompt_budget": 64, "window_size": 8, "topk": 4, "topr": 8, "eviction_scope": "layer"},
+    {"algorithm": "snapkv", "prompt_budget": 64, "window_size": 8},
+    {"algorithm": "snapkv", "prompt_budget": 64, "window_size": 8, "eviction_scope": "layer"},
+    {"algorithm": "quest", "topk": 4, "page_size": 16},
+    {"algorithm": "streamingllm", "sink_size": 4, "window_size": 40},
+    {"algorithm": "topk_oracle", "topk": 32},
+]
+
+
+def tokens(model, tp, sparse=None, prompts=PROMPTS):
+    with LLM(str(model), dtype="float32", kv_cache_config=KV, sparse_attention_config=sparse,
+             tensor_parallel_size=tp) as llm:  # fmt: skip
+        out = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+        assert llm.snapshot()["kvBlocksUsedPerRank"] == [0] * tp
+    return out
+
+
+@pytest.mark.parametrize("sparse", METHODS, ids=lambda m: "dense" if m is None else "-".join(map(str, m.values()))[:40])
+def test_two_ranks_equal_one(llama_dir, sparse):
+    assert tokens(llama_dir, 2, sparse) == tokens(llama_dir, 1, sparse)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])  # q/k/v biases; q/k norms
+def test_two_ranks_equal_one_other_archs(tiny_models, arch):
+    assert tokens(tiny_models[arch], 2) == tokens(tiny_models[arch], 1)
+
+
+def test_one_kv_head_is_replicated_over_ranks(tmp_path):
+    model = make_tiny_model(tmp_path / "mqa", num_key_value_heads=1, vocab_size=301)  # vocab: a padded slice
+    streaming = METHODS[6]  # chooses tokens by position only: exact with a query group split over ranks
+    assert tokens(model, 2) == tokens(model, 1)
+    assert tokens(model, 2, streaming) == tokens(model, 1, streaming)
+    with pytest.raises(ConfigError, match="1 KV heads would be replicated over 2 ranks") as e:
+        LLM(str(model), sparse_attention_config=METHODS[1], tensor_parallel_size=2)
+    assert e.value.path == "tensor_parallel_size"
+
+
+def test_heads_that_do_not_divide_are_refused(tmp_path):
+    model = make_tiny_model(tmp_path / "odd", hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
+    with pytest.raises(ConfigError, match="3 KV heads and tensor_parallel_size 2") as e:
+        LLM(str(model), tensor_parallel_size=2)
+    assert e.value.path == "tensor_parallel_size"
+
+
+def test_each_rank_loads_its_slice(llama_dir):
+    """Rank 1 of 2 holds the second half of q/k/v/gate/up's outputs, of o/down's inputs and of the vocabulary."""
+    ckpt = open_checkpoint(str(llama_dir))
+    full = load_model(ckpt, torch.float32, torch.device("cpu"))
+    half = load_model(ckpt, torch.float32, torch.device("cpu"), comm=Communicator(1, 2))
+    a, b = full.model.layers[1], half.model.layers[1]
+    rows = a.self_attn.qkv_weight.shape[0] // 2
+    q, k = 64 // 2, 32 // 2  # 4 heads and 2 KV heads of 16, halved
+    assert torch.equal(b.self_attn.qkv_weight[:q], a.self_attn.qkv_weight[q : 2 * q])
+    assert torch.equal(b.self_attn.qkv_weight[q : q + k], a.self_attn.qkv_weight[64 + k : 64 + 2 * k])
+    assert b.self_attn.qkv_weight.shape[0] == rows
+    assert torch.equal(b.self_attn.o_proj.weight, a.self_attn.o_proj.weight[:, q:])
+    assert torch.equal(b.mlp.down_proj.weight, a.mlp.down_proj.weight[:, 64:])
+    assert torch.equal(half.lm_head.weight, full.lm_head.weight[150:])
+    assert half.shape.num_heads == 2 and half.shape.num_kv_heads == 1
+
+
+def test_blocks_return_to_zero_after_abort(llama_dir):
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, tensor_parallel_size=2) as llm:
+        held, step = threading.Event(), llm.engine.step
+
+        def held_step():  # once the request has 4 tokens the engine idles: it cannot finish before the abort
+            if held.is_set():
+                time.sleep(0.001)
+                return []
+            updates = step()
+            if any(len(u.seq.output_token_ids) >= 4 for u in updates):
+                held.set()
+            return updates
+
+        llm.engine.step = held_step
+        params = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+        result = llm.generate_async(PROMPTS[0], params, streaming=True)
+        assert held.wait(120)
+        used = llm.snapshot()["kvBlocksUsedPerRank"]
+        assert used[0] > 0 and used[1] == used[0]
+        result.abort()
+        result.result(timeout=60)
+        assert llm.snapshot()["kvBlocksUsedPerRank"] == [0, 0]
+
+
+def test_a_dead_rank_is_an_error_not_a_hang(llama_dir):
+    with LLM(str(llama_dir), dtype="float32", kv_cache_config=KV, tensor_parallel_size=2) as llm:
+        [proc] = llm.engine.workers.procs
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        with pytest.raises(RuntimeError, match="tensor-parallel rank 1 exited with code -9"):
+            llm.generate(PROMPTS[:1], GREEDY)
+
+
+def test_workers_exit_when_their_parent_dies(llama_dir):
+    script = (
+        "import os, signal\n"
+        "from rocket_trtllm import LLM\n"
+        "if __name__ == '__main__':\n"
+        f"    llm = LLM({str(llama_dir)!r}, dtype='float32', tensor_parallel_size=2)\n"
+        "    print(llm.engine.workers.pids[0], flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    worker = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 120  # a bound for a hang, not a timing: the worker polls its parent each second
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
