@@ -72,6 +72,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     tasks = [*TASKS, DOC_PPL, LONGBENCH]
     p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
+    p.add_argument("--tp_size", "--tp-size", dest="tp_size", type=int, help="tensor-parallel ranks (GPUs)")
     p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens (synthetic tasks)")
     p.add_argument("--dataset", "--dataset_path", dest="dataset",
                    help=f"LongBench v2's data.json (official format), for {LONGBENCH}")  # fmt: skip
@@ -183,7 +184,8 @@ def evaluate(
 
 
 def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
-    base = LlmArgs.from_yaml(ns.config, model=ns.model) if ns.config else LlmArgs(model=ns.model)
+    tp = {"tensor_parallel_size": ns.tp_size} if ns.tp_size else {}
+    base = LlmArgs.from_yaml(ns.config, model=ns.model, **tp) if ns.config else LlmArgs(model=ns.model, **tp)
     # Prompts land within 2% of their length; a chat template adds its turn markers.
     longest = max(ns.lengths) * 11 // 10 + 256 + ns.max_tokens
     if LONGBENCH in ns.tasks:

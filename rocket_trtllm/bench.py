@@ -40,6 +40,12 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
              rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, rms_norm_eps=1e-5),
     ),
+    "llama-3.1-70b": (
+        "LlamaConfig",
+        dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+             num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=131072,
+             rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, rms_norm_eps=1e-5),
+    ),
     "mistral-7b": (
         "MistralConfig",
         dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -77,6 +83,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true", help="random weights (required with --arch)")
     p.add_argument("--config", help="YAML of LLM options (default: dense)")
     p.add_argument("--compare", choices=["dense"], help="also measure the dense baseline in the same run")
+    p.add_argument("--tp-size", "--tp_size", dest="tp_size", type=int, default=1, help="tensor-parallel ranks (GPUs)")
     p.add_argument("--input-len", type=int, default=32768)
     p.add_argument("--output-len", type=int, default=256)
     group = p.add_mutually_exclusive_group()
@@ -116,6 +123,7 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
         max_batch_size=batch if batch > 0 else base.max_batch_size,  # --max-batch: the scheduler limits it
         kv_cache_config=kv,
         load_format="dummy" if ns.random_weights else "auto",
+        tensor_parallel_size=ns.tp_size,
     )
     return base.model_copy(update=update)
 

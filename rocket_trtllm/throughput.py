@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="trtllm-bench JSONL: prompt or input_ids, and output_tokens")
     p.add_argument("--config", "--extra_llm_api_options", dest="config", help="YAML of LLM options")
     p.add_argument("--num_requests", "--num-requests", dest="num_requests", type=int, help="first N requests only")
+    p.add_argument("--tp", "--tp_size", dest="tensor_parallel_size", type=int, help="tensor-parallel ranks")
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_num_tokens", type=int)
     p.add_argument("--report_json", "--json", dest="json", help="write the report to this JSON file")
@@ -31,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(model: str, ns: argparse.Namespace) -> dict[str, Any]:
     try:
         requests = dataset_requests(ns.dataset, ns.num_requests)
-        overrides = {k: getattr(ns, k) for k in ("max_batch_size", "max_num_tokens") if getattr(ns, k)}
+        overrides = {
+            k: getattr(ns, k) for k in ("max_batch_size", "max_num_tokens", "tensor_parallel_size") if getattr(ns, k)
+        }
         args = (
             LlmArgs.from_yaml(ns.config, model=model, **overrides) if ns.config else LlmArgs(model=model, **overrides)
         )

@@ -141,7 +141,7 @@ def test_trtllm_bench_throughput_shape(tmp_path):
     config.write_text("sparse_attention_config:\n  algorithm: rocket\n  prompt_budget: 64\n  topr: 1.0\n")
     report = tmp_path / "report.json"
     bench_main(["--model", str(SHIPPED_MODEL), "throughput", "--dataset", str(data), "--config", str(config),
-                "--report_json", str(report)])  # fmt: skip
+                "--report_json", str(report), "--tp", "2"])  # fmt: skip
     out = json.loads(report.read_text())
     assert out["num_requests"] == 2 and out["total_output_tokens"] == 12 and out["total_input_tokens"] > 6
     bad = tmp_path / "bad.jsonl"

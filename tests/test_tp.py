@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,3 +133,53 @@ def test_workers_exit_when_their_parent_dies(llama_dir):
     while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
+
+
+def children(pid):
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_rocket_serve_tp_size_and_ctrl_c(tmp_path):
+    """`rocket-serve --tp_size 2` answers as one rank does; Ctrl-C stops the server and its worker rank."""
+    import httpx
+    import openai
+
+    with LLM("eval/model", dtype="float32") as llm:
+        want = llm.generate(["Once upon a time"], SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].text
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "fp32.yaml"
+    config.write_text("dtype: float32\n")
+    server = subprocess.Popen([sys.executable, "-m", "rocket_trtllm.serve.cli", "eval/model", "--tp_size", "2",
+                               "--config", str(config), "--port", str(port), "--log_level", "warning"])  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+        got = client.completions.create(model="model", prompt="Once upon a time", max_tokens=8, temperature=0)
+        assert got.choices[0].text == want
+        workers = children(server.pid)
+        assert len(workers) >= 1
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
+        for pid in workers:
+            deadline = time.monotonic() + 60  # a bound for a hang: the worker exits once told, or with its parent
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not Path(f"/proc/{pid}").exists()
+    finally:
+        server.kill()

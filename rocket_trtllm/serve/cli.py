@@ -21,6 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="answer 429 while this many requests wait for admission (default: no limit)")  # fmt: skip
     p.add_argument("--load_format", "--load-format", dest="load_format", choices=["auto", "dummy"],
                    help="dummy: random weights, for benchmarks of an architecture without its checkpoint")  # fmt: skip
+    p.add_argument("--tp_size", "--tp-size", dest="tensor_parallel_size", type=int,
+                   help="tensor-parallel ranks (GPUs); the server starts them itself")  # fmt: skip
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_seq_len", type=int)
     p.add_argument("--max_num_tokens", type=int)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper())
     overrides = {
         k: getattr(args, k)
-        for k in ("tokenizer", "max_batch_size", "max_seq_len", "max_num_tokens", "load_format")
+        for k in ("tokenizer", "max_batch_size", "max_seq_len", "max_num_tokens", "load_format", "tensor_parallel_size")
         if getattr(args, k)
     }
     try:
