@@ -97,7 +97,7 @@ def test_missing_file_and_missing_model(tmp_path):
         (dict(max_batch_size=0), "max_batch_size", ">= 1"),
         (dict(max_num_tokens=0), "max_num_tokens", ">= 1"),
         (dict(max_seq_len=1), "max_seq_len", ">= 2"),
-        (dict(tensor_parallel_size=2), "tensor_parallel_size", "only 1"),
+        (dict(tensor_parallel_size=0), "tensor_parallel_size", ">= 1"),
         (dict(enable_chunked_prefill=True), "enable_chunked_prefill", "not supported"),
         (dict(kv_cache_config={"free_gpu_memory_fraction": 0.0}), "kv_cache_config.free_gpu_memory_fraction", "(0, 1]"),
         (dict(kv_cache_config={"free_gpu_memory_fraction": 1.5}), "kv_cache_config.free_gpu_memory_fraction", "(0, 1]"),
