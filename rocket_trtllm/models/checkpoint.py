@@ -3,6 +3,7 @@ named tensors (in Hugging Face names). A Hugging Face safetensors folder and a G
 anything else is refused by name."""
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +13,7 @@ from safetensors import safe_open
 
 from ..errors import ConfigError
 from .parallel import Shard, take
+from .quant import METHODS, Unquantized, quantization_of
 
 
 class Checkpoint:
@@ -38,6 +40,10 @@ class Checkpoint:
 
     def eos_token_ids(self) -> set[int]:
         raise NotImplementedError
+
+    def quantization(self) -> Unquantized:
+        """The linear method the checkpoint's weights need (quant.py)."""
+        return METHODS["none"]
 
     def tensors(
         self, wanted: set[str], shards: Optional[dict[str, Shard]] = None
@@ -71,6 +77,9 @@ class SafetensorsCheckpoint(Checkpoint):
             generation = GenerationConfig.from_pretrained(self.path)
         return eos_ids(self.config, generation)
 
+    def quantization(self) -> Unquantized:
+        return quantization_of(self.path, self.config)
+
     def files(self) -> list[Path]:
         """The safetensors files: the sharded index's, or every *.safetensors of the folder."""
         index = self.path / "model.safetensors.index.json"
@@ -96,9 +105,10 @@ class SafetensorsCheckpoint(Checkpoint):
                 for name in f.keys():
                     if name not in wanted:  # e.g. rotary inv_freq buffers saved by old exporters
                         continue
-                    if name in shards:
-                        view = f.get_slice(name)
-                        yield name, take(name, view, tuple(view.get_shape()), shards[name])
+                    view = f.get_slice(name)
+                    shape = tuple(view.get_shape())
+                    if name in shards and math.prod(shape) > 1:  # not a per-tensor scale: every rank's
+                        yield name, take(name, view, shape, shards[name])
                     else:
                         yield name, f.get_tensor(name)
 

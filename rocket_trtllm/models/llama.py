@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..kernels import layer_ops
 from ..runtime.attention import AttentionBackend, AttentionMetadata
@@ -19,10 +18,12 @@ from .parallel import (
     ColumnParallelLinear,
     HeadPartition,
     ParallelLMHead,
+    QuantLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
     split,
 )
+from .quant import METHODS, Unquantized
 from .rope import RotaryEmbedding, rope_parameters
 
 MLP_CHUNK_TOKENS = 8192
@@ -44,27 +45,37 @@ class RMSNorm(nn.Module):
         return norm(x, self.weight, self.eps)
 
 
-def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """One weight (and bias) stacking the given projections' outputs, so they run as one GEMM."""
-    weight = torch.cat([m.weight.detach() for m in linears])
-    biases = [m.bias for m in linears]
-    bias = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
-    return weight, bias
+def fuse_linears(linears: list[QuantLinear]) -> tuple[nn.Parameter, Optional[nn.Parameter], Optional[nn.Parameter]]:
+    """One weight (and bias, and per-channel scale) stacking the given projections' outputs: one GEMM."""
+
+    def cat(tensors: list[Optional[torch.Tensor]]) -> Optional[nn.Parameter]:
+        if any(t is None for t in tensors):
+            return None
+        return nn.Parameter(torch.cat([t.detach() for t in tensors]), requires_grad=False)
+
+    return (
+        cat([m.weight for m in linears]),
+        cat([m.bias for m in linears]),
+        cat([m.weight_scale for m in linears]),
+    )
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
+    def __init__(
+        self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator, method: Unquantized
+    ) -> None:
         super().__init__()
+        self.method = method
         part = HeadPartition.of(cfg.num_attention_heads, cfg.num_key_value_heads, comm)
         self.layer = layer
         self.num_heads, self.num_kv_heads = part.heads, part.kv_heads  # this rank's
         d = self.head_dim = head_dim_of(cfg)
         hidden, q_full, kv_full = cfg.hidden_size, cfg.num_attention_heads * d, cfg.num_key_value_heads * d
-        self.q_proj = ColumnParallelLinear(hidden, q_full, part.q_start * d, part.heads * d, qkv_bias)
-        self.k_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias)
-        self.v_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias)
+        self.q_proj = ColumnParallelLinear(hidden, q_full, part.q_start * d, part.heads * d, qkv_bias, method)
+        self.k_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias, method)
+        self.v_proj = ColumnParallelLinear(hidden, kv_full, part.kv_start * d, part.kv_heads * d, qkv_bias, method)
         o_bias = getattr(cfg, "o_bias", False)
-        self.o_proj = RowParallelLinear(q_full, hidden, part.q_start * d, part.heads * d, o_bias, comm)
+        self.o_proj = RowParallelLinear(q_full, hidden, part.q_start * d, part.heads * d, o_bias, comm, method)
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -72,14 +83,12 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """Replace q/k/v_proj (loaded by their checkpoint names) with one fused projection."""
-        weight, bias = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+        self.qkv_weight, self.qkv_bias, self.qkv_scale = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
         del self.q_proj, self.k_proj, self.v_proj
-        self.qkv_weight = nn.Parameter(weight, requires_grad=False)
-        self.qkv_bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     # x: normed hidden states [tokens, hidden] -> fused q/k/v projection [tokens, (heads + 2 * kv_heads) * head_dim]
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.qkv_weight, self.qkv_bias)
+        return self.method.apply(x, self.qkv_weight, self.qkv_bias, self.qkv_scale)
 
     # qkv: from `project`; cos, sin: [tokens, 1, head_dim] -> attention output [tokens, heads * head_dim]
     # (before o_proj, which the layer applies once it has dropped qkv)
@@ -104,30 +113,32 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: Any, comm: Communicator) -> None:
+    def __init__(self, cfg: Any, comm: Communicator, method: Unquantized) -> None:
         super().__init__()
+        self.method = method
         full, hidden = cfg.intermediate_size, cfg.hidden_size
         start, n = split(full, comm, "intermediate_size")
-        self.gate_proj = ColumnParallelLinear(hidden, full, start, n, bias=False)
-        self.up_proj = ColumnParallelLinear(hidden, full, start, n, bias=False)
-        self.down_proj = RowParallelLinear(full, hidden, start, n, bias=False, comm=comm)
+        self.gate_proj = ColumnParallelLinear(hidden, full, start, n, False, method)
+        self.up_proj = ColumnParallelLinear(hidden, full, start, n, False, method)
+        self.down_proj = RowParallelLinear(full, hidden, start, n, False, comm, method)
 
     def fuse(self) -> None:
         """Replace gate/up_proj (loaded by their checkpoint names) with one fused projection."""
-        weight, _ = fuse_linears([self.gate_proj, self.up_proj])
+        self.gate_up_weight, _, self.gate_up_scale = fuse_linears([self.gate_proj, self.up_proj])
         del self.gate_proj, self.up_proj
-        self.gate_up_weight = nn.Parameter(weight, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         silu_mul = layer_ops.silu_mul if fused_ops(x) else layer_ops.silu_mul_ref
-        return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight)))
+        return self.down_proj(silu_mul(self.method.apply(x, self.gate_up_weight, None, self.gate_up_scale)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
+    def __init__(
+        self, cfg: Any, layer: int, qkv_bias: bool, qk_norm: bool, comm: Communicator, method: Unquantized
+    ) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, layer, qkv_bias, qk_norm, comm)
-        self.mlp = MLP(cfg, comm)
+        self.self_attn = Attention(cfg, layer, qkv_bias, qk_norm, comm, method)
+        self.mlp = MLP(cfg, comm, method)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -146,10 +157,12 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: Any, qkv_bias: bool, qk_norm: bool, comm: Communicator) -> None:
+    def __init__(self, cfg: Any, qkv_bias: bool, qk_norm: bool, comm: Communicator, method: Unquantized) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, comm)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, qkv_bias, qk_norm, comm) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, qkv_bias, qk_norm, comm, method) for i in range(cfg.num_hidden_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -159,10 +172,11 @@ class CausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
 
-    def __init__(self, cfg: Any, comm: Communicator = SINGLE) -> None:
+    def __init__(self, cfg: Any, comm: Communicator = SINGLE, method: Unquantized = METHODS["none"]) -> None:
         super().__init__()
         self.config = cfg
-        self.model = Backbone(cfg, self.qkv_bias or getattr(cfg, "attention_bias", False), self.qk_norm, comm)
+        bias = self.qkv_bias or getattr(cfg, "attention_bias", False)
+        self.model = Backbone(cfg, bias, self.qk_norm, comm, method)
         self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, comm)
         self.rotary = RotaryEmbedding(rope_parameters(cfg), head_dim_of(cfg))
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))

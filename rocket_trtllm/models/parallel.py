@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..runtime.distributed import Communicator
+from .quant import METHODS, Unquantized
 
 
 @dataclass(frozen=True)
@@ -74,27 +75,61 @@ def split(total: int, comm: Communicator, what: str) -> tuple[int, int]:
     return comm.rank * length, length
 
 
-class ColumnParallelLinear(nn.Linear):
+class QuantLinear(nn.Linear):
+    """A projection whose weights and product its linear method decides (quant.py); a quantized one also holds
+    `weight_scale` [out_features, 1] (float32). The model builds it in the run's dtype; `set_dtypes` then gives
+    the quantized weights their own dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, method: Unquantized) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.method = method
+        self.weight_scale = (
+            nn.Parameter(torch.ones(out_features, 1), requires_grad=False) if method.weight_dtype else None
+        )
+
+    def set_dtypes(self) -> None:
+        if self.method.weight_dtype is not None:
+            self.weight.data = self.weight.data.to(self.method.weight_dtype)
+            self.weight_scale.data = self.weight_scale.data.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(x, self.weight, self.bias, self.weight_scale)
+
+
+class ColumnParallelLinear(QuantLinear):
     """Output features [start, start + length) of a projection with `full` outputs."""
 
-    def __init__(self, in_features: int, full: int, start: int, length: int, bias: bool) -> None:
-        super().__init__(in_features, length, bias=bias)
-        self.shards = {"weight": Shard(0, start, length, full), "bias": Shard(0, start, length, full)}
+    def __init__(
+        self, in_features: int, full: int, start: int, length: int, bias: bool, method: Unquantized = METHODS["none"]
+    ) -> None:
+        super().__init__(in_features, length, bias, method)
+        shard = Shard(0, start, length, full)
+        self.shards = {"weight": shard, "bias": shard, "weight_scale": shard}
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(QuantLinear):
     """Input features [start, start + length) of a projection; the partial outputs are summed over ranks
     (the bias, whole on every rank, is added once after the sum)."""
 
-    def __init__(self, full: int, out_features: int, start: int, length: int, bias: bool, comm: Communicator) -> None:
-        super().__init__(length, out_features, bias=bias)
+    def __init__(
+        self,
+        full: int,
+        out_features: int,
+        start: int,
+        length: int,
+        bias: bool,
+        comm: Communicator,
+        method: Unquantized = METHODS["none"],
+    ) -> None:
+        super().__init__(length, out_features, bias, method)
         self.comm = comm
         self.shards = {"weight": Shard(1, start, length, full)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.comm.parallel:
-            return F.linear(x, self.weight, self.bias)
-        out = self.comm.all_reduce(F.linear(x, self.weight))
+            return super().forward(x)
+        out = self.method.apply(x, self.weight, None, self.weight_scale, self.comm.all_reduce_max)
+        self.comm.all_reduce(out)
         return out if self.bias is None else out.add_(self.bias)
 
 

@@ -44,6 +44,12 @@ class Communicator:
             dist.all_reduce(x)
         return x
 
+    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over ranks, in place."""
+        if self.parallel:
+            dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        return x
+
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's `x` concatenated along the last dimension, in rank order."""
         if not self.parallel:

@@ -1,0 +1,144 @@
+"""FP8 checkpoints: rocket-quantize writes ModelOpt's layout, the loader reads it (and compressed-tensors') through
+the fp8 linear method, and anything quantized otherwise is refused by name."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from rocket_trtllm.eval import SHIPPED_MODEL
+from rocket_trtllm.eval.tasks import generate
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from rocket_trtllm import LLM, ConfigError, RocketSparseAttentionConfig, SamplingParams
+from rocket_trtllm.models.checkpoint import open_checkpoint
+from rocket_trtllm.models.loader import load_model
+from rocket_trtllm.models.quant import FP8, fp8_linear_cuda, fp8_linear_ref
+from rocket_trtllm.quantize import quantize
+
+LAYER = "model.layers.1.self_attn"
+
+
+@pytest.fixture(scope="module")
+def fp8_model(tmp_path_factory):
+    return quantize(SHIPPED_MODEL, tmp_path_factory.mktemp("fp8") / "model", kv_cache_fp8=True, calib_prompts=3)
+
+
+def test_written_checkpoint_round_trips(fp8_model):
+    original = load_file(str(SHIPPED_MODEL / "model.safetensors"))
+    written = load_file(str(fp8_model / "model.safetensors"))
+    w, scale = written[f"{LAYER}.q_proj.weight"], written[f"{LAYER}.q_proj.weight_scale"]
+    assert w.dtype == FP8 and scale.shape == () and written[f"{LAYER}.q_proj.input_scale"] > 0
+    assert written[f"{LAYER}.k_proj.k_scale"] > 0 and written[f"{LAYER}.v_proj.v_scale"] > 0
+    want = original[f"{LAYER}.q_proj.weight"].float()
+    assert ((w.float() * scale - want).abs() <= want.abs() / 16 + scale).all()  # e4m3: 3 mantissa bits
+    assert torch.equal(written["model.embed_tokens.weight"], original["model.embed_tokens.weight"])  # not quantized
+    spec = json.loads((fp8_model / "config.json").read_text())["quantization_config"]
+    assert spec == {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
+                    "exclude_modules": ["lm_head"]}  # fmt: skip
+    # Loaded: the fused q/k/v holds the file's fp8 bytes and scales, unchanged.
+    model = load_model(open_checkpoint(str(fp8_model)), torch.bfloat16, torch.device("cpu"))
+    attn = model.model.layers[1].self_attn
+    parts = [written[f"{LAYER}.{p}_proj.weight"] for p in "qkv"]
+    assert attn.qkv_weight.dtype == FP8 and torch.equal(attn.qkv_weight.view(torch.uint8),
+                                                        torch.cat(parts).view(torch.uint8))  # fmt: skip
+    scales = torch.cat([written[f"{LAYER}.{p}_proj.weight_scale"].expand(t.shape[0], 1) for p, t in zip("qkv", parts)])
+    assert torch.equal(attn.qkv_scale, scales)
+
+
+def quickstart(model, sparse=None):
+    samples = [generate(task, 16000, random.Random(i)) for i, task in enumerate(["niah_single", "variable_tracking"])]
+    with LLM(model=str(model), sparse_attention_config=sparse) as llm:
+        return [o.outputs[0].text for o in llm.generate([s.prompt for s in samples], SamplingParams(max_tokens=24))]
+
+
+@pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],
+                         ids=["dense", "rocket"])  # fmt: skip
+def test_fp8_weights_answer_the_quickstart_as_bf16_does(fp8_model, sparse):
+    assert quickstart(fp8_model, sparse) == quickstart(SHIPPED_MODEL, sparse)
+
+
+def compressed_tensors(fp8_model, out):
+    """The same weights in llm-compressor's layout: per-channel scales [out, 1], no hf_quant_config.json."""
+    shutil.copytree(fp8_model, out)
+    (out / "hf_quant_config.json").unlink()
+    tensors = load_file(str(out / "model.safetensors"))
+    for name in [n for n in tensors if n.endswith(".weight_scale")]:
+        rows = tensors[name.removesuffix("_scale")].shape[0]
+        tensors[name] = tensors[name].expand(rows, 1).clone()
+    save_file({k: v for k, v in tensors.items() if not k.endswith(("input_scale", "k_scale", "v_scale"))},
+              str(out / "model.safetensors"))  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    weights = {"num_bits": 8, "type": "float", "strategy": "channel", "dynamic": False, "symmetric": True}
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                     "config_groups": {"group_0": {"weights": weights, "targets": ["Linear"]}},
+                                     "ignore": ["lm_head"]}  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_compressed_tensors_fp8_loads_and_shards(fp8_model, tmp_path):
+    model = compressed_tensors(fp8_model, tmp_path / "ct")
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    prompts = [list(range(3, 200)), list(range(40, 90))]
+    outs = {}
+    for tp in (1, 2):  # per-channel scales are sliced with their rows
+        with LLM(str(model), dtype="float32", tensor_parallel_size=tp) as llm:
+            outs[tp] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    with LLM(str(fp8_model), dtype="float32") as llm:
+        per_tensor = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert outs[1] == outs[2] == per_tensor
+
+
+def test_other_quantizations_are_refused(tmp_path):
+    model = tmp_path / "gptq"
+    shutil.copytree(SHIPPED_MODEL, model)
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="quant_method 'gptq'"):
+        LLM(str(model))
+
+
+def test_fp8_weights_without_a_quantization_config_are_refused(fp8_model, tmp_path):
+    model = tmp_path / "bare"
+    shutil.copytree(fp8_model, model)
+    (model / "hf_quant_config.json").unlink()
+    config = json.loads((model / "config.json").read_text())
+    del config["quantization_config"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"_proj.weight is stored in float8_e4m3fn .*quantization config \(none\)"):
+        LLM(str(model))
+
+
+def test_a_missing_scale_is_named(fp8_model, tmp_path):
+    model = tmp_path / "noscale"
+    shutil.copytree(fp8_model, model)
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != f"{LAYER}.o_proj.weight_scale"}
+    save_file(tensors, str(model / "model.safetensors"))
+    with pytest.raises(ConfigError, match=f"{LAYER}.o_proj.weight_scale"):
+        LLM(str(model))
+
+
+def test_fp8_linear_reference_is_close_to_float():
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(7, 64, generator=gen), torch.randn(48, 64, generator=gen)
+    scale = w.abs().amax(dim=1, keepdim=True) / 448
+    got = fp8_linear_ref(x, (w / scale).to(FP8), scale)
+    want = x @ w.t()
+    assert (got - want).norm() / want.norm() < 0.05  # e4m3 keeps 3 mantissa bits of each input
+
+
+@pytest.mark.gpu
+def test_fp8_gemm_matches_its_reference():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(37, 256, generator=gen).to("cuda", torch.bfloat16)
+    w = torch.randn(384, 256, generator=gen)
+    scale = (w.abs().amax(dim=1, keepdim=True) / 448).cuda()
+    w8 = (w.cuda() / scale).to(FP8)
+    bias = torch.randn(384, generator=gen).to("cuda", torch.bfloat16)
+    torch.testing.assert_close(fp8_linear_cuda(x, w8, scale, bias), fp8_linear_ref(x, w8, scale, bias),
+                               rtol=2e-2, atol=2e-2)  # fmt: skip
