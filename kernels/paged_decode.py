@@ -1,4 +1,7 @@
-"""Decode attention over a paged KV cache: dense (whole sequence) and sparse (selected tokens)."""
+"""Decode attention over a paged KV cache: dense (whole sequence) and sparse (selected tokens).
+
+The cache may hold float8_e4m3fn K/V (an FP8 KV cache): the kernels widen each row to q's dtype as they read it,
+and the caller folds the per-tensor K scale into `scale` and multiplies the output by the V scale."""
 
 import torch
 
@@ -156,7 +159,7 @@ if triton is not None:
                 ok = inside
             blk = tl.load(tables_ptr + b * st_b + t // BS, mask=ok, other=0).to(tl.int64)
             off = blk * sk_blk + h * sk_h + (t % BS) * sk_t
-            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)  # fp8 KV too
             if IEEE:
                 qk = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
@@ -166,7 +169,7 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(qk - m_safe[:, None])
-            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
             if IEEE:
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
             else:

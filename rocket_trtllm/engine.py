@@ -16,7 +16,7 @@ import torch
 from .errors import ConfigError, RequestError
 from .llmapi.llm_args import LlmArgs
 from .models.checkpoint import open_checkpoint
-from .models.loader import load_model, resolve_dtype
+from .models.loader import kv_scales, load_model, resolve_dtype
 from .models.parallel import HeadPartition, split
 from .runtime.attention import AttentionBackend
 from .runtime.distributed import SINGLE, Communicator
@@ -94,11 +94,14 @@ class LLMEngine:
         kv = args.kv_cache_config
         if sparse is not None:
             sparse.check_model(shape, kv.tokens_per_block)
-        kv_dtype = self.dtype if kv.dtype == "auto" else getattr(torch, kv.dtype)
+        # auto: the model's dtype, or fp8 where the checkpoint was calibrated for it (as TensorRT-LLM does).
+        kv_name = "fp8" if kv.dtype == "auto" and self.checkpoint.kv_cache_fp8() else kv.dtype
+        kv_dtype = {"auto": self.dtype, "fp8": torch.float8_e4m3fn}.get(kv_name) or getattr(torch, kv_name)
         blocks = self.comm.min(self._num_blocks(shape, kv_dtype))  # every rank's pool has the same block ids
         if blocks < 1:
             raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
-        self.pool = KVCachePool(shape, blocks, kv.tokens_per_block, kv_dtype, self.device)
+        scales = kv_scales(self.checkpoint, shape.num_layers) if kv_name == "fp8" else (None, None)
+        self.pool = KVCachePool(shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales)
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)
         graphs = args.cuda_graph_config

@@ -12,11 +12,12 @@ from rocket_trtllm.eval.tasks import generate
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from rocket_trtllm import LLM, ConfigError, RocketSparseAttentionConfig, SamplingParams
+from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RocketSparseAttentionConfig, SamplingParams
 from rocket_trtllm.models.checkpoint import open_checkpoint
 from rocket_trtllm.models.loader import load_model
 from rocket_trtllm.models.quant import FP8, fp8_linear_cuda, fp8_linear_ref
 from rocket_trtllm.quantize import quantize
+from rocket_trtllm.runtime.kv_cache import KVCachePool, ModelShape
 
 LAYER = "model.layers.1.self_attn"
 
@@ -48,9 +49,9 @@ def test_written_checkpoint_round_trips(fp8_model):
     assert torch.equal(attn.qkv_scale, scales)
 
 
-def quickstart(model, sparse=None):
+def quickstart(model, sparse=None, kv=None):
     samples = [generate(task, 16000, random.Random(i)) for i, task in enumerate(["niah_single", "variable_tracking"])]
-    with LLM(model=str(model), sparse_attention_config=sparse) as llm:
+    with LLM(model=str(model), sparse_attention_config=sparse, kv_cache_config=kv or KvCacheConfig()) as llm:
         return [o.outputs[0].text for o in llm.generate([s.prompt for s in samples], SamplingParams(max_tokens=24))]
 
 
@@ -142,3 +143,16 @@ def test_fp8_gemm_matches_its_reference():
     bias = torch.randn(384, generator=gen).to("cuda", torch.bfloat16)
     torch.testing.assert_close(fp8_linear_cuda(x, w8, scale, bias), fp8_linear_ref(x, w8, scale, bias),
                                rtol=2e-2, atol=2e-2)  # fmt: skip
+
+
+@pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],
+                         ids=["dense", "rocket"])  # fmt: skip
+def test_fp8_kv_cache_answers_the_quickstart_as_bf16_does(fp8_model, sparse):
+    want = quickstart(SHIPPED_MODEL, sparse)
+    assert quickstart(SHIPPED_MODEL, sparse, KvCacheConfig(dtype="fp8")) == want  # scales 1.0
+    with LLM(model=str(fp8_model)) as llm:  # kv_cache_quant_algo FP8: auto is fp8, with the checkpoint's scales
+        pool = llm.engine.pool
+        assert pool.k.dtype == torch.float8_e4m3fn and pool.k_scale[0] != 1.0 and pool.v_scale[1] != 1.0
+    assert quickstart(fp8_model, sparse) == want
+    elem = {d: KVCachePool.bytes_per_block(ModelShape(2, 4, 2, 16), 32, d) for d in (torch.bfloat16, FP8)}
+    assert elem[FP8] * 2 == elem[torch.bfloat16]  # the pool holds twice the tokens in the same bytes

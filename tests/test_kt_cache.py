@@ -165,6 +165,34 @@ def test_triton_store_token_matches_reference(kt_dtype, page):
         assert torch.equal(a.cpu().float(), b.float())
 
 
+@pytest.mark.parametrize("page", [1, 4])
+def test_triton_store_token_into_an_fp8_cache(page):
+    """K/V divided by their scales and saturated into float8_e4m3fn; the KT page from the dequantized keys."""
+    from rocket_trtllm.kernels.cache_update import store_token
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(page)
+    k_cache = (torch.randn(12, 2, 8, 16, generator=gen) * 8).to(torch.float8_e4m3fn)
+    v_cache = (torch.randn(12, 2, 8, 16, generator=gen) * 8).to(torch.float8_e4m3fn)
+    kt = torch.randn(2, 12, 2, 8 // page, 16, generator=gen)
+    tables = torch.randperm(12, generator=gen)[:9].view(3, 3).int()
+    lens = torch.tensor([1, 12, 24], dtype=torch.int32)
+    # Values that scale onto fp8 exactly (the interpreter rounds like numpy, not CUDA), some of V's past its range.
+    k = torch.randn(3, 2, 16, generator=gen).to(torch.float8_e4m3fn).float() * 0.125
+    v = torch.randn(3, 2, 16, generator=gen).to(torch.float8_e4m3fn).float() * 0.5
+    v[:, :, ::5] = 1000.0
+    want = [t.clone() for t in (k_cache, v_cache, kt[0], kt[1])]
+    store_token_ref(k, v, *want[:2], tables, lens, want[2], want[3], page, k_scale=0.125, v_scale=0.5)
+    slot = (tables[2, 23 // 8], 23 % 8)
+    assert torch.equal(want[0][slot[0], :, slot[1]].float(), (k[2] / 0.125).to(torch.float8_e4m3fn).float())
+    assert want[1].float().abs().max() <= 448
+    got = [t.clone().to(device) for t in (k_cache, v_cache, kt[0], kt[1])]
+    store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], got[3], page,
+                0.125, 0.5)  # fmt: skip
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu().float(), b.float())
+
+
 @pytest.mark.gpu
 def test_triton_page_scores_on_gpu():
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages

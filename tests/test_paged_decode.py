@@ -76,3 +76,18 @@ def test_triton_decode_on_gpu(dtype, group, lens):
     want = sparse_decode_ref(q, k, v, tables, pages, cache_lens, 4, 128**-0.5)
     got = sparse_decode(q, k, v, tables, pages, cache_lens, 4, 128**-0.5)
     assert torch.allclose(got.float(), want.float(), atol=tol)
+
+
+@pytest.mark.parametrize("group,lens", CASES[:2])
+def test_triton_decode_reads_an_fp8_cache(group, lens):
+    """An FP8 cache (float8_e4m3fn) read by the kernels equals the reference over the same cache."""
+    from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, tables, cache_lens, pages = random_case(group, lens, torch.float32, device, seed=group)
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    want = paged_decode_ref(q, k8, v8, tables, cache_lens, 0.25)
+    assert torch.allclose(paged_decode(q, k8, v8, tables, cache_lens, 0.25), want, atol=1e-5)
+    assert torch.allclose(want, paged_decode_ref(q, k8.float(), v8.float(), tables, cache_lens, 0.25))
+    want = sparse_decode_ref(q, k8, v8, tables, pages, cache_lens, 4, 0.25)
+    assert torch.allclose(sparse_decode(q, k8, v8, tables, pages, cache_lens, 4, 0.25), want, atol=1e-5)

@@ -28,8 +28,10 @@ class KvCacheConfig(StrictModel):
         default=None, description="Pool size in tokens (the CPU's pool size; on the GPU, an upper bound)."
     )
     tokens_per_block: int = Field(default=32, description="Token slots per KV block (power of two).")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="auto", description="KV cache storage type; auto = the model's dtype."
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "fp8"] = Field(
+        default="auto",
+        description="KV cache storage type; auto = the model's dtype; fp8 = float8_e4m3fn with per-tensor K/V "
+        "scales (the checkpoint's k_scale/v_scale, else 1.0).",
     )
 
     @field_validator("free_gpu_memory_fraction")

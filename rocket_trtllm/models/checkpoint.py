@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from ..errors import ConfigError
 from .parallel import Shard, take
-from .quant import METHODS, Unquantized, quantization_of
+from .quant import METHODS, Unquantized, kv_cache_fp8, quantization_of
 
 
 class Checkpoint:
@@ -44,6 +44,10 @@ class Checkpoint:
     def quantization(self) -> Unquantized:
         """The linear method the checkpoint's weights need (quant.py)."""
         return METHODS["none"]
+
+    def kv_cache_fp8(self) -> bool:
+        """Whether the checkpoint asks for an FP8 KV cache (its K/V scales calibrated for one)."""
+        return False
 
     def tensors(
         self, wanted: set[str], shards: Optional[dict[str, Shard]] = None
@@ -79,6 +83,9 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def quantization(self) -> Unquantized:
         return quantization_of(self.path, self.config)
+
+    def kv_cache_fp8(self) -> bool:
+        return kv_cache_fp8(self.path, self.config)
 
     def files(self) -> list[Path]:
         """The safetensors files: the sharded index's, or every *.safetensors of the folder."""

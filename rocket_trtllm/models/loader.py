@@ -112,3 +112,17 @@ def load_model(
         raise ConfigError(f"the checkpoint lacks {len(missing)} weights, e.g. {missing[0]}", "model")
     model.fuse_projections()
     return model.eval().requires_grad_(False)
+
+
+def kv_scales(checkpoint: Checkpoint, num_layers: int) -> tuple[list[float], list[float]]:
+    """Per-layer K and V scales for an FP8 KV cache: the checkpoint's `k_scale` / `v_scale` (ModelOpt writes
+    them under `self_attn.k_proj` / `v_proj`, others under `self_attn`), 1.0 where it has none."""
+    found: dict[tuple[str, int], float] = {}
+    names = {}
+    for i in range(num_layers):
+        for kind, proj in (("k", "k_proj"), ("v", "v_proj")):
+            for name in (f"model.layers.{i}.self_attn.{proj}.{kind}_scale", f"model.layers.{i}.self_attn.{kind}_scale"):
+                names[name] = (kind, i)
+    for name, tensor in checkpoint.tensors(set(names)):
+        found[names[name]] = float(tensor.float().max())
+    return [found.get(("k", i), 1.0) for i in range(num_layers)], [found.get(("v", i), 1.0) for i in range(num_layers)]

@@ -108,14 +108,22 @@ def _scaled_mm_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def quantization_of(path: Optional[Path], config: Any) -> Unquantized:
-    """The linear method a checkpoint's quantization config asks for (`Unquantized` without one)."""
-    spec = None
+def quant_spec(path: Optional[Path], config: Any) -> dict[str, Any]:
+    """A checkpoint's quantization config: ModelOpt's hf_quant_config.json, else config.json's (empty: none)."""
     if path is not None and (path / "hf_quant_config.json").is_file():
         spec = json.loads((path / "hf_quant_config.json").read_text()).get("quantization", {})
-        spec = {"quant_method": "modelopt", **spec}
-    elif getattr(config, "quantization_config", None):
-        spec = dict(config.quantization_config)
+        return {"quant_method": "modelopt", **spec}
+    return dict(getattr(config, "quantization_config", None) or {})
+
+
+def kv_cache_fp8(path: Optional[Path], config: Any) -> bool:
+    """Whether the checkpoint was calibrated for an FP8 KV cache (ModelOpt's `kv_cache_quant_algo: FP8`)."""
+    return str(quant_spec(path, config).get("kv_cache_quant_algo") or "").upper() == "FP8"
+
+
+def quantization_of(path: Optional[Path], config: Any) -> Unquantized:
+    """The linear method a checkpoint's quantization config asks for (`Unquantized` without one)."""
+    spec = quant_spec(path, config)
     if not spec:
         return METHODS["none"]
     method = str(spec.get("quant_method", "")).lower()

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..kernels.cache_update import store_token, store_token_ref
+from ..kernels.cache_update import store_token, store_token_ref, to_cache
 from ..kernels.paged_decode import paged_decode, paged_decode_ref
 from .distributed import SINGLE, Communicator
 from .kv_cache import KVCachePool, ModelShape
@@ -97,13 +97,16 @@ class AttentionBackend:
         slots = torch.arange(k.shape[1], device=k.device)
         bs = self.pool.tokens_per_block
         blocks = meta.block_tables[i].long()[slots // bs]
-        self.pool.k[layer][blocks, :, slots % bs] = k.transpose(0, 1)
-        self.pool.v[layer][blocks, :, slots % bs] = v.transpose(0, 1)
+        ks, vs = self.pool.scales(layer)
+        self.pool.k[layer][blocks, :, slots % bs] = to_cache(k.transpose(0, 1), ks, self.pool.k.dtype)
+        self.pool.v[layer][blocks, :, slots % bs] = to_cache(v.transpose(0, 1), vs, self.pool.v.dtype)
 
     def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request
         store = store_token if self.use_kernels else store_token_ref
-        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens)
+        ks, vs = self.pool.scales(layer)
+        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens,
+              k_scale=ks, v_scale=vs)  # fmt: skip
 
     @classmethod
     def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:
@@ -130,7 +133,14 @@ class AttentionBackend:
     def dense_decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         decode_fn = paged_decode if self.use_kernels else paged_decode_ref
-        return decode_fn(q, self.pool.k[layer], self.pool.v[layer], tables, meta.cache_lens, self.scale)
+        return self.read_kv(layer, lambda k, v, scale: decode_fn(q, k, v, tables, meta.cache_lens, scale))
+
+    def read_kv(self, layer: int, attend: Any) -> torch.Tensor:
+        """`attend(k_cache, v_cache, softmax scale)` over `layer`'s cache, with an FP8 cache's scales applied:
+        the K scale folded into the softmax scale, the V scale into the output."""
+        ks, vs = self.pool.scales(layer)
+        out = attend(self.pool.k[layer], self.pool.v[layer], self.scale * ks)
+        return out if vs == 1.0 else out * vs
 
     def attended_tokens(self, cache_len: int) -> int:
         """Tokens one KV head attends to at a decode step over `cache_len` cached tokens."""

@@ -2,6 +2,7 @@
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -68,10 +69,19 @@ class KVCachePool:
     """K and V for every layer: `[num_layers, num_blocks + 1, kv_heads, tokens_per_block, head_dim]` each.
 
     The extra block (`scratch_block`) is never handed out: padded rows of a CUDA-graph batch write there.
+    An FP8 pool (float8_e4m3fn) stores K / k_scale[layer] and V / v_scale[layer] (per-tensor scales, 1.0
+    unless the checkpoint has them); whatever reads it multiplies them back (`scales`).
     """
 
     def __init__(
-        self, shape: ModelShape, num_blocks: int, tokens_per_block: int, dtype: torch.dtype, device: torch.device
+        self,
+        shape: ModelShape,
+        num_blocks: int,
+        tokens_per_block: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        k_scale: Optional[list[float]] = None,
+        v_scale: Optional[list[float]] = None,
     ) -> None:
         dims = (shape.num_layers, num_blocks + 1, shape.num_kv_heads, tokens_per_block, shape.head_dim)
         self.scratch_block = num_blocks
@@ -79,6 +89,12 @@ class KVCachePool:
         self.v = torch.zeros(dims, dtype=dtype, device=device)
         self.tokens_per_block = tokens_per_block
         self.allocator = BlockAllocator(num_blocks)
+        self.k_scale = k_scale or [1.0] * shape.num_layers
+        self.v_scale = v_scale or [1.0] * shape.num_layers
+
+    def scales(self, layer: int) -> tuple[float, float]:
+        """(K scale, V scale) of `layer`: cached value x scale = the value written."""
+        return self.k_scale[layer], self.v_scale[layer]
 
     @staticmethod
     def bytes_per_block(shape: ModelShape, tokens_per_block: int, dtype: torch.dtype) -> int:

@@ -36,7 +36,7 @@ class KTCache:
     def build(self, layer: int, block_table: torch.Tensor, num_tokens: int) -> None:
         """Fill the KT pages of a request's first `num_tokens` cached tokens (after its prefill)."""
         blocks = block_table[: self.pool.blocks_for(num_tokens)].long()
-        k = self._paged_keys(layer, blocks).float()
+        k = self._paged_keys(layer, blocks).float() * self.pool.scales(layer)[0]  # as attention will read them
         slot = torch.arange(blocks.numel() * self.pool.tokens_per_block, device=k.device)
         valid = (slot < num_tokens).view(blocks.numel(), 1, self.pages_per_block, self.page_size, 1)
         self.kmin[layer][blocks] = k.masked_fill(~valid, float("inf")).amin(3).to(self.kmin.dtype)

@@ -62,8 +62,9 @@ class PageSelectionAttention(AttentionBackend):
     def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         store = store_token if self.use_kernels else store_token_ref
         pool, kt = self.pool, self.kt
+        ks, vs = pool.scales(layer)
         store(k, v, pool.k[layer], pool.v[layer], meta.gen_block_tables, meta.cache_lens,
-              kt.kmin[layer], kt.kmax[layer], self.page_size)  # fmt: skip
+              kt.kmin[layer], kt.kmax[layer], self.page_size, ks, vs)  # fmt: skip
 
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         if not meta.static and self._is_dense(meta.max_cache_len):
@@ -75,8 +76,8 @@ class PageSelectionAttention(AttentionBackend):
         predict = predict_pages if self.use_kernels else predict_pages_ref
         pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk)
         attend = sparse_decode if self.use_kernels else sparse_decode_ref
-        pool = self.pool
-        return attend(q, pool.k[layer], pool.v[layer], tables, pages, meta.cache_lens, self.page_size, self.scale)
+        lens, page = meta.cache_lens, self.page_size
+        return self.read_kv(layer, lambda k, v, scale: attend(q, k, v, tables, pages, lens, page, scale))
 
 
 register_sparse_attention(QuestSparseAttentionConfig, PageSelectionAttention)

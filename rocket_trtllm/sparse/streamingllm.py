@@ -29,7 +29,7 @@ class StreamingLLMAttention(AttentionBackend):
         heads = self.shape.num_kv_heads
         idx, valid = idx.clamp(min=0)[:, None].expand(-1, heads, -1), valid[:, None].expand(-1, heads, -1)
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
-        return token_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, idx, valid, self.scale)
+        return self.read_kv(layer, lambda k, v, scale: token_decode_ref(q, k, v, tables, idx, valid, scale))
 
 
 register_sparse_attention(StreamingLLMSparseAttentionConfig, StreamingLLMAttention)

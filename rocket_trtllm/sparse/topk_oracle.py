@@ -27,7 +27,7 @@ class TopkOracleAttention(AttentionBackend):
         if meta.max_cache_len <= topk:
             return self.dense_decode(layer, q, meta)
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
-        k = gather_pages_ref(self.pool.k[layer], tables).float()  # [batch, kv_heads, slots, d]
+        k = gather_pages_ref(self.pool.k[layer], tables).float() * self.pool.scales(layer)[0]  # [b, kv_heads, n, d]
         b, h, n, d = k.shape
         qg = q.float().view(b, h, -1, d)
         logits = torch.einsum("bhgd,bhnd->bhgn", qg, k) * self.scale
@@ -35,7 +35,8 @@ class TopkOracleAttention(AttentionBackend):
         weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1).sum(2)
         top = weights.masked_fill(~inside[:, :, 0], -1.0).topk(topk, dim=-1)
         valid = top.values >= 0
-        return token_decode_ref(q, self.pool.k[layer], self.pool.v[layer], tables, top.indices, valid, self.scale)
+        idx = top.indices
+        return self.read_kv(layer, lambda k, v, scale: token_decode_ref(q, k, v, tables, idx, valid, scale))
 
 
 register_sparse_attention(TopkOracleSparseAttentionConfig, TopkOracleAttention)
