@@ -83,6 +83,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true", help="random weights (required with --arch)")
     p.add_argument("--config", help="YAML of LLM options (default: dense)")
     p.add_argument("--compare", choices=["dense"], help="also measure the dense baseline in the same run")
+    p.add_argument("--fp8", action="store_true", help="FP8 weights (with --random-weights: quant_algo FP8)")
     p.add_argument("--tp-size", "--tp_size", dest="tp_size", type=int, default=1, help="tensor-parallel ranks (GPUs)")
     p.add_argument("--input-len", type=int, default=32768)
     p.add_argument("--output-len", type=int, default=256)
@@ -93,6 +94,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.model and not args.arch:
         p.error("give a MODEL folder or --arch NAME")
+    if args.fp8 and not args.random_weights:
+        p.error("--fp8 makes random fp8 weights: add --random-weights (a real FP8 checkpoint needs no flag)")
     if args.arch and not args.random_weights:
         p.error("--arch builds a model without its checkpoint: add --random-weights")
     if args.input_len < 1 or args.output_len < 2:
@@ -124,6 +127,7 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
         kv_cache_config=kv,
         load_format="dummy" if ns.random_weights else "auto",
         tensor_parallel_size=ns.tp_size,
+        quant_config=base.quant_config.model_copy(update={"quant_algo": "FP8"}) if ns.fp8 else base.quant_config,
     )
     return base.model_copy(update=update)
 

@@ -82,8 +82,14 @@ class LLMEngine:
         args = self.args
         self.dtype = resolve_dtype(self.checkpoint, args.dtype, self.device)
         self.max_seq_len = self._max_seq_len()
+        quant = args.quant_config.quant_algo
         self.model = load_model(
-            self.checkpoint, self.dtype, self.device, random_weights=args.load_format == "dummy", comm=self.comm
+            self.checkpoint,
+            self.dtype,
+            self.device,
+            random_weights=args.load_format == "dummy",
+            comm=self.comm,
+            quantization=quant.lower() if quant else None,
         )
         if args.tokenizer:
             self.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -156,3 +156,21 @@ def test_fp8_kv_cache_answers_the_quickstart_as_bf16_does(fp8_model, sparse):
     assert quickstart(fp8_model, sparse) == want
     elem = {d: KVCachePool.bytes_per_block(ModelShape(2, 4, 2, 16), 32, d) for d in (torch.bfloat16, FP8)}
     assert elem[FP8] * 2 == elem[torch.bfloat16]  # the pool holds twice the tokens in the same bytes
+
+
+def test_random_fp8_weights_for_benchmarks(llama_dir):
+    """quant_config FP8 with random weights: fp8 projections whose dequantized weights are N(0, 0.02)-sized;
+    asked of a real checkpoint it is refused (the checkpoint's files say how it is quantized)."""
+    from rocket_trtllm import QuantConfig
+
+    with LLM(str(llama_dir), load_format="dummy", quant_config=QuantConfig(quant_algo="FP8")) as llm:
+        attn = llm.engine.model.model.layers[0].self_attn
+        assert attn.qkv_weight.dtype == FP8
+        std = (attn.qkv_weight.float() * attn.qkv_scale).std().item()
+        assert 0.015 < std < 0.025
+        assert (
+            len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))[0].outputs[0].token_ids) == 4
+        )
+    with pytest.raises(ConfigError, match="random weights only") as e:
+        LLM(str(llama_dir), quant_config={"quant_algo": "FP8"})
+    assert e.value.path == "quant_config.quant_algo"

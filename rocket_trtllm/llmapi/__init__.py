@@ -3,7 +3,7 @@
 from ..sampling_params import SamplingParams
 from ..sparse import RocketSparseAttentionConfig
 from .llm import LLM
-from .llm_args import CudaGraphConfig, KvCacheConfig, LlmArgs
+from .llm_args import CudaGraphConfig, KvCacheConfig, LlmArgs, QuantConfig
 from .outputs import CompletionOutput, RequestOutput
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "CudaGraphConfig",
     "KvCacheConfig",
     "LlmArgs",
+    "QuantConfig",
     "RequestOutput",
     "RocketSparseAttentionConfig",
     "SamplingParams",

@@ -89,6 +89,14 @@ class CudaGraphConfig(StrictModel):
         return sorted({b for b in sizes if b <= limit})
 
 
+class QuantConfig(StrictModel):
+    """TensorRT-LLM's `quant_config`. A checkpoint's own quantization (ModelOpt, compressed-tensors) is read from
+    its files; this names one for random weights (`load_format: dummy`), so an FP8 model can be benchmarked
+    without its checkpoint. Write a real FP8 checkpoint with rocket-quantize."""
+
+    quant_algo: Optional[Literal["FP8"]] = Field(default=None, description="FP8: fp8 weights (random weights only).")
+
+
 class LlmArgs(StrictModel):
     """Everything a run needs, validated once. Build with keywords or `LlmArgs.from_yaml`."""
 
@@ -116,6 +124,7 @@ class LlmArgs(StrictModel):
     load_format: Literal["auto", "dummy"] = Field(
         default="auto", description="auto: the checkpoint's safetensors; dummy: random weights (benchmarks)."
     )
+    quant_config: QuantConfig = Field(default_factory=QuantConfig)
 
     def __init__(self, **data: Any) -> None:
         data = dict(data)
@@ -184,6 +193,12 @@ class LlmArgs(StrictModel):
                 # Without an explicit choice, eviction methods get the only setting they work with.
                 self.kv_cache_config = self.kv_cache_config.model_copy(update={"enable_block_reuse": False})
             sparse.check_llm_args(self)
+        if self.quant_config.quant_algo and self.load_format != "dummy":
+            raise ConfigError(
+                "applies to random weights only (load_format: dummy): a checkpoint's quantization is read from its "
+                "files; write an FP8 checkpoint with `rocket-quantize MODEL OUT --fp8`",
+                "quant_config.quant_algo",
+            )
         if self.enable_chunked_prefill:
             raise ConfigError(
                 "true is not supported: rocket-trtllm prefills each prompt in one step", "enable_chunked_prefill"
