@@ -103,7 +103,7 @@ def test_missing_file_and_missing_model(tmp_path):
         (dict(kv_cache_config={"free_gpu_memory_fraction": 1.5}), "kv_cache_config.free_gpu_memory_fraction", "(0, 1]"),
         (dict(kv_cache_config={"max_tokens": 0}), "kv_cache_config.max_tokens", ">= 1"),
         (dict(kv_cache_config={"tokens_per_block": 48}), "kv_cache_config.tokens_per_block", "power of two"),
-        (dict(kv_cache_config={"dtype": "fp8"}), "kv_cache_config.dtype", "auto"),
+        (dict(kv_cache_config={"dtype": "int8"}), "kv_cache_config.dtype", "fp8"),
         (dict(kv_cache_config={"enable_block_reuse": "maybe"}), "kv_cache_config.enable_block_reuse", "bool"),
         (dict(cuda_graph_config={"batch_sizes": []}), "cuda_graph_config.batch_sizes", "non-empty"),
         (dict(cuda_graph_config={"max_batch_size": 0}), "cuda_graph_config.max_batch_size", ">= 1"),
