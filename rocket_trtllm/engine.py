@@ -107,7 +107,9 @@ class LLMEngine:
         if blocks < 1:
             raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
         scales = kv_scales(self.checkpoint, shape.num_layers) if kv_name == "fp8" else (None, None)
-        self.pool = KVCachePool(shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales)
+        self.pool = KVCachePool(
+            shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales, reuse=kv.enable_block_reuse
+        )
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)
         graphs = args.cuda_graph_config
@@ -131,6 +133,7 @@ class LLMEngine:
             "prompt_tokens": 0,
             "generated_tokens": 0,
             "peak_batch": 0,
+            "cached_prompt_tokens": 0,  # prompt tokens served by the prefix cache instead of computed
             "prefill_step_seconds": 0.0,  # wall time of steps that prefill a prompt (with any decodes beside)
             "decode_step_seconds": 0.0,  # wall time of decode-only steps
         }
@@ -257,6 +260,8 @@ class LLMEngine:
         for seq in batch.contexts:
             self.kept_tokens.append((seq.prompt_len, seq.kept_prompt_len))
             self.totals["prompt_tokens"] += seq.prompt_len
+            self.totals["cached_prompt_tokens"] += seq.cached_len
+            self.scheduler.cache_blocks(seq)  # its prompt's full blocks, for requests that share the prefix
         self.totals["peak_batch"] = max(self.totals["peak_batch"], len(batch.sequences))
         if batch.generations:
             self.totals["decode_steps"] += 1
@@ -349,6 +354,10 @@ class LLMEngine:
                 "freeNumBlocks": alloc.num_free,
                 "usedNumBlocks": alloc.num_used,
                 "tokensPerBlock": self.pool.tokens_per_block,
+                # The prefix cache (enable_block_reuse): prompt blocks found / not found, since the start.
+                "reusedBlocks": alloc.hit_blocks,
+                "missedBlocks": alloc.queried_blocks - alloc.hit_blocks,
+                "cacheHitRate": alloc.hit_blocks / alloc.queried_blocks if alloc.queried_blocks else 0.0,
             },
         }
         if self.device.type == "cuda":

@@ -37,6 +37,7 @@ class SeqView:
     last_token: int = 0
     num_tokens: int = 0
     cache_len: int = 0
+    cached_len: int = 0  # contexts: prompt tokens from the prefix cache
 
     @property
     def prompt_len(self) -> int:
@@ -53,8 +54,8 @@ class StepInput:
 
     @classmethod
     def of(cls, batch: Batch, released: list[int]) -> "StepInput":
-        contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len)
-                    for s in batch.contexts]  # fmt: skip
+        contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len,
+                            cached_len=s.cached_len) for s in batch.contexts]  # fmt: skip
         generations = [
             SeqView(
                 s.request_id,

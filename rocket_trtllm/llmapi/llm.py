@@ -132,6 +132,10 @@ class LLM:
         """Current pool use and RocketKV counters, taken on the engine thread."""
         return self._executor.call(_snapshot)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix block that no running request holds (vLLM's name)."""
+        self._executor.call(lambda engine: engine.pool.allocator.clear_cache())
+
     def queue_depth(self) -> int:
         """Requests submitted and not yet admitted to the running batch (read without the engine thread)."""
         return self._executor.pending() + len(self.engine.scheduler.waiting)
@@ -155,6 +159,8 @@ def _snapshot(engine: LLMEngine) -> dict[str, Any]:
         "kvBlocksFree": alloc.num_free,
         "kvBlocksTotal": alloc.num_blocks,
         "kvBlocksReserved": alloc.num_reserved,
+        "kvBlocksCached": alloc.num_cached,
+        "prefixCacheHitRate": alloc.hit_blocks / alloc.queried_blocks if alloc.queried_blocks else 0.0,
         "kvBlocksUsedPerRank": engine.blocks_per_rank(),
         **engine.sparse_stats(),
         **engine.totals,

@@ -21,12 +21,13 @@ class AttentionMetadata:
     """Per-step batch layout, built once per step and shared by every layer."""
 
     num_contexts: int
-    context_lens: list[int]  # prompt tokens of each context request
+    context_lens: list[int]  # prompt tokens each context request computes this step (past its cached prefix)
     kept_lens: list[int]  # tokens each context request keeps in the cache
     block_tables: torch.Tensor  # [num_requests, max_blocks] int32, contexts first
     cache_lens: torch.Tensor  # [num_generations] int32: cached tokens including this step's
     max_cache_len: int  # max of cache_lens (0 without generations), known on the host
     static: bool = False  # captured in a CUDA graph: no choice may depend on this step's lengths
+    cached_lens: Optional[list[int]] = None  # per context request: prompt tokens already cached (prefix cache)
 
     @property
     def num_context_tokens(self) -> int:
@@ -85,16 +86,35 @@ class AttentionBackend:
         start = 0
         for i, n in enumerate(meta.context_lens):
             qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
-            causal_attention(qi, ki, vi, self.scale, out=out[start : start + n].transpose(0, 1))
-            k_kept, v_kept = self.compress_prompt(layer, qi, ki, vi)
-            self._store_prompt(layer, i, k_kept, v_kept, meta)
+            cached = meta.cached_lens[i] if meta.cached_lens else 0
+            if cached:  # the prefix's K/V come from the cache; only methods that keep every token reuse blocks
+                kc, vc = self._cached_prefix(layer, meta.block_tables[i], cached, ki.dtype)
+                causal_attention(qi, torch.cat([kc, ki], 1), torch.cat([vc, vi], 1), self.scale,
+                                 out=out[start : start + n].transpose(0, 1))  # fmt: skip
+                self._store_prompt(layer, i, ki, vi, meta, first=cached)
+            else:
+                causal_attention(qi, ki, vi, self.scale, out=out[start : start + n].transpose(0, 1))
+                k_kept, v_kept = self.compress_prompt(layer, qi, ki, vi)
+                self._store_prompt(layer, i, k_kept, v_kept, meta)
             start += n
         self.after_context(layer, meta)
         return out
 
-    def _store_prompt(self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
-        # k, v: [kv_heads, n, head_dim] -> slots 0..n-1 of request i
-        slots = torch.arange(k.shape[1], device=k.device)
+    def _cached_prefix(
+        self, layer: int, table: torch.Tensor, n: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` cached tokens' K and V of a request (block table `table`): [kv_heads, n, head_dim]."""
+        bs = self.pool.tokens_per_block
+        blocks = table[: n // bs].long()
+        ks, vs = self.pool.scales(layer)
+        k, v = (c[layer][blocks].transpose(0, 1).reshape(c.shape[2], n, -1) for c in (self.pool.k, self.pool.v))
+        return (k.float() * ks).to(dtype), (v.float() * vs).to(dtype)
+
+    def _store_prompt(
+        self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata, first: int = 0
+    ) -> None:
+        # k, v: [kv_heads, n, head_dim] -> slots first..first+n-1 of request i
+        slots = torch.arange(first, first + k.shape[1], device=k.device)
         bs = self.pool.tokens_per_block
         blocks = meta.block_tables[i].long()[slots // bs]
         ks, vs = self.pool.scales(layer)
@@ -162,13 +182,20 @@ class AttentionBackend:
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-    """q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> out: [q_heads, n, d] (any strides).
+    """q: [q_heads, n, d]; k, v: [kv_heads, m, d] (m >= n: the queries are the last n of the m tokens, after a
+    cached prefix) -> out: [q_heads, n, d] (any strides).
 
     One KV head's query group at a time: its K/V repeated over the group keep SDPA on its flash
     kernels (GQA support varies across torch builds) and cost 1/kv_heads of repeating them all.
     """
     group = q.shape[0] // k.shape[0]
+    n, m = q.shape[1], k.shape[1]
+    mask = None
+    if m > n:  # SDPA's is_causal aligns the queries with the first keys; these are the last ones
+        mask = torch.arange(m, device=q.device)[None, :] <= (m - n + torch.arange(n, device=q.device))[:, None]
     for h in range(k.shape[0]):
         heads = slice(h * group, (h + 1) * group)
         kh, vh = k[h : h + 1].expand(group, -1, -1).contiguous(), v[h : h + 1].expand(group, -1, -1).contiguous()
-        out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], is_causal=True, scale=scale)[0]
+        out[heads] = F.scaled_dot_product_attention(
+            q[None, heads], kh[None], vh[None], attn_mask=mask, is_causal=mask is None, scale=scale
+        )[0]

@@ -1,6 +1,8 @@
 """The paged KV cache: a block pool per layer and the allocator that hands its blocks to requests."""
 
-from collections import deque
+import hashlib
+from array import array
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,21 +25,49 @@ class ModelShape:
         return self.num_heads // self.num_kv_heads
 
 
-class BlockAllocator:
-    """Free list of block ids plus reservations, so admitted requests can always grow to their limit."""
+def block_hashes(tokens: list[int], tokens_per_block: int) -> list[bytes]:
+    """One hash per full block of `tokens`, each covering its tokens and every block before it."""
+    out, parent = [], b""
+    for i in range(len(tokens) // tokens_per_block):
+        block = array("q", tokens[i * tokens_per_block : (i + 1) * tokens_per_block]).tobytes()
+        parent = hashlib.sha256(parent + block).digest()
+        out.append(parent)
+    return out
 
-    def __init__(self, num_blocks: int) -> None:
+
+class BlockAllocator:
+    """Free list of block ids plus reservations, so admitted requests can always grow to their limit.
+
+    With `reuse` (prefix caching), a full block whose tokens are known is kept under the hash of its tokens
+    and of the prefix before them: a later request with the same prefix shares it (reference-counted) instead
+    of computing it again. Cached blocks no request holds stay reusable until a new block is needed and
+    the free list is empty; then the least recently used one is taken.
+    """
+
+    def __init__(self, num_blocks: int, reuse: bool = False) -> None:
         self.num_blocks = num_blocks
+        self.reuse = reuse
         self._free: deque[int] = deque(range(num_blocks))
         self._reserved = 0
+        self._refs: dict[int, int] = {}  # block -> requests holding it
+        self._hash_of: dict[int, bytes] = {}
+        self._block_of: dict[bytes, int] = {}
+        self._idle: OrderedDict[int, None] = OrderedDict()  # cached blocks no request holds, oldest first
+        self.hit_blocks = 0  # prompt blocks found in the cache, since the start
+        self.queried_blocks = 0  # full prompt blocks looked up
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        """Blocks no request holds (cached idle ones included: they are given out when needed)."""
+        return len(self._free) + len(self._idle)
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_blocks - self.num_free
+
+    @property
+    def num_cached(self) -> int:
+        return len(self._hash_of)
 
     @property
     def num_reserved(self) -> int:
@@ -46,23 +76,72 @@ class BlockAllocator:
     @property
     def num_available(self) -> int:
         """Blocks neither in use nor promised to a running request."""
-        return len(self._free) - self._reserved
+        return self.num_free - self._reserved
 
-    def admit(self, now: int, later: int) -> list[int]:
-        """Take `now` blocks and reserve `later` more for the same request."""
-        if now + later > self.num_available:
+    def match(self, hashes: list[bytes]) -> list[int]:
+        """The cached blocks of the longest prefix of `hashes`."""
+        found = []
+        for h in hashes:
+            block = self._block_of.get(h)
+            if block is None:
+                break
+            found.append(block)
+        return found
+
+    def idle(self, blocks: list[int]) -> int:
+        """How many of `blocks` no request holds (taking them shrinks what is available)."""
+        return sum(b in self._idle for b in blocks)
+
+    def admit(self, now: int, later: int, shared: Optional[list[int]] = None) -> list[int]:
+        """Take `now` blocks, the first ones `shared` (cached, matched by `match`), and reserve `later`."""
+        shared = shared or []
+        if now - len(shared) + later + self.idle(shared) > self.num_available:
             raise RequestError(f"needs {now + later} KV blocks, {self.num_available} available")
+        for b in shared:
+            self._idle.pop(b, None)
+            self._refs[b] = self._refs.get(b, 0) + 1
         self._reserved += later
-        return [self._free.popleft() for _ in range(now)]
+        return shared + [self._take() for _ in range(now - len(shared))]
 
     def take_reserved(self) -> int:
         assert self._reserved > 0, "a request grew past its reservation"
         self._reserved -= 1
-        return self._free.popleft()
+        return self._take()
+
+    def _take(self) -> int:
+        if self._free:
+            block = self._free.popleft()
+        else:  # the least recently used cached block that no request holds
+            block, _ = self._idle.popitem(last=False)
+            del self._block_of[self._hash_of.pop(block)]
+        self._refs[block] = 1
+        return block
+
+    def register(self, blocks: list[int], hashes: list[bytes]) -> None:
+        """Cache full `blocks` under their `hashes` (a content already cached under another block is skipped)."""
+        if not self.reuse:
+            return
+        for block, h in zip(blocks, hashes):
+            if block not in self._hash_of and h not in self._block_of:
+                self._hash_of[block], self._block_of[h] = h, block
 
     def release(self, blocks: list[int], unused_reservation: int) -> None:
-        self._free.extend(blocks)
+        for block in blocks:
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                del self._refs[block]
+                if block in self._hash_of:
+                    self._idle[block] = None  # most recently used last
+                else:
+                    self._free.append(block)
         self._reserved -= unused_reservation
+
+    def clear_cache(self) -> None:
+        """Forget every cached block no request holds (they return to the free list)."""
+        for block in list(self._idle):
+            del self._block_of[self._hash_of.pop(block)]
+            self._free.append(block)
+        self._idle.clear()
 
 
 class KVCachePool:
@@ -82,13 +161,14 @@ class KVCachePool:
         device: torch.device,
         k_scale: Optional[list[float]] = None,
         v_scale: Optional[list[float]] = None,
+        reuse: bool = False,
     ) -> None:
         dims = (shape.num_layers, num_blocks + 1, shape.num_kv_heads, tokens_per_block, shape.head_dim)
         self.scratch_block = num_blocks
         self.k = torch.zeros(dims, dtype=dtype, device=device)
         self.v = torch.zeros(dims, dtype=dtype, device=device)
         self.tokens_per_block = tokens_per_block
-        self.allocator = BlockAllocator(num_blocks)
+        self.allocator = BlockAllocator(num_blocks, reuse)
         self.k_scale = k_scale or [1.0] * shape.num_layers
         self.v_scale = v_scale or [1.0] * shape.num_layers
 

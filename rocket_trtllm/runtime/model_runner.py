@@ -44,9 +44,9 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         logit_idx: list[int] = []
-        for seq in batch.contexts:
-            ids += seq.prompt_token_ids
-            positions += range(seq.prompt_len)
+        for seq in batch.contexts:  # past any cached prefix
+            ids += seq.prompt_token_ids[seq.cached_len :]
+            positions += range(seq.cached_len, seq.prompt_len)
             logit_idx.append(len(ids) - 1)
         for seq in batch.generations:
             ids.append(seq.last_token)
@@ -58,11 +58,12 @@ class ModelRunner:
         cache_lens = [s.cache_len + 1 for s in batch.generations]
         meta = AttentionMetadata(
             num_contexts=len(batch.contexts),
-            context_lens=[s.prompt_len for s in batch.contexts],
+            context_lens=[s.prompt_len - s.cached_len for s in batch.contexts],
             kept_lens=[s.kept_prompt_len for s in batch.contexts],
             block_tables=self._tensor(tables),
             cache_lens=self._tensor(cache_lens),
             max_cache_len=max(cache_lens, default=0),
+            cached_lens=[s.cached_len for s in batch.contexts],
         )
         return self._tensor(ids), self._tensor(positions), self._tensor(logit_idx), meta
 

@@ -4,7 +4,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..errors import RequestError
-from .kv_cache import KVCachePool
+from .kv_cache import KVCachePool, block_hashes
 from .sequence import Sequence, SequenceStatus
 
 
@@ -59,27 +59,50 @@ class Scheduler:
                 seq.reserved_blocks -= 1
         contexts: list[Sequence] = []
         tokens = len(generations)
+        alloc = self.pool.allocator
         while self.waiting and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            if tokens + seq.prompt_len > self.max_num_tokens:
+            shared, queried = self._cached_prefix(seq)
+            new_tokens = seq.prompt_len - len(shared) * self.pool.tokens_per_block
+            if tokens + new_tokens > self.max_num_tokens:
                 break
             now = self.pool.blocks_for(seq.kept_prompt_len)
             total = self.pool.blocks_for(self.final_cache_len(seq))
-            if total > self.pool.allocator.num_available:
+            if total - len(shared) + alloc.idle(shared) > alloc.num_available:
                 break
             self.waiting.popleft()
-            seq.block_table = self.pool.allocator.admit(now, total - now)
+            seq.block_table = alloc.admit(now, total - now, shared)
+            seq.cached_len = len(shared) * self.pool.tokens_per_block
+            alloc.queried_blocks += queried
+            alloc.hit_blocks += len(shared)
             seq.reserved_blocks = total - now
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             contexts.append(seq)
-            tokens += seq.prompt_len
+            tokens += new_tokens
         return Batch(contexts, generations)
+
+    def _cached_prefix(self, seq: Sequence) -> tuple[list[int], int]:
+        """The cached blocks of the prompt's longest cached prefix, and how many full blocks were looked up; at
+        least one prompt token is left to compute (its logits start the output)."""
+        if not self.pool.allocator.reuse:
+            return [], 0
+        bs = self.pool.tokens_per_block
+        hashes = block_hashes(seq.prompt_token_ids[: (seq.prompt_len - 1) // bs * bs], bs)
+        return self.pool.allocator.match(hashes), len(hashes)
+
+    def cache_blocks(self, seq: Sequence) -> None:
+        """Offer `seq`'s full blocks of computed tokens to the prefix cache."""
+        bs = self.pool.tokens_per_block
+        tokens = (seq.prompt_token_ids + seq.output_token_ids)[: seq.cache_len // bs * bs]
+        self.pool.allocator.register(seq.block_table, block_hashes(tokens, bs))
 
     def finish(self, seq: Sequence) -> None:
         """Take `seq` out of the queues and return its blocks (and unused reservation) to the pool."""
         if seq in self.running:
             self.running.remove(seq)
+            if seq.finish_reason != "error":  # a failed step may have left its K/V half written
+                self.cache_blocks(seq)
             self.pool.allocator.release(seq.block_table, seq.reserved_blocks)
         elif seq in self.waiting:
             self.waiting.remove(seq)

@@ -28,6 +28,7 @@ class Sequence:
     reserved_blocks: int = 0
     cache_len: int = 0  # tokens whose K/V sit in the cache (after eviction, the same for every layer)
     kept_prompt_len: int = 0
+    cached_len: int = 0  # leading prompt tokens whose K/V came from the prefix cache (not computed)
     generator: Optional[torch.Generator] = None
     logits: list[torch.Tensor] = field(default_factory=list)  # per output token, if asked for
     # Scoring (LLM.score): these tokens replace the sampled ones, each step recording the log-probability

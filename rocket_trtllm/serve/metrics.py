@@ -38,6 +38,18 @@ class Metrics:
             ("rocket_step_seconds_total", "counter", "Engine step time, by kind (prefill: steps with a prompt)", None),
             ('rocket_step_seconds_total{kind="prefill"}', None, None, snapshot["prefill_step_seconds"]),
             ('rocket_step_seconds_total{kind="decode"}', None, None, snapshot["decode_step_seconds"]),
+            (
+                "rocket_prefix_cache_tokens_total",
+                "counter",
+                "Prompt tokens served by the prefix cache instead of computed",
+                snapshot["cached_prompt_tokens"],
+            ),
+            (
+                "rocket_prefix_cache_hit_rate",
+                "gauge",
+                "Prompt blocks found in the prefix cache / looked up",
+                snapshot["prefixCacheHitRate"],
+            ),  # fmt: skip
             ("rocket_requests_running", "gauge", "Requests in the running batch", snapshot["running"]),
             ("rocket_requests_waiting", "gauge", "Requests queued for admission", snapshot["waiting"]),
             ("rocket_batch_size_max", "gauge", "Largest batch run in one step", snapshot["peak_batch"]),
