@@ -215,6 +215,7 @@ class LLMEngine:
             )
         seq = Sequence(next(self._ids), list(prompt_token_ids), params)
         seq.kept_prompt_len = self.backend.kept_len(n)
+        seq.keeps_history = self.backend.keeps_history
         self.scheduler.check_fits(seq)
         seq.generator = torch.Generator(self.device)
         seq.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (1 << 63))
@@ -303,20 +304,25 @@ class LLMEngine:
     def follow(self) -> None:
         """A worker rank's loop: run each step rank 0 broadcasts, until it says stop."""
         live: dict[int, list[int]] = {}  # request -> its block table, as rank 0 last sent it
+        history: dict[int, list[int]] = {}  # request -> its prompt's blocks (rocket_mt), sent with its context
         while True:
             kind, payload = self.comm.broadcast()
             if kind == "stop":
                 return
             for request_id in payload.released if kind == "step" else payload:
+                history.pop(request_id, None)
                 table = live.pop(request_id, None)
                 if table is not None:
                     self.backend.release(table)
             if kind == "blocks":
-                self.comm.gather(sum(len(t) for t in live.values()))
+                self.comm.gather(sum(map(len, live.values())) + sum(map(len, history.values())))
                 continue
             batch = payload.batch()
             for seq in batch.sequences:
                 live[seq.request_id] = seq.block_table
+            for seq in batch.contexts:
+                if seq.history_table:
+                    history[seq.request_id] = seq.history_table
             self.runner.run(batch)
 
     def blocks_per_rank(self) -> list[int]:

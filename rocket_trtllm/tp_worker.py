@@ -38,6 +38,7 @@ class SeqView:
     num_tokens: int = 0
     cache_len: int = 0
     cached_len: int = 0  # contexts: prompt tokens from the prefix cache
+    history_table: list[int] = field(default_factory=list)  # contexts of rocket_mt: the whole prompt's blocks
 
     @property
     def prompt_len(self) -> int:
@@ -55,7 +56,8 @@ class StepInput:
     @classmethod
     def of(cls, batch: Batch, released: list[int]) -> "StepInput":
         contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len,
-                            cached_len=s.cached_len) for s in batch.contexts]  # fmt: skip
+                            cached_len=s.cached_len, history_table=list(s.history_table))
+                    for s in batch.contexts]  # fmt: skip
         generations = [
             SeqView(
                 s.request_id,

@@ -91,3 +91,37 @@ def test_two_ranks_share_the_cache_decisions(llama_dir):
             outs[tp] = [[o.outputs[0].token_ids for o in llm.generate(b, GREEDY)] for b in batches]
             assert llm.snapshot()["cached_prompt_tokens"] >= 24 * 16 * 3
     assert outs[1] == outs[2]
+
+
+MT = {"algorithm": "rocket_mt", "prompt_budget": 64, "window_size": 8, "topk": 4, "page_size": 4, "topr": 8}
+
+
+def conversation(model, reuse, sparse, turns=3):
+    """Turn t's prompt: the document, every earlier question and answer, and question t (>= window tokens)."""
+    kv = KvCacheConfig(tokens_per_block=16, enable_block_reuse=reuse)
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    answers, prompt = [], list(DOC)
+    with LLM(str(model), dtype="float32", kv_cache_config=kv, sparse_attention_config=sparse) as llm:
+        for t in range(turns):
+            prompt = prompt + [290 + t] * 10
+            answer = llm.generate([prompt], params)[0].outputs[0].token_ids
+            answers.append(answer)
+            prompt = prompt + answer
+        snap = llm.snapshot()
+        assert snap["kvBlocksUsed"] == 0 and snap["kvBlocksReserved"] == 0
+        llm.reset_prefix_cache()
+        assert llm.snapshot()["kvBlocksCached"] == 0
+    return answers, snap["cached_prompt_tokens"]
+
+
+def test_rocket_mt_with_the_prefix_cache_equals_without(llama_dir):
+    """Each turn chooses its working set from the whole history; with the history cached the choice and the
+    tokens are the same as computing it again."""
+    cached, reused = conversation(llama_dir, True, MT)
+    assert reused >= 2 * 24 * 16  # turns 2 and 3 found the document (and more)
+    assert cached == conversation(llama_dir, False, MT)[0]
+
+
+def test_rocket_mt_with_a_covering_budget_equals_dense(llama_dir):
+    covering = dict(MT, prompt_budget=4096, topk=1024)
+    assert conversation(llama_dir, True, covering)[0] == conversation(llama_dir, True, None)[0]

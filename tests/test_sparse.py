@@ -100,7 +100,7 @@ def test_every_algorithm_runs_from_yaml(llama_dir, tmp_path, yaml_body):
 
 
 def test_registry_lists_every_baseline():
-    assert set(algorithms()) == {"rocket", "snapkv", "quest", "streamingllm", "topk_oracle"}
+    assert set(algorithms()) == {"rocket", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"}
 
 
 def test_topr_larger_than_head_dim_is_a_model_check(llama_dir):

@@ -28,6 +28,8 @@ class AttentionMetadata:
     max_cache_len: int  # max of cache_lens (0 without generations), known on the host
     static: bool = False  # captured in a CUDA graph: no choice may depend on this step's lengths
     cached_lens: Optional[list[int]] = None  # per context request: prompt tokens already cached (prefix cache)
+    history_tables: Optional[torch.Tensor] = None  # [num_contexts, blocks]: where a history-keeping method
+    # (rocket_mt) holds each context request's whole prompt; `block_tables` then address its working set
 
     @property
     def num_context_tokens(self) -> int:
@@ -47,6 +49,9 @@ class AttentionBackend:
 
     uses_kt_cache = False
     supports_cuda_graphs = True
+    #: Keeps each request's whole prompt (shareable through the prefix cache) beside the working set it decodes
+    #: over (rocket_mt): the scheduler gives such requests a history block table too.
+    keeps_history = False
     #: Scores each KV head over its whole query group (summed votes, group top-r): a rank must hold every
     #: query head of its KV heads, so KV heads replicated over tensor-parallel ranks are refused.
     reduces_query_groups = False
@@ -87,20 +92,26 @@ class AttentionBackend:
         for i, n in enumerate(meta.context_lens):
             qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
             cached = meta.cached_lens[i] if meta.cached_lens else 0
-            if cached:  # the prefix's K/V come from the cache; only methods that keep every token reuse blocks
-                kc, vc = self._cached_prefix(layer, meta.block_tables[i], cached, ki.dtype)
-                causal_attention(qi, torch.cat([kc, ki], 1), torch.cat([vc, vi], 1), self.scale,
-                                 out=out[start : start + n].transpose(0, 1))  # fmt: skip
-                self._store_prompt(layer, i, ki, vi, meta, first=cached)
+            history = meta.history_tables[i] if meta.history_tables is not None else None
+            table = meta.block_tables[i]
+            if cached:  # the prefix's K/V come from the cache (blocks of methods that keep every prompt token)
+                kc, vc = self._read_rows(layer, table if history is None else history, cached, ki.dtype)
+                kf, vf = torch.cat([kc, ki], 1), torch.cat([vc, vi], 1)
             else:
-                causal_attention(qi, ki, vi, self.scale, out=out[start : start + n].transpose(0, 1))
-                k_kept, v_kept = self.compress_prompt(layer, qi, ki, vi)
-                self._store_prompt(layer, i, k_kept, v_kept, meta)
+                kf, vf = ki, vi
+            causal_attention(qi, kf, vf, self.scale, out=out[start : start + n].transpose(0, 1))
+            if history is not None:  # the whole prompt stays for later turns; the working set is chosen from it
+                self._store_rows(layer, history, ki, vi, first=cached)
+                self._store_rows(layer, table, *self.compress_prompt(layer, qi, kf, vf))
+            elif cached:
+                self._store_rows(layer, table, ki, vi, first=cached)
+            else:
+                self._store_rows(layer, table, *self.compress_prompt(layer, qi, ki, vi))
             start += n
         self.after_context(layer, meta)
         return out
 
-    def _cached_prefix(
+    def _read_rows(
         self, layer: int, table: torch.Tensor, n: int, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `n` cached tokens' K and V of a request (block table `table`): [kv_heads, n, head_dim]."""
@@ -110,13 +121,11 @@ class AttentionBackend:
         k, v = (c[layer][blocks].transpose(0, 1).reshape(c.shape[2], n, -1) for c in (self.pool.k, self.pool.v))
         return (k.float() * ks).to(dtype), (v.float() * vs).to(dtype)
 
-    def _store_prompt(
-        self, layer: int, i: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata, first: int = 0
-    ) -> None:
-        # k, v: [kv_heads, n, head_dim] -> slots first..first+n-1 of request i
+    def _store_rows(self, layer: int, table: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first: int = 0) -> None:
+        # k, v: [kv_heads, n, head_dim] -> slots first..first+n-1 of block table `table`
         slots = torch.arange(first, first + k.shape[1], device=k.device)
         bs = self.pool.tokens_per_block
-        blocks = meta.block_tables[i].long()[slots // bs]
+        blocks = table.long()[slots // bs]
         ks, vs = self.pool.scales(layer)
         self.pool.k[layer][blocks, :, slots % bs] = to_cache(k.transpose(0, 1), ks, self.pool.k.dtype)
         self.pool.v[layer][blocks, :, slots % bs] = to_cache(v.transpose(0, 1), vs, self.pool.v.dtype)

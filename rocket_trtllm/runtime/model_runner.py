@@ -64,8 +64,15 @@ class ModelRunner:
             cache_lens=self._tensor(cache_lens),
             max_cache_len=max(cache_lens, default=0),
             cached_lens=[s.cached_len for s in batch.contexts],
+            history_tables=self._history_tables(batch),
         )
         return self._tensor(ids), self._tensor(positions), self._tensor(logit_idx), meta
+
+    def _history_tables(self, batch: Batch) -> Optional[torch.Tensor]:
+        if not any(s.history_table for s in batch.contexts):
+            return None
+        width = max(len(s.history_table) for s in batch.contexts)
+        return self._tensor([s.history_table + [0] * (width - len(s.history_table)) for s in batch.contexts])
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32).to(self.device, non_blocking=True)

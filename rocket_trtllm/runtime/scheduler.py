@@ -36,7 +36,7 @@ class Scheduler:
 
     def check_fits(self, seq: Sequence) -> None:
         """Raise RequestError if `seq` could never be admitted, even into an empty engine."""
-        need = self.pool.blocks_for(self.final_cache_len(seq))
+        need = self.pool.blocks_for(self.final_cache_len(seq)) + self._history_blocks(seq)
         if need > self.pool.allocator.num_blocks:
             raise RequestError(
                 f"the request needs {need} KV blocks ({self.final_cache_len(seq)} tokens) but the whole pool "
@@ -68,10 +68,15 @@ class Scheduler:
                 break
             now = self.pool.blocks_for(seq.kept_prompt_len)
             total = self.pool.blocks_for(self.final_cache_len(seq))
-            if total - len(shared) + alloc.idle(shared) > alloc.num_available:
+            history = self._history_blocks(seq)
+            if history + total - len(shared) + alloc.idle(shared) > alloc.num_available:
                 break
             self.waiting.popleft()
-            seq.block_table = alloc.admit(now, total - now, shared)
+            if seq.keeps_history:  # the whole prompt (shared prefix first), then the working set
+                seq.history_table = alloc.admit(history, 0, shared)
+                seq.block_table = alloc.admit(now, total - now)
+            else:
+                seq.block_table = alloc.admit(now, total - now, shared)
             seq.cached_len = len(shared) * self.pool.tokens_per_block
             alloc.queried_blocks += queried
             alloc.hit_blocks += len(shared)
@@ -81,6 +86,9 @@ class Scheduler:
             contexts.append(seq)
             tokens += new_tokens
         return Batch(contexts, generations)
+
+    def _history_blocks(self, seq: Sequence) -> int:
+        return self.pool.blocks_for(seq.prompt_len) if seq.keeps_history else 0
 
     def _cached_prefix(self, seq: Sequence) -> tuple[list[int], int]:
         """The cached blocks of the prompt's longest cached prefix, and how many full blocks were looked up; at
@@ -92,8 +100,12 @@ class Scheduler:
         return self.pool.allocator.match(hashes), len(hashes)
 
     def cache_blocks(self, seq: Sequence) -> None:
-        """Offer `seq`'s full blocks of computed tokens to the prefix cache."""
+        """Offer `seq`'s full blocks of computed tokens to the prefix cache (with a history: its prompt's)."""
         bs = self.pool.tokens_per_block
+        if seq.keeps_history:
+            prompt = seq.prompt_token_ids[: seq.prompt_len // bs * bs] if seq.cache_len else []
+            self.pool.allocator.register(seq.history_table, block_hashes(prompt, bs))
+            return
         tokens = (seq.prompt_token_ids + seq.output_token_ids)[: seq.cache_len // bs * bs]
         self.pool.allocator.register(seq.block_table, block_hashes(tokens, bs))
 
@@ -103,8 +115,8 @@ class Scheduler:
             self.running.remove(seq)
             if seq.finish_reason != "error":  # a failed step may have left its K/V half written
                 self.cache_blocks(seq)
-            self.pool.allocator.release(seq.block_table, seq.reserved_blocks)
+            self.pool.allocator.release(seq.history_table + seq.block_table, seq.reserved_blocks)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        seq.block_table, seq.reserved_blocks = [], 0
+        seq.block_table, seq.history_table, seq.reserved_blocks = [], [], 0
         seq.status = SequenceStatus.FINISHED

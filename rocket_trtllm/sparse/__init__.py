@@ -1,6 +1,6 @@
 """Sparse-attention methods; importing this package registers every built-in one."""
 
-from . import quest, rocket, snapkv, streamingllm, topk_oracle  # noqa: F401  (registration)
+from . import quest, rocket, rocket_mt, snapkv, streamingllm, topk_oracle  # noqa: F401  (registration)
 from .configs import (
     QuestSparseAttentionConfig,
     RocketSparseAttentionConfig,
@@ -9,10 +9,12 @@ from .configs import (
     TopkOracleSparseAttentionConfig,
 )
 from .registry import BaseSparseAttentionConfig, algorithms, lookup, register_sparse_attention
+from .rocket_mt import RocketMTSparseAttentionConfig
 
 __all__ = [
     "BaseSparseAttentionConfig",
     "QuestSparseAttentionConfig",
+    "RocketMTSparseAttentionConfig",
     "RocketSparseAttentionConfig",
     "SnapKVSparseAttentionConfig",
     "StreamingLLMSparseAttentionConfig",

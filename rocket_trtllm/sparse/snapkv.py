@@ -20,7 +20,8 @@ class SnapKVAttention(AttentionBackend):
         c = self.config
         if k.shape[1] <= c.prompt_budget:
             return k, v
-        idx = keep_indices(q, k, c.window_size, c.kernel_size, c.prompt_budget, self.scale, c.eviction_scope,
+        window = min(c.window_size, q.shape[1])  # past a cached prefix, the queries computed this turn
+        idx = keep_indices(q, k, window, c.kernel_size, c.prompt_budget, self.scale, c.eviction_scope,
                            self.comm.all_reduce)  # fmt: skip
         return gather_kept(k, idx), gather_kept(v, idx)
 

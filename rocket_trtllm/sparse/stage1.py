@@ -16,11 +16,11 @@ def window_scores(
     "kv_head"), or once for the layer ("layer": each KV head's scores normalised to sum to 1, then added;
     under tensor parallelism `all_reduce` adds the other ranks' heads, so every rank keeps the same tokens).
 
-    q: [q_heads, n, d]; k: [kv_heads, n, d] -> [kv_heads or 1, n - window] float32
+    q: [q_heads, >= window, d] (the prompt's last queries); k: [kv_heads, n, d] -> [kv_heads or 1, n - window] float32
     """
-    q_heads, n, d = q.shape
-    kv_heads = k.shape[0]
-    qw = q[:, n - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
+    q_heads, d = q.shape[0], q.shape[2]
+    kv_heads, n = k.shape[:2]
+    qw = q[:, q.shape[1] - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
     # The window's queries see the whole prefix and, causally, the window itself.
     future = torch.arange(n, device=q.device)[None, :] > (n - window + torch.arange(window, device=q.device))[:, None]
     scores = torch.empty(kv_heads, n - window, device=q.device)
@@ -49,8 +49,9 @@ def keep_indices(
     """Kept token positions per KV head, ascending: the best `budget - window` prefix tokens, then the window
     (the same tokens for every KV head when `scope` is "layer").
 
-    Ties (common after max-pooling) go to the earlier token. q: [q_heads, n, d]; k: [kv_heads, n, d]
-    -> [kv_heads, budget] int64 (n > budget)
+    Ties (common after max-pooling) go to the earlier token. q: [q_heads, >= window, d] (the prompt's last
+    queries: all of them, or those computed past a cached prefix); k: [kv_heads, n, d] -> [kv_heads, budget]
+    int64 (n > budget)
     """
     kv_heads, n = k.shape[:2]
     scores = window_scores(q, k, window, kernel, scale, scope, all_reduce)
