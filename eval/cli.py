@@ -11,6 +11,7 @@ tasks, optionally swept over token budgets.
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,9 +27,9 @@ from .perplexity import TASK as DOC_PPL
 from .perplexity import make_documents, perplexity
 from .prose import Corpus
 from .report import LONGBENCH, write
-from .tasks import PROSE_ONLY, TASKS, Sample, make_samples
+from .tasks import MULTITURN, PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
-ALGORITHMS = ["full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"]
+ALGORITHMS = ["full", "rocket", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"]
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
@@ -40,8 +41,8 @@ def sparse_config(
     keeps `prompt_ratio` x `budget` prompt tokens at prefill)."""
     if algorithm == "full":
         return None
-    if algorithm == "rocket":  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
-        return {"algorithm": "rocket", "prompt_budget": prompt_ratio * budget, "topk": budget // 4, "page_size": 4,
+    if algorithm in ("rocket", "rocket_mt"):  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
+        return {"algorithm": algorithm, "prompt_budget": prompt_ratio * budget, "topk": budget // 4, "page_size": 4,
                 "topr": 1.0, "window_size": window_size, "eviction_scope": eviction_scope}  # fmt: skip
     if algorithm == "snapkv":
         return {"algorithm": "snapkv", "prompt_budget": budget, "window_size": min(window_size, budget // 2),
@@ -69,7 +70,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("model", help="checkpoint folder or .gguf file")
-    tasks = [*TASKS, DOC_PPL, LONGBENCH]
+    tasks = [*TASKS, MULTITURN, DOC_PPL, LONGBENCH]
     p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
     p.add_argument("--tp_size", "--tp-size", dest="tp_size", type=int, help="tensor-parallel ranks (GPUs)")
@@ -90,6 +91,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=20, help="samples per task and length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=48, help="tokens generated per answer")
+    p.add_argument("--turns", type=int, default=5, help=f"{MULTITURN}: questions asked in turn about one context")
     p.add_argument("--sweep", action="store_true", help="every --algorithms x --budgets instead of --config's method")
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS)
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
@@ -140,7 +142,7 @@ def evaluate(
     prose: Optional[Corpus] = None,
 ) -> list[dict[str, Any]]:
     rows = []
-    spent = {"attention_bytes": 0.0, "decode_steps": 0}
+    spent = {"attention_bytes": 0.0, "decode_steps": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0}
 
     def add(task: str, length: Any, samples: int, accuracy: Optional[float] = None, ppl: Optional[float] = None):
         row = {"algorithm": label, "budget": budget, "task": task, "length": length, "samples": samples}
@@ -151,7 +153,10 @@ def evaluate(
         steps = now["decode_steps"] - spent["decode_steps"]
         per_step = (now["attention_bytes"] - spent["attention_bytes"]) / steps if steps else 0.0
         row.update(bytes_per_step=per_step, tokens_equivalent_per_step=per_step / llm.engine.backend.token_kv_bytes)
-        spent.update(attention_bytes=now["attention_bytes"], decode_steps=now["decode_steps"])
+        # The share of this cell's prompt tokens the prefix cache served (later turns of a conversation).
+        prompt = now["prompt_tokens"] - spent["prompt_tokens"]
+        row["cached_prompt_fraction"] = (now["cached_prompt_tokens"] - spent["cached_prompt_tokens"]) / max(1, prompt)
+        spent.update({k: now[k] for k in spent})
         rows.append(row)
         shown = f"{accuracy:.1f}%" if ppl is None else f"perplexity {ppl:.3f}"
         print(f"{label:>13} budget={budget or '-':>5} {task:>18} {length:>7}: {shown}")
@@ -174,6 +179,11 @@ def evaluate(
                     add(task, length, len(docs), ppl=perplexity([lp for lp, _ in scored], len(docs) * ns.ppl_tokens))
                     continue
                 in_prose = prose if task in PROSE_ONLY or ns.haystack == "prose" else None
+                if task == MULTITURN:
+                    for turn, accuracy in enumerate(multiturn(llm, ns, length, in_prose), 1):
+                        name = f"{task}@prose" if in_prose is not None else task
+                        add(f"{name}_t{turn}", length, ns.samples, accuracy=accuracy)
+                    continue
                 samples = make_samples(task, length, ns.samples, ns.seed, lambda s: len(tokenizer.encode(s)), in_prose)
                 params = SamplingParams(max_tokens=ns.max_tokens, temperature=0.0)
                 outs = llm.generate([prompt_text(s, tokenizer, ns) for s in samples], params, use_tqdm=True)
@@ -183,11 +193,28 @@ def evaluate(
     return rows
 
 
+def multiturn(llm: LLM, ns: argparse.Namespace, length: int, prose: Optional[Corpus]) -> Iterator[float]:
+    """Accuracy of each turn (yielded as it ends) of conversations over one shared context: each turn's prompt
+    (token ids) is the previous turn's prompt, the model's answer and the next question, so a prefix cache
+    serves all but the new part."""
+    tok = llm.tokenizer
+    convs = make_conversations(length, ns.samples, ns.seed, ns.turns, lambda s: len(tok.encode(s)), prose)
+    params = SamplingParams(max_tokens=ns.max_tokens, temperature=0.0)
+    prompts = [tok.encode(c.opening) for c in convs]
+    for turn in range(ns.turns):
+        outs = llm.generate(prompts, params, use_tqdm=True)
+        yield 100 * sum(c.answers[turn] in o.outputs[0].text for c, o in zip(convs, outs)) / len(convs)
+        if turn + 1 < ns.turns:
+            prompts = [p + list(o.outputs[0].token_ids) + tok.encode(c.follow_ups[turn], add_special_tokens=False)
+                       for p, o, c in zip(prompts, outs, convs)]  # fmt: skip
+
+
 def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     tp = {"tensor_parallel_size": ns.tp_size} if ns.tp_size else {}
     base = LlmArgs.from_yaml(ns.config, model=ns.model, **tp) if ns.config else LlmArgs(model=ns.model, **tp)
     # Prompts land within 2% of their length; a chat template adds its turn markers.
-    longest = max(ns.lengths) * 11 // 10 + 256 + ns.max_tokens
+    turns = ns.turns if MULTITURN in ns.tasks else 1  # each turn adds an answer and a question
+    longest = max(ns.lengths) * 11 // 10 + 256 + turns * (ns.max_tokens + 32)
     if LONGBENCH in ns.tasks:
         window = getattr(open_checkpoint(ns.model).config, "max_position_embeddings", None)
         longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + ns.max_output_length)

@@ -189,3 +189,62 @@ def make_samples(
             chars += int(error / per_char)
         samples.append(sample)
     return samples
+
+
+# ---- multi-turn: one shared context, a question per turn (SCBench's shared-context multi-turn retrieval) ----
+
+MULTITURN = "multiturn"
+
+
+@dataclass
+class Conversation:
+    """A context with one fact per turn; turn t asks for fact t. Each turn's prompt is the whole conversation
+    so far: `opening` (instruction, context, question 1), then for every later turn the model's own answer and
+    `follow_ups[t - 1]`."""
+
+    opening: str
+    follow_ups: list[str]
+    answers: list[str]  # turn t's answer must appear in its generated text
+
+    @property
+    def turns(self) -> int:
+        return len(self.answers)
+
+
+def conversation(n_chars: int, rng: random.Random, turns: int, prose: Optional[Corpus] = None) -> Conversation:
+    keys = list(dict.fromkeys(_key(rng) for _ in range(turns)))
+    while len(keys) < turns:  # a repeated key would make two turns one question
+        keys = list(dict.fromkeys(keys + [_key(rng)]))
+    values = [_value(rng) for _ in keys]
+    facts = [f"The special magic number for {k} is {v}." for k, v in zip(keys, values)]
+    rng.shuffle(facts)
+    asks = [f"What is the special magic number for {k}?" for k in keys]
+    query = Query(facts, asks[0], [values[0]])
+    opening = prompt(query, haystack([query], n_chars, rng, prose))
+    return Conversation(opening, [f"\nQuestion: {q}{ANSWER_CUE}" for q in asks[1:]], values)
+
+
+def make_conversations(
+    length: int,
+    count: int,
+    seed: int,
+    turns: int,
+    count_tokens: Callable[[str], int] = len,
+    prose: Optional[Corpus] = None,
+) -> list[Conversation]:
+    """`count` conversations whose first turn is about `length` tokens by `count_tokens`."""
+    out = []
+    for i in range(count):
+        name = f"{MULTITURN}/{length}/{seed}/{i}/{turns}"
+        small, large = (count_tokens(conversation(n, random.Random(name), turns, prose).opening)
+                        for n in (length, 2 * length))  # fmt: skip
+        per_char = max(1e-6, (large - small) / length)
+        chars = int(length + (length - small) / per_char)
+        for _ in range(4):
+            item = conversation(max(1, chars), random.Random(name), turns, prose)
+            error = length - count_tokens(item.opening)
+            if abs(error) <= length // 50:
+                break
+            chars += int(error / per_char)
+        out.append(item)
+    return out

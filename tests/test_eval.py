@@ -2,7 +2,7 @@ import json
 
 import pytest
 from rocket_trtllm.eval.cli import main
-from rocket_trtllm.eval.tasks import PROSE_ONLY, TASKS, Sample, make_samples
+from rocket_trtllm.eval.tasks import PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
 
 @pytest.mark.parametrize("task", sorted(set(TASKS) - PROSE_ONLY))
@@ -32,7 +32,8 @@ def test_sweep_runs_every_algorithm_and_writes_results(llama_dir, tmp_path, caps
     main([str(llama_dir), "niah_single", "--lengths", "300", "--samples", "2", "--max-tokens", "4",
           "--sweep", "--budgets", "64", "--json", str(out), "--markdown", str(md)])  # fmt: skip
     rows = json.loads(out.read_text())["results"]
-    assert {r["algorithm"] for r in rows} == {"full", "rocket", "snapkv", "quest", "streamingllm", "topk_oracle"}
+    assert {r["algorithm"] for r in rows} == {"full", "rocket", "rocket_mt", "snapkv", "quest", "streamingllm",
+                                              "topk_oracle"}  # fmt: skip
     assert all(0.0 <= r["accuracy"] <= 100.0 and r["samples"] == 2 for r in rows)
     paid = {r["algorithm"]: r["tokens_equivalent_per_step"] for r in rows}
     assert paid["full"] > 300 and paid["rocket"] < paid["full"] and paid["streamingllm"] <= 64
@@ -173,3 +174,28 @@ def test_trtllm_eval_command_shape(tmp_path):
     main([*argv, "--json", str(out)])
     rows = json.loads(out.read_text())["results"]
     assert {r["algorithm"] for r in rows} == {"rocket"} and {r["length"]: r["samples"] for r in rows}["overall"] == 2
+
+
+def test_conversations_are_deterministic_sized_and_ask_each_fact_once():
+    a = make_conversations(800, 3, seed=1, turns=4)
+    assert [c.opening for c in a] == [c.opening for c in make_conversations(800, 3, seed=1, turns=4)]
+    for c in a:
+        assert abs(len(c.opening) - 800) <= 16 and c.turns == 4 and len(c.follow_ups) == 3
+        assert all(answer in c.opening for answer in c.answers) and len(set(c.answers)) == 4
+        asked = [c.opening.rsplit("Question: ", 1)[1]] + [f.split("Question: ", 1)[1] for f in c.follow_ups]
+        assert len(set(asked)) == 4
+
+
+def test_shipped_model_answers_every_turn_and_the_cache_serves_later_turns(tmp_path):
+    from rocket_trtllm.eval import SHIPPED_MODEL
+
+    out = tmp_path / "turns.json"
+    main([str(SHIPPED_MODEL), "multiturn", "--lengths", "1024", "--samples", "2", "--turns", "3",
+          "--max-tokens", "12", "--sweep", "--algorithms", "full", "rocket", "rocket_mt", "--budgets", "128",
+          "--json", str(out)])  # fmt: skip
+    rows = {(r["algorithm"], r["task"]): r for r in json.loads(out.read_text())["results"]}
+    assert [rows["full", f"multiturn_t{t}"]["accuracy"] for t in (1, 2, 3)] == [100.0, 100.0, 100.0]
+    for method in ("full", "rocket_mt"):  # later turns find the conversation so far cached
+        turn1, turn2 = (rows[method, f"multiturn_t{t}"]["cached_prompt_fraction"] for t in (1, 2))
+        assert turn2 > 0.9 and turn2 > turn1  # turn 1 shares only the filler before the first fact
+    assert rows["rocket", "multiturn_t2"]["cached_prompt_fraction"] == 0.0  # eviction: no block reuse

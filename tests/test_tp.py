@@ -54,7 +54,9 @@ def test_two_ranks_equal_one_other_archs(tiny_models, arch):
 
 def test_one_kv_head_is_replicated_over_ranks(tmp_path):
     model = make_tiny_model(tmp_path / "mqa", num_key_value_heads=1, vocab_size=301)  # vocab: a padded slice
-    streaming = next(m for m in METHODS if m and m["algorithm"] == "streamingllm")  # chooses tokens by position only: exact with a query group split over ranks
+    streaming = next(
+        m for m in METHODS if m and m["algorithm"] == "streamingllm"
+    )  # chooses tokens by position only: exact with a query group split over ranks
     assert tokens(model, 2) == tokens(model, 1)
     assert tokens(model, 2, streaming) == tokens(model, 1, streaming)
     with pytest.raises(ConfigError, match="1 KV heads would be replicated over 2 ranks") as e:
