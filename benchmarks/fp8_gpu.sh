@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
+# RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
+# cache (bf16 weights); then the multi-turn TTFT and rocket_mt decode at a 32k history (benchmarks/multiturn.py).
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+source benchmarks/device_env.sh || exit 1
+python3 -m pytest -q -p no:cacheprovider tests/test_fp8.py tests/test_paged_decode.py tests/test_kt_cache.py 2>&1 \
+  | tail -5 | tee "$OUT/tests.txt"
+for kv in auto fp8; do  # the same pool dtype for both methods
+  for name in rocket-long-context dense; do
+    sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
+  done
+done
+B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --input-len 131072 --output-len 128 --batch-size 1"
+for variant in "bf16:auto:" "fp8w:auto:--fp8" "fp8kv:fp8:"; do
+  IFS=: read -r name kv flag <<< "$variant"
+  for method in rocket-long-context dense; do
+    $B $flag --config /tmp/$method-$kv.yaml --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading \
+      | tee "$OUT/128k-$name-$method.txt"
+  done
+done
+python3 benchmarks/multiturn.py --arch llama-3.1-8b --history 32768 --json "$OUT/multiturn.json" 2>&1 \
+  | tee "$OUT/multiturn.txt"
