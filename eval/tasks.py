@@ -6,7 +6,7 @@ whose answer is exactly those facts. The haystack is filler sentences (synthetic
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from .prose import Corpus
 
@@ -168,27 +168,40 @@ def make_samples(
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if task in PROSE_ONLY and prose is None:
         raise ValueError(f"{task} needs real prose for its haystack (rocket-fetch prose, or --prose FILE)")
-    samples = []
-    for i in range(count):
-        name = f"{task}/{length}/{seed}/{i}"
-        # Tokens grow linearly with the haystack's characters: two probes give the size that
-        # lands the prompt on `length` tokens of this tokenizer.
-        small, large = (
-            count_tokens(generate(task, n, random.Random(name), prose).prompt) for n in (length, 2 * length)
+    return [
+        sized(
+            length,
+            count_tokens,
+            lambda n, name=f"{task}/{length}/{seed}/{i}": generate(task, n, random.Random(name), prose),
+            lambda sample: sample.prompt,
+            task,
         )
-        per_char = max(1e-6, (large - small) / length)
-        chars = int(length + (length - small) / per_char)
-        # Prose is denser in some passages than others: a few corrections land within 2%.
-        for _ in range(4):
-            if chars < 1:
-                raise ValueError(f"{task} needs more than {length} tokens for its question and facts")
-            sample = generate(task, chars, random.Random(name), prose)
-            error = length - count_tokens(sample.prompt)
-            if abs(error) <= length // 50:
-                break
-            chars += int(error / per_char)
-        samples.append(sample)
-    return samples
+        for i in range(count)
+    ]
+
+
+T = TypeVar("T")
+
+
+def sized(length: int, count_tokens: Callable[[str], int], build: Callable[[int], T], text: Callable[[T], str],
+          what: str) -> T:  # fmt: skip
+    """`build(n_chars)` for the haystack size whose `text` is about `length` tokens by `count_tokens`.
+
+    Tokens grow linearly with the haystack's characters: two probes give the size that lands the prompt on
+    `length` tokens of this tokenizer; prose is denser in some passages than others, so a few corrections
+    land within 2%."""
+    small, large = (count_tokens(text(build(n))) for n in (length, 2 * length))
+    per_char = max(1e-6, (large - small) / length)
+    chars = int(length + (length - small) / per_char)
+    for _ in range(4):
+        if chars < 1:
+            raise ValueError(f"{what} needs more than {length} tokens for its question and facts")
+        item = build(chars)
+        error = length - count_tokens(text(item))
+        if abs(error) <= length // 50:
+            break
+        chars += int(error / per_char)
+    return item
 
 
 # ---- multi-turn: one shared context, a question per turn (SCBench's shared-context multi-turn retrieval) ----
@@ -233,18 +246,15 @@ def make_conversations(
     prose: Optional[Corpus] = None,
 ) -> list[Conversation]:
     """`count` conversations whose first turn is about `length` tokens by `count_tokens`."""
-    out = []
-    for i in range(count):
-        name = f"{MULTITURN}/{length}/{seed}/{i}/{turns}"
-        small, large = (count_tokens(conversation(n, random.Random(name), turns, prose).opening)
-                        for n in (length, 2 * length))  # fmt: skip
-        per_char = max(1e-6, (large - small) / length)
-        chars = int(length + (length - small) / per_char)
-        for _ in range(4):
-            item = conversation(max(1, chars), random.Random(name), turns, prose)
-            error = length - count_tokens(item.opening)
-            if abs(error) <= length // 50:
-                break
-            chars += int(error / per_char)
-        out.append(item)
-    return out
+    return [
+        sized(
+            length,
+            count_tokens,
+            lambda n, name=f"{MULTITURN}/{length}/{seed}/{i}/{turns}": conversation(
+                n, random.Random(name), turns, prose
+            ),
+            lambda c: c.opening,
+            MULTITURN,
+        )  # fmt: skip
+        for i in range(count)
+    ]
