@@ -15,7 +15,7 @@ DEFAULTS = dict(
     page_size=4,
     kt_cache_dtype="float8_e5m2",
 )
-OURS = dict(eviction_scope="kv_head")  # fields TensorRT-LLM's class does not have
+OURS = dict(eviction_scope="kv_head", token_budget=None, token_budget_len=32768)  # fields TensorRT-LLM's class lacks
 
 
 def test_defaults_match_tensorrt_llm():

@@ -1,12 +1,13 @@
 """Config classes of the built-in methods. RocketSparseAttentionConfig has the fields, defaults and
 checks of TensorRT-LLM's class of that name; the baselines reuse its stage-1 and stage-2 fields."""
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from ..errors import ConfigError
 from .registry import BaseSparseAttentionConfig
+from .token_budget import kept_tokens, split
 
 if TYPE_CHECKING:
     from ..runtime.kv_cache import ModelShape
@@ -125,12 +126,51 @@ class PageSelectionFields(BaseSparseAttentionConfig):
             )
 
 
-class RocketSparseAttentionConfig(EvictionFields, PageSelectionFields):
+class TokenBudgetFields(EvictionFields, PageSelectionFields):
+    """RocketKV's fields, or one `token_budget` they are derived from (the official implementation's split)."""
+
+    token_budget: Optional[int] = Field(
+        default=None,
+        description="Attention's K/V traffic per decode step, in tokens; when set, stage 1 keeps L / c^alpha of "
+        "each L-token prompt (c = L / token_budget) and page_size, topr and topk come from the split at "
+        "token_budget_len tokens (token_budget.py); leave those four fields unset then.",
+    )
+    token_budget_len: int = Field(
+        default=32768, description="The sequence length the page size, top-r and top-k are derived at."
+    )
+
+    @model_validator(mode="after")
+    def _derive(self) -> "TokenBudgetFields":
+        if self.token_budget is None:
+            return self
+        clash = sorted({"prompt_budget", "page_size", "topr", "topk"} & self.model_fields_set)
+        if clash:
+            raise ConfigError("cannot be set with token_budget, which derives prompt_budget, page_size, topr and topk",
+                              clash[0])  # fmt: skip
+        if self.token_budget <= 2 * self.window_size:
+            raise ConfigError(f"{self.token_budget} must be > 2 x window_size ({self.window_size})", "token_budget")
+        # Top-r as a fraction of the model's head_dim: page / c2 (c2 = kept / token_budget), at most all of it.
+        s = split(self.token_budget_len, self.token_budget, 1)
+        topr = min(1.0, s.page_size * self.token_budget / s.kept)
+        fields = {"prompt_budget": s.kept, "page_size": s.page_size, "topk": s.topk, "topr": topr}
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        return self
+
+    def prompt_budget_for(self, prompt_len: int) -> int:
+        """Prompt tokens stage 1 keeps of a `prompt_len`-token prompt."""
+        if self.token_budget is None:
+            return self.prompt_budget
+        return kept_tokens(prompt_len, self.token_budget)
+
+
+class RocketSparseAttentionConfig(TokenBudgetFields):
     """RocketKV: SnapKV++ eviction of prompt tokens at prefill, then top-k KT-page selection at decode.
 
     Example::
 
         RocketSparseAttentionConfig(prompt_budget=2048, topk=64, page_size=4)
+        RocketSparseAttentionConfig(token_budget=256)  # the official split of one budget
     """
 
     algorithm: Literal["rocket"] = "rocket"

@@ -4,18 +4,18 @@ turn's working set from that whole history with this turn's last queries; decode
 the working set plus the tokens generated in the turn. The next turn's prompt (history, answer, new question)
 finds the history cached, prefills only what is new, and chooses its own working set from everything.
 
-Official page size ceil(sqrt(c)) and top-r head_dim * page / c for a compression ratio c are not derived here:
-the fields are RocketKV's, set them for the budget (issue 18's `token_budget` will derive them).
+The fields are RocketKV's, `token_budget` included (the official implementation's MT page size is ceil(sqrt(c))
+and top-r head_dim * page / c; with `token_budget` ours uses RocketKV's split).
 """
 
 from typing import ClassVar, Literal
 
-from .configs import EvictionFields, PageSelectionFields
+from .configs import TokenBudgetFields
 from .registry import register_sparse_attention
 from .rocket import RocketAttention
 
 
-class RocketMTSparseAttentionConfig(EvictionFields, PageSelectionFields):
+class RocketMTSparseAttentionConfig(TokenBudgetFields):
     """RocketKV-MT: RocketKV's fields; the prompt's K/V stay whole for later turns (block reuse allowed)."""
 
     algorithm: Literal["rocket_mt"] = "rocket_mt"

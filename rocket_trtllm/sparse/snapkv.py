@@ -12,16 +12,18 @@ class SnapKVAttention(AttentionBackend):
     reduces_query_groups = True
 
     def kept_len(self, prompt_len: int) -> int:
-        return min(prompt_len, self.config.prompt_budget)
+        budget = getattr(self.config, "prompt_budget_for", None)
+        return min(prompt_len, budget(prompt_len) if budget else self.config.prompt_budget)
 
     def compress_prompt(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        if k.shape[1] <= c.prompt_budget:
+        budget = self.kept_len(k.shape[1])
+        if k.shape[1] <= budget:
             return k, v
         window = min(c.window_size, q.shape[1])  # past a cached prefix, the queries computed this turn
-        idx = keep_indices(q, k, window, c.kernel_size, c.prompt_budget, self.scale, c.eviction_scope,
+        idx = keep_indices(q, k, window, c.kernel_size, budget, self.scale, c.eviction_scope,
                            self.comm.all_reduce)  # fmt: skip
         return gather_kept(k, idx), gather_kept(v, idx)
 
