@@ -56,6 +56,18 @@ def sparse_config(
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
+def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32) -> Optional[dict[str, Any]]:
+    """The config whose decode step reads about `budget` tokens' worth of K/V bytes at `length` tokens: RocketKV
+    by the official split (token_budget), SnapKV keeping `budget` tokens, Quest's attended pages plus its page
+    bounds (one page's fp16 min/max over every channel weighs one token of K/V), StreamingLLM's window. The
+    oracle reads every key to choose (it cannot match; it stays the upper bound at `budget` tokens)."""
+    if algorithm in ("rocket", "rocket_mt"):
+        return {"algorithm": algorithm, "token_budget": budget, "token_budget_len": length, "window_size": window_size}
+    if algorithm == "quest":
+        return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
+    return sparse_config(algorithm, budget, window_size)
+
+
 def trtllm_shape(argv: list[str]) -> list[str]:
     """trtllm-eval's `--model M [options] TASK [task options]` as our `M TASK [options]`."""
     for flag in ("--model", "--model_path"):
@@ -101,6 +113,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="--sweep: rocket and snapkv keep tokens per KV head (the paper) or per layer")  # fmt: skip
     p.add_argument("--prompt-ratio", type=int, default=8,
                    help="--sweep: rocket keeps this many times the budget of the prompt at prefill (>= 2)")  # fmt: skip
+    p.add_argument("--budget-mode", choices=["nominal", "bytes"], default="nominal",
+                   help="--sweep: nominal = each method's own reading of the budget (above); bytes = every method "
+                   "reads about the budget's K/V bytes per decode step, RocketKV by the official split (token_budget "
+                   "at the longest --lengths)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
@@ -226,7 +242,10 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
-            cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
+            if ns.budget_mode == "bytes":
+                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size)
+            else:
+                cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})

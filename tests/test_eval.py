@@ -199,3 +199,13 @@ def test_shipped_model_answers_every_turn_and_the_cache_serves_later_turns(tmp_p
         turn1, turn2 = (rows[method, f"multiturn_t{t}"]["cached_prompt_fraction"] for t in (1, 2))
         assert turn2 > 0.9 and turn2 > turn1  # turn 1 shares only the filler before the first fact
     assert rows["rocket", "multiturn_t2"]["cached_prompt_fraction"] == 0.0  # eviction: no block reuse
+
+
+def test_bytes_mode_gives_methods_about_the_same_bytes(llama_dir, tmp_path):
+    out = tmp_path / "bytes.json"
+    main([str(llama_dir), "niah_single", "--lengths", "600", "--samples", "2", "--max-tokens", "4", "--sweep",
+          "--budget-mode", "bytes", "--budgets", "128", "--algorithms", "rocket", "snapkv", "quest",
+          "--window-size", "8", "--json", str(out)])  # fmt: skip
+    paid = {r["algorithm"]: r["tokens_equivalent_per_step"] for r in json.loads(out.read_text())["results"]}
+    assert paid["snapkv"] <= 128 + 4 and 64 <= paid["quest"] <= 128 + 16  # the budget, give or take a page
+    assert 64 <= paid["rocket"] <= 256  # B/2 tokens plus its page bounds (every channel: more than the official)
