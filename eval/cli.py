@@ -29,7 +29,9 @@ from .prose import Corpus
 from .report import LONGBENCH, write
 from .tasks import MULTITURN, PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
-ALGORITHMS = ["full", "rocket", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"]
+ALGORITHMS = ["full", "rocket", "rocket_official", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"]
+# rocket with the official implementation's stage-2 scoring (one bound per channel by sign, SparQ's temperature)
+OFFICIAL_SCORING = {"stage2_bound": "sign", "stage2_temperature": True}
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
@@ -41,6 +43,8 @@ def sparse_config(
     keeps `prompt_ratio` x `budget` prompt tokens at prefill)."""
     if algorithm == "full":
         return None
+    if algorithm == "rocket_official":
+        return {**sparse_config("rocket", budget, window_size, eviction_scope, prompt_ratio), **OFFICIAL_SCORING}
     if algorithm in ("rocket", "rocket_mt"):  # TensorRT-LLM's defaults keep 8x the decode budget after eviction
         return {"algorithm": algorithm, "prompt_budget": prompt_ratio * budget, "topk": budget // 4, "page_size": 4,
                 "topr": 1.0, "window_size": window_size, "eviction_scope": eviction_scope}  # fmt: skip
@@ -61,8 +65,10 @@ def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32
     by the official split (token_budget), SnapKV keeping `budget` tokens, Quest's attended pages plus its page
     bounds (one page's fp16 min/max over every channel weighs one token of K/V), StreamingLLM's window. The
     oracle reads every key to choose (it cannot match; it stays the upper bound at `budget` tokens)."""
-    if algorithm in ("rocket", "rocket_mt"):
-        return {"algorithm": algorithm, "token_budget": budget, "token_budget_len": length, "window_size": window_size}
+    if algorithm in ("rocket", "rocket_mt", "rocket_official"):
+        scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
+        return {"algorithm": algorithm.removesuffix("_official"), "token_budget": budget, "token_budget_len": length,
+                "window_size": window_size, **scoring}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
     return sparse_config(algorithm, budget, window_size)

@@ -4,6 +4,11 @@ Each query head bounds its logit over every page from the page's key min/max; a 
 pages by the sum over its query heads of their softmax weights over those bounds (computed in log
 space, so far pages do not tie at zero). Summing the raw bounds instead lets one head's large logits
 drown the others': on the shipped model that loses the question's pages (EVAL.md).
+
+The official implementation's variant (`sign_select`, `temperature`): each channel reads one bound, the max
+where the query summed over the group is positive and the min elsewhere (an estimate rather than a bound for a
+head whose sign differs), and each head's softmax runs at SparQ's temperature sqrt(d * |q_hat|_1 / |q|_1)
+(q_hat: the query on its top-r channels) instead of sqrt(d).
 """
 
 import torch
@@ -18,6 +23,7 @@ def kt_head_bounds_ref(
     block_tables: torch.Tensor,
     num_pages: torch.Tensor,
     topr: int,
+    sign_select: bool = False,
 ) -> torch.Tensor:
     """Upper bound of q.k over each page, per query head: sum_c max(q_c*min_c, q_c*max_c).
 
@@ -31,7 +37,12 @@ def kt_head_bounds_ref(
     qg = topr_query(q, kt_min.shape[1], topr)
     lo = _pages(kt_min, block_tables).nan_to_num()
     hi = _pages(kt_max, block_tables).nan_to_num()
-    bounds = torch.einsum("bhgd,bhpd->bhgp", qg.clamp(min=0), hi) + torch.einsum("bhgd,bhpd->bhgp", qg.clamp(max=0), lo)
+    if sign_select:  # one bound per channel, by the sign of the group's summed query
+        up = qg.sum(2, keepdim=True) >= 0
+        q_hi, q_lo = qg * up, qg * ~up
+    else:
+        q_hi, q_lo = qg.clamp(min=0), qg.clamp(max=0)
+    bounds = torch.einsum("bhgd,bhpd->bhgp", q_hi, hi) + torch.einsum("bhgd,bhpd->bhgp", q_lo, lo)
     bounds = bounds.reshape(batch, q_heads, -1)
     pages = torch.arange(bounds.shape[-1], device=q.device)
     return bounds.masked_fill(pages[None, None, :] >= num_pages[:, None, None], float("-inf"))
@@ -51,12 +62,26 @@ def topr_query(q: torch.Tensor, kv_heads: int, topr: int) -> torch.Tensor:
     return qg
 
 
-def group_page_scores(bounds: torch.Tensor, kv_heads: int, scale: float) -> torch.Tensor:
+def head_scales(q: torch.Tensor, kv_heads: int, topr: int, temperature: bool) -> torch.Tensor:
+    """Each query head's softmax scale over its page estimates: 1/sqrt(d), or with `temperature`
+    1/sqrt(d * |q_hat|_1 / |q|_1) (SparQ's correction for the channels top-r drops). -> [batch, q_heads] float32"""
+    batch, q_heads, d = q.shape
+    if not temperature or topr >= d:
+        return torch.full((batch, q_heads), d**-0.5, device=q.device)
+    kept = topr_query(q, kv_heads, topr).reshape(batch, q_heads, d).abs().sum(-1)
+    share = kept / q.float().abs().sum(-1).clamp_min(1e-30)
+    return (d * share.clamp_min(1e-30)) ** -0.5
+
+
+def group_page_scores(bounds: torch.Tensor, kv_heads: int, scale: "float | torch.Tensor") -> torch.Tensor:
     """log sum over a KV head's query heads of softmax(scale * bounds) over the pages.
 
-    bounds: [batch, q_heads, max_pages] (-inf past each sequence) -> [batch, kv_heads, max_pages] (same -inf)
+    bounds: [batch, q_heads, max_pages] (-inf past each sequence); scale: a float or [batch, q_heads]
+    -> [batch, kv_heads, max_pages] (same -inf)
     """
     batch, q_heads, max_pages = bounds.shape
+    if isinstance(scale, torch.Tensor):
+        scale = scale[..., None]
     weights = torch.log_softmax(bounds * scale, dim=-1)
     return weights.view(batch, kv_heads, q_heads // kv_heads, max_pages).logsumexp(2)
 
@@ -68,13 +93,16 @@ def kt_page_scores_ref(
     block_tables: torch.Tensor,
     num_pages: torch.Tensor,
     topr: int,
+    sign_select: bool = False,
+    temperature: bool = False,
 ) -> torch.Tensor:
-    """Each KV head's page scores (`group_page_scores` of `kt_head_bounds_ref`, scale 1/sqrt(head_dim)).
+    """Each KV head's page scores (`group_page_scores` of `kt_head_bounds_ref` at `head_scales`).
 
     -> [batch, kv_heads, max_blocks * pages_per_block] (-inf past each sequence's last page)
     """
-    bounds = kt_head_bounds_ref(q, kt_min, kt_max, block_tables, num_pages, topr)
-    return group_page_scores(bounds, kt_min.shape[1], q.shape[-1] ** -0.5)
+    bounds = kt_head_bounds_ref(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)
+    kv_heads = kt_min.shape[1]
+    return group_page_scores(bounds, kv_heads, head_scales(q, kv_heads, topr, temperature))
 
 
 def _pages(kt: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
@@ -104,9 +132,12 @@ def predict_pages_ref(
     num_pages: torch.Tensor,
     topr: int,
     topk: int,
+    sign_select: bool = False,
+    temperature: bool = False,
 ) -> torch.Tensor:
     """Stage 2's prediction: score every page from the KT cache, keep the best `topk` and the newest."""
-    return select_pages_ref(kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr), num_pages, topk)
+    scores = kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature)
+    return select_pages_ref(scores, num_pages, topk)
 
 
 # ---- Triton: two passes over the pages, each program owning a chunk of one (sequence, KV head).
@@ -118,10 +149,10 @@ if triton is not None:
 
     @triton.jit
     def _kt_bounds_kernel(
-        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr,
-        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks, scale,
+        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr,
+        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, DOT: tl.constexpr,
+        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -137,8 +168,14 @@ if triton is not None:
             ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
             keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
             q = tl.where(keep[None, :], q, 0.0)
-        qp = tl.maximum(q, 0.0).to(DOT)
-        qn = tl.minimum(q, 0.0).to(DOT)
+        if SIGN:  # one bound per channel, by the sign of the group's summed query
+            up = tl.sum(q, 0) >= 0
+            qp = tl.where(up[None, :], q, 0.0).to(DOT)
+            qn = tl.where(up[None, :], 0.0, q).to(DOT)
+        else:
+            qp = tl.maximum(q, 0.0).to(DOT)
+            qn = tl.minimum(q, 0.0).to(DOT)
+        scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
         n_pages = tl.load(pages_ptr + b)
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
@@ -154,8 +191,8 @@ if triton is not None:
             bound = tl.where(ok[None, :], bound, float("-inf"))
             row = (h * G + g)[:, None] * so_h
             tl.store(out_ptr + b * so_b + row + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < max_pages))
-            m_new = tl.maximum(m, tl.max(bound, 1) * scale)
-            total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale - m_new[:, None]), 1)
+            m_new = tl.maximum(m, tl.max(bound * scale[:, None], 1))
+            total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale[:, None] - m_new[:, None]), 1)
             m = m_new
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
@@ -163,8 +200,8 @@ if triton is not None:
 
     @triton.jit
     def _group_scores_kernel(
-        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr,
-        sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks, scale,
+        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr,
+        sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
@@ -178,13 +215,14 @@ if triton is not None:
         pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
         top = tl.max(pm, 1)
         lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
+        scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
         n_pages = tl.load(pages_ptr + b)
         start = tl.program_id(2) * chunk
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
                             mask=heads & (p[None, :] < max_pages), other=0.0)  # fmt: skip
-            w = tl.where(heads, bound * scale - lse[:, None], float("-inf"))  # log softmax weights
+            w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))  # log softmax weights
             w_max = tl.max(w, 0)
             score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
             score = tl.where(p < n_pages, score, float("-inf"))
@@ -201,7 +239,7 @@ if triton is not None:
 _BLOCK_P = 64  # pages per tile in both passes
 
 
-def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN202
+def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
     require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1):
@@ -219,40 +257,43 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: A
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
     part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
+    scales = head_scales(q, kv_heads, topr, temperature).contiguous()
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
-        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l,
+        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, scales,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
-        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks, d**-0.5,
+        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype],
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select,
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk
+    return bounds, part_m, part_l, chunk, scales
 
 
-def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr):  # noqa: ANN001, ANN201
+def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
     """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
-    return _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)[0]
+    return _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)[0]
 
 
-def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=False):  # noqa: ANN001, ANN201
+def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False,  # noqa: ANN001, ANN201
+                   newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr)
+    bounds, part_m, part_l, chunk, scales = _launch_bounds(
+        q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
+    )
     batch, q_heads, max_pages = bounds.shape
     kv_heads = kt_min.shape[1]
     n_chunks = part_m.shape[-1]
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
-        bounds, part_m, part_l, num_pages, out,
+        bounds, part_m, part_l, num_pages, out, scales,
         bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
-        q.shape[-1] ** -0.5,
         G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
         C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest,
     )  # fmt: skip
     return out
 
 
-def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk):  # noqa: ANN001, ANN201
+def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
     """Triton version of `predict_pages_ref`: the two scoring kernels, then torch's top-k."""
-    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, newest=True)
+    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature, newest=True)
     return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices

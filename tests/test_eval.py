@@ -32,8 +32,8 @@ def test_sweep_runs_every_algorithm_and_writes_results(llama_dir, tmp_path, caps
     main([str(llama_dir), "niah_single", "--lengths", "300", "--samples", "2", "--max-tokens", "4",
           "--sweep", "--budgets", "64", "--json", str(out), "--markdown", str(md)])  # fmt: skip
     rows = json.loads(out.read_text())["results"]
-    assert {r["algorithm"] for r in rows} == {"full", "rocket", "rocket_mt", "snapkv", "quest", "streamingllm",
-                                              "topk_oracle"}  # fmt: skip
+    assert {r["algorithm"] for r in rows} == {"full", "rocket", "rocket_official", "rocket_mt", "snapkv", "quest",
+                                              "streamingllm", "topk_oracle"}  # fmt: skip
     assert all(0.0 <= r["accuracy"] <= 100.0 and r["samples"] == 2 for r in rows)
     paid = {r["algorithm"]: r["tokens_equivalent_per_step"] for r in rows}
     assert paid["full"] > 300 and paid["rocket"] < paid["full"] and paid["streamingllm"] <= 64
@@ -204,7 +204,7 @@ def test_shipped_model_answers_every_turn_and_the_cache_serves_later_turns(tmp_p
 def test_bytes_mode_gives_methods_about_the_same_bytes(llama_dir, tmp_path):
     out = tmp_path / "bytes.json"
     main([str(llama_dir), "niah_single", "--lengths", "600", "--samples", "2", "--max-tokens", "4", "--sweep",
-          "--budget-mode", "bytes", "--budgets", "128", "--algorithms", "rocket", "snapkv", "quest",
+          "--budget-mode", "bytes", "--budgets", "128", "--algorithms", "rocket", "rocket_official", "snapkv", "quest",
           "--window-size", "8", "--json", str(out)])  # fmt: skip
     paid = {r["algorithm"]: r["tokens_equivalent_per_step"] for r in json.loads(out.read_text())["results"]}
     assert paid["snapkv"] <= 128 + 4 and 64 <= paid["quest"] <= 128 + 16  # the budget, give or take a page

@@ -141,6 +141,42 @@ def test_triton_page_scores_match_reference(dtype, topr, group, lens):
     assert torch.equal(predict_pages(q, lo, hi, tables, pages, topr, topk=6).sort(-1).values, want)
 
 
+@pytest.mark.parametrize("sign_select,temperature", [(True, False), (False, True), (True, True)])
+def test_triton_official_variant_matches_reference(sign_select, temperature):
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(3)
+    lo = torch.randn(10, 2, 4, 16, generator=gen)
+    hi = lo + torch.rand(lo.shape, generator=gen)
+    tables = torch.randperm(10, generator=gen)[:8].view(2, 4).int()
+    pages = torch.tensor([13, 6])
+    q = torch.randn(2, 8, 16, generator=gen)
+    args = [t.to(device) for t in (q, lo, hi, tables, pages)]
+    want = kt_page_scores_ref(q, lo, hi, tables, pages, 8, sign_select, temperature)
+    got = kt_page_scores(*args, 8, sign_select, temperature).cpu()
+    assert torch.equal(got.isinf(), want.isinf())
+    assert torch.allclose(got, want, atol=1e-4)
+    want = predict_pages_ref(q, lo, hi, tables, pages, 8, 3, sign_select, temperature).sort(-1).values
+    assert torch.equal(predict_pages(*args, 8, 3, sign_select, temperature).sort(-1).values.cpu(), want)
+
+
+def test_official_variant_properties():
+    """One query head per KV head: the sign-selected bound is the two-sided bound. Every channel kept: SparQ's
+    temperature is sqrt(d). Fewer channels: a sharper softmax (|q_hat|_1 < |q|_1)."""
+    from rocket_trtllm.kernels.kt_predict import head_scales
+
+    gen = torch.Generator().manual_seed(4)
+    lo = torch.randn(6, 4, 2, 16, generator=gen)
+    hi = lo + torch.rand(lo.shape, generator=gen)
+    tables, pages = torch.arange(6).view(1, 6).int(), torch.tensor([12])
+    q = torch.randn(1, 4, 16, generator=gen)
+    both = kt_head_bounds_ref(q, lo, hi, tables, pages, 16)
+    assert torch.allclose(kt_head_bounds_ref(q, lo, hi, tables, pages, 16, sign_select=True), both)
+    assert torch.allclose(head_scales(q, 4, 16, temperature=True), torch.full((1, 4), 0.25))
+    assert (head_scales(q, 4, 4, temperature=True) > 0.25).all()
+
+
 @pytest.mark.parametrize("kt_dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2])
 @pytest.mark.parametrize("page", [1, 4, 8])
 def test_triton_store_token_matches_reference(kt_dtype, page):

@@ -15,7 +15,9 @@ DEFAULTS = dict(
     page_size=4,
     kt_cache_dtype="float8_e5m2",
 )
-OURS = dict(eviction_scope="kv_head", token_budget=None, token_budget_len=32768)  # fields TensorRT-LLM's class lacks
+OURS = dict(
+    eviction_scope="kv_head", token_budget=None, token_budget_len=32768, stage2_bound="both", stage2_temperature=False
+)  # fields TensorRT-LLM's class lacks
 
 
 def test_defaults_match_tensorrt_llm():

@@ -167,3 +167,12 @@ def test_decode_read_bytes_by_hand(llama_dir, sparse, expected):
     assert snap["meanAttentionTokensEquivalentPerStep"] * 512 == pytest.approx(snap["meanAttentionBytesPerStep"])
     if sparse is None:
         assert snap["meanAttentionTokensEquivalentPerStep"] == snap["meanTokensAttendedPerStep"]
+
+
+def test_official_stage2_scoring_with_a_covering_budget_equals_dense(llama_dir, dense):
+    rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=128, page_size=4, topr=8, stage2_bound="sign",
+                                         stage2_temperature=True)  # fmt: skip
+    assert [r.token_ids for r in run(llama_dir, rocket)] == [d.token_ids for d in dense]
+    small = RocketSparseAttentionConfig(prompt_budget=64, window_size=8, topk=4, page_size=4, topr=8,
+                                        stage2_bound="sign", stage2_temperature=True)  # fmt: skip
+    assert all(len(r.token_ids) == 16 for r in run(llama_dir, small))

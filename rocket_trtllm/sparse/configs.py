@@ -76,6 +76,17 @@ class PageSelectionFields(BaseSparseAttentionConfig):
     topk: int = Field(default=64, description="KT pages selected per decode step, per KV head.")
     page_size: int = Field(default=4, description="Tokens per KT page (power of two).")
     kt_cache_dtype: str = Field(default="float8_e5m2", description="Storage type of the KT cache's min/max.")
+    stage2_bound: Literal["both", "sign"] = Field(
+        default="both",
+        description="ours: how a page's logit is estimated per channel: both = the bound max(q*min, q*max) "
+        "(TensorRT-LLM's); sign = the official implementation's one bound, max or min by the sign of the query "
+        "summed over the GQA group.",
+    )
+    stage2_temperature: bool = Field(
+        default=False,
+        description="ours: each query head's softmax over its page estimates at SparQ's temperature "
+        "sqrt(head_dim * |q_hat|_1 / |q|_1) (the official implementation) instead of sqrt(head_dim).",
+    )
 
     @field_validator("topk")
     @classmethod

@@ -74,7 +74,9 @@ class PageSelectionAttention(AttentionBackend):
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size
         predict = predict_pages if self.use_kernels else predict_pages_ref
-        pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk)
+        c = self.config
+        pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk,
+                        c.stage2_bound == "sign", c.stage2_temperature)  # fmt: skip
         attend = sparse_decode if self.use_kernels else sparse_decode_ref
         lens, page = meta.cache_lens, self.page_size
         return self.read_kv(layer, lambda k, v, scale: attend(q, k, v, tables, pages, lens, page, scale))
