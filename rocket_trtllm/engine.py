@@ -49,6 +49,8 @@ class LLMEngine:
         """`comm` is given to a worker rank's engine; rank 0 (the caller's) starts the workers itself."""
         self.args = args
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # rank 0's GPU, by index for NCCL
         self.checkpoint = open_checkpoint(args.model)
         self.hf_config = self.checkpoint.config
         self.workers: Optional[Workers] = None

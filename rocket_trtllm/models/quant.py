@@ -58,7 +58,7 @@ class Fp8(Unquantized):
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
     ) -> torch.Tensor:
-        if x.is_cuda and _scaled_mm_supported(x.device):
+        if x.is_cuda and x.dtype == torch.bfloat16 and _scaled_mm_supported(x.device):  # row-wise scales: bf16 out
             return fp8_linear_cuda(x, weight, scale, bias, reduce_amax)
         return fp8_linear_ref(x, weight, scale, bias, reduce_amax)
 
