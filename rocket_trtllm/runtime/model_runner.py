@@ -1,19 +1,21 @@
 """Tensors in, logits out: packs a batch for the model and runs it, decode steps as CUDA graphs."""
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..models.llama import CausalLM
 from .attention import AttentionBackend, AttentionMetadata
 from .kv_cache import KVCachePool
 from .scheduler import Batch
+
+if TYPE_CHECKING:  # the models sit above the runtime (they call its attention backends)
+    from ..models.llama import CausalLM
 
 
 class ModelRunner:
     def __init__(
         self,
-        model: CausalLM,
+        model: "CausalLM",
         backend: AttentionBackend,
         pool: KVCachePool,
         device: torch.device,
