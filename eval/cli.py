@@ -242,6 +242,12 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
         longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + ns.max_output_length)
     base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
                                    "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
+    kv = base.kv_cache_config
+    if MULTITURN in ns.tasks and kv.max_tokens is None:
+        # Every conversation's history stays cached until its next turn (the CPU's default pool holds ~4 prompts;
+        # on a GPU this is only an upper bound on what memory gives).
+        kv = kv.model_copy(update={"max_tokens": (ns.samples + 1) * longest})
+        base = base.model_copy(update={"kv_cache_config": kv})
     if not ns.sweep:
         sparse = base.sparse_attention_config
         return [(sparse.algorithm if sparse else "full", None, base)]

@@ -190,7 +190,7 @@ def test_shipped_model_answers_every_turn_and_the_cache_serves_later_turns(tmp_p
     from rocket_trtllm.eval import SHIPPED_MODEL
 
     out = tmp_path / "turns.json"
-    main([str(SHIPPED_MODEL), "multiturn", "--lengths", "1024", "--samples", "2", "--turns", "3",
+    main([str(SHIPPED_MODEL), "multiturn", "--lengths", "1024", "--samples", "6", "--turns", "3",
           "--max-tokens", "12", "--sweep", "--algorithms", "full", "rocket", "rocket_mt", "--budgets", "128",
           "--json", str(out)])  # fmt: skip
     rows = {(r["algorithm"], r["task"]): r for r in json.loads(out.read_text())["results"]}
