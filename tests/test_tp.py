@@ -166,12 +166,14 @@ def test_rocket_serve_tp_size_and_ctrl_c(tmp_path):
                                "--config", str(config), "--port", str(port), "--log_level", "warning"])  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
+        deadline = time.monotonic() + 600  # a bound for a hang: wait for the server's state, not a time
+        while server.poll() is None and time.monotonic() < deadline:
             try:
                 if httpx.get(base + "/health").status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none")
         got = client.completions.create(model="model", prompt="Once upon a time", max_tokens=8, temperature=0)
         assert got.choices[0].text == want

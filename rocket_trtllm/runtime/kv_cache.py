@@ -25,10 +25,12 @@ class ModelShape:
         return self.num_heads // self.num_kv_heads
 
 
-def block_hashes(tokens: list[int], tokens_per_block: int) -> list[bytes]:
-    """One hash per full block of `tokens`, each covering its tokens and every block before it."""
-    out, parent = [], b""
-    for i in range(len(tokens) // tokens_per_block):
+def block_hashes(tokens: list[int], tokens_per_block: int, known: list[bytes] = ()) -> list[bytes]:
+    """One hash per full block of `tokens`, each covering its tokens and every block before it (`known`: the first
+    blocks' hashes, already computed)."""
+    out = list(known)
+    parent = out[-1] if out else b""
+    for i in range(len(out), len(tokens) // tokens_per_block):
         block = array("q", tokens[i * tokens_per_block : (i + 1) * tokens_per_block]).tobytes()
         parent = hashlib.sha256(parent + block).digest()
         out.append(parent)

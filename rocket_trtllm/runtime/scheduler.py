@@ -95,19 +95,26 @@ class Scheduler:
         least one prompt token is left to compute (its logits start the output)."""
         if not self.pool.allocator.reuse:
             return [], 0
-        bs = self.pool.tokens_per_block
-        hashes = block_hashes(seq.prompt_token_ids[: (seq.prompt_len - 1) // bs * bs], bs)
+        hashes = self._prompt_hashes(seq)[: (seq.prompt_len - 1) // self.pool.tokens_per_block]
         return self.pool.allocator.match(hashes), len(hashes)
+
+    def _prompt_hashes(self, seq: Sequence) -> list[bytes]:
+        # Once per request: a request waiting for room is looked up again at every step.
+        if seq.prompt_hashes is None:
+            seq.prompt_hashes = block_hashes(seq.prompt_token_ids, self.pool.tokens_per_block)
+        return seq.prompt_hashes
 
     def cache_blocks(self, seq: Sequence) -> None:
         """Offer `seq`'s full blocks of computed tokens to the prefix cache (with a history: its prompt's)."""
-        bs = self.pool.tokens_per_block
-        if seq.keeps_history:
-            prompt = seq.prompt_token_ids[: seq.prompt_len // bs * bs] if seq.cache_len else []
-            self.pool.allocator.register(seq.history_table, block_hashes(prompt, bs))
+        if not self.pool.allocator.reuse or not seq.cache_len:
             return
-        tokens = (seq.prompt_token_ids + seq.output_token_ids)[: seq.cache_len // bs * bs]
-        self.pool.allocator.register(seq.block_table, block_hashes(tokens, bs))
+        bs, prompt = self.pool.tokens_per_block, self._prompt_hashes(seq)
+        if seq.keeps_history:
+            self.pool.allocator.register(seq.history_table, prompt)
+            return
+        full = seq.cache_len // bs
+        tokens = (seq.prompt_token_ids + seq.output_token_ids)[: full * bs]
+        self.pool.allocator.register(seq.block_table, block_hashes(tokens, bs, prompt[:full]))
 
     def finish(self, seq: Sequence) -> None:
         """Take `seq` out of the queues and return its blocks (and unused reservation) to the pool."""

@@ -29,6 +29,7 @@ class Sequence:
     cache_len: int = 0  # tokens whose K/V sit in the cache (after eviction, the same for every layer)
     kept_prompt_len: int = 0
     cached_len: int = 0  # leading prompt tokens whose K/V came from the prefix cache (not computed)
+    prompt_hashes: Optional[list[bytes]] = None  # the prompt's full blocks' prefix-cache keys, computed once
     # Methods that keep the whole prompt's K/V for later turns beside a per-request working set (rocket_mt):
     # the prompt lives in these blocks (shared through the prefix cache), decode reads `block_table`.
     keeps_history: bool = False

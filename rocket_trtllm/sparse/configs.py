@@ -56,6 +56,10 @@ class EvictionFields(BaseSparseAttentionConfig):
             raise ValueError("must be >= 2")
         return v
 
+    def prompt_budget_for(self, prompt_len: int) -> int:
+        """Prompt tokens stage 1 keeps of a `prompt_len`-token prompt (at most)."""
+        return self.prompt_budget
+
     @model_validator(mode="after")
     def _window_within_budget(self) -> "EvictionFields":
         if self.window_size >= self.prompt_budget:

@@ -12,8 +12,7 @@ class SnapKVAttention(AttentionBackend):
     reduces_query_groups = True
 
     def kept_len(self, prompt_len: int) -> int:
-        budget = getattr(self.config, "prompt_budget_for", None)
-        return min(prompt_len, budget(prompt_len) if budget else self.config.prompt_budget)
+        return min(prompt_len, self.config.prompt_budget_for(prompt_len))
 
     def compress_prompt(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
