@@ -20,6 +20,7 @@ from ..llmapi.llm import LLM
 from ..llmapi.llm_args import LlmArgs
 from ..models.checkpoint import open_checkpoint
 from ..sampling_params import SamplingParams
+from ..sparse.token_budget import split
 from . import longbench
 from .fetch import FetchError
 from .fetch import prose as fetch_prose
@@ -62,16 +63,33 @@ def sparse_config(
 
 def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32) -> Optional[dict[str, Any]]:
     """The config whose decode step reads about `budget` tokens' worth of K/V bytes at `length` tokens: RocketKV
-    by the official split (token_budget), SnapKV keeping `budget` tokens, Quest's attended pages plus its page
-    bounds (one page's fp16 min/max over every channel weighs one token of K/V), StreamingLLM's window. The
-    oracle reads every key to choose (it cannot match; it stays the upper bound at `budget` tokens)."""
+    by the official split (token_budget) of the largest budget whose reads fit (`rocket_token_budget`), SnapKV
+    keeping `budget` tokens, Quest's attended pages plus its page bounds (one page's fp16 min/max over every
+    channel weighs one token of K/V), StreamingLLM's window. The oracle reads every key to choose (it cannot
+    match; it stays the upper bound at `budget` tokens)."""
     if algorithm in ("rocket", "rocket_mt", "rocket_official"):
         scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
-        return {"algorithm": algorithm.removesuffix("_official"), "token_budget": budget, "token_budget_len": length,
-                "window_size": window_size, **scoring}  # fmt: skip
+        token_budget = rocket_token_budget(budget, length)
+        return {"algorithm": algorithm.removesuffix("_official"), "token_budget": token_budget,
+                "token_budget_len": length, "window_size": min(window_size, (token_budget - 1) // 2), **scoring}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
     return sparse_config(algorithm, budget, window_size)
+
+
+def rocket_reads(token_budget: int, length: int) -> float:
+    """Tokens of K/V RocketKV's decode step reads at `length` tokens under the split of `token_budget`: the
+    attended pages (and the newest, partial one) plus the KT cache's pages, whose fp8 min and max over every
+    channel weigh half a token of bf16 K/V each (our scoring kernel reads both bounds of all channels)."""
+    s = split(length, token_budget, 1)
+    return s.topk * s.page_size + s.page_size + s.kept / s.page_size / 2
+
+
+def rocket_token_budget(budget: int, length: int) -> int:
+    """The largest token_budget whose split reads at most `budget` tokens' worth per step at `length` tokens
+    (the official split spends B/2 on attended tokens and counts the KT pages at one bound of top-r channels;
+    ours reads more KT bytes, so equal bytes means a smaller token_budget, about budget/2 at 8k)."""
+    return next((b for b in range(budget, 2, -1) if rocket_reads(b, length) <= budget), 3)
 
 
 def trtllm_shape(argv: list[str]) -> list[str]:
