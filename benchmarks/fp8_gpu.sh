@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
-# cache (bf16 weights); then the multi-turn TTFT and rocket_mt decode at a 32k history (benchmarks/multiturn.py).
+# cache (bf16 weights); then bf16 at 32k batch 1. The bf16 runs also profile 32 decode steps (--profile).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 source benchmarks/device_env.sh || exit 1
@@ -12,13 +12,14 @@ for kv in auto fp8; do  # the same pool dtype for both methods
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
   done
 done
-B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --input-len 131072 --output-len 128 --batch-size 1"
+B="timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 1"
 for variant in "bf16:auto:" "fp8w:auto:--fp8" "fp8kv:fp8:"; do
   IFS=: read -r name kv flag <<< "$variant"
   for method in rocket-long-context dense; do
-    $B $flag --config /tmp/$method-$kv.yaml --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading \
-      | tee "$OUT/128k-$name-$method.txt"
+    profile=(); [ "$name" = bf16 ] && profile=(--profile "$OUT/profile-128k-$method.txt")
+    $B --input-len 131072 --output-len 128 $flag --config /tmp/$method-$kv.yaml "${profile[@]}" \
+      --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading | tee "$OUT/128k-$name-$method.txt"
   done
 done
-python3 benchmarks/multiturn.py --arch llama-3.1-8b --history 32768 --json "$OUT/multiturn.json" 2>&1 \
-  | tee "$OUT/multiturn.txt"
+$B --input-len 32768 --output-len 128 --config configs/rocket-long-context.yaml --compare dense \
+  --profile "$OUT/profile-32k" --json "$OUT/32k-bf16.json" 2>&1 | grep -v Loading | tee "$OUT/32k-bf16.txt"

@@ -69,9 +69,10 @@ def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32
     match; it stays the upper bound at `budget` tokens)."""
     if algorithm in ("rocket", "rocket_mt", "rocket_official"):
         scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
-        token_budget = rocket_token_budget(budget, length)
-        return {"algorithm": algorithm.removesuffix("_official"), "token_budget": token_budget,
-                "token_budget_len": length, "window_size": min(window_size, (token_budget - 1) // 2), **scoring}  # fmt: skip
+        fitting = rocket_token_budget(budget, length)
+        window = min(window_size, (fitting - 1) // 2)  # token_budget must exceed 2 x window_size
+        return {"algorithm": algorithm.removesuffix("_official"), "token_budget": fitting, "token_budget_len": length,
+                "window_size": window, **scoring}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
     return sparse_config(algorithm, budget, window_size)

@@ -1,6 +1,7 @@
 """Tables and plots of rocket-eval results, also from a saved --json file:
 
 python -m rocket_trtllm.eval.report sweep.json --markdown sweep.md --plot sweep.png
+python -m rocket_trtllm.eval.report seed0.json seed1.json --json both.json   # cells averaged over the files
 """
 
 import argparse
@@ -30,15 +31,38 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
-    lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean |",
-             "|---|---|" + "---|" * (len(cols) + 1)]  # fmt: skip
+    lines = ["| algorithm | budget | " + " | ".join(f"{t} {n}" for t, n in cols) + " | mean | read/step |",
+             "|---|---|" + "---|" * (len(cols) + 2)]  # fmt: skip
     for key in dict.fromkeys((r["algorithm"], r["budget"]) for r in rows):
         mine = [r for r in rows if (r["algorithm"], r["budget"]) == key]
         acc = {(r["task"], r["length"]): r["accuracy"] for r in mine}
         cells = [f"{acc[c]:.1f}" if c in acc else "-" for c in cols]
         counted = [r["accuracy"] for r in mine if headline(r)]
-        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} |")
+        lines.append(f"| {key[0]} | {key[1] or 'all'} | " + " | ".join(cells) + f" | {mean(counted):.1f} | "
+                     f"{read_per_step(mine)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def read_per_step(rows: list[dict[str, Any]]) -> str:
+    """What the method read for attention per decode step, in tokens of K/V (mean over its cells)."""
+    paid = [r["tokens_equivalent_per_step"] for r in rows if r.get("tokens_equivalent_per_step")]
+    return f"{mean(paid):.0f}" if paid else "-"
+
+
+def merge(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Several runs' rows (seeds, or methods run apart) as one: a cell found in several runs gets the mean of
+    their accuracies, perplexities and bytes, and the sum of their samples."""
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for row in (r for rows in runs for r in rows):
+        cells.setdefault((row["algorithm"], row["budget"], row["task"], row["length"]), []).append(row)
+    out = []
+    for same in cells.values():
+        row = dict(same[0], samples=sum(r["samples"] for r in same))
+        for k in ("accuracy", "perplexity", "bytes_per_step", "tokens_equivalent_per_step", "cached_prompt_fraction"):
+            if k in row:
+                row[k] = mean([r[k] for r in same])
+        out.append(row)
+    return out
 
 
 def perplexity_table(rows: list[dict[str, Any]]) -> str:
@@ -107,11 +131,16 @@ def _panel(ax: Any, metric: str, rows: list[dict[str, Any]]) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m rocket_trtllm.eval.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("results", help="a JSON file written by rocket-eval --json")
+    p.add_argument("results", nargs="+", help="JSON files written by rocket-eval --json (several: merged)")
     p.add_argument("--markdown", help="write the table to this file (it is printed either way)")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
+    p.add_argument("--json", help="write the merged rows to this file")
     ns = p.parse_args(argv)
-    write(json.loads(Path(ns.results).read_text())["results"], ns.markdown, ns.plot)
+    loaded = [json.loads(Path(f).read_text()) for f in ns.results]
+    rows = merge([d["results"] for d in loaded])
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"args": loaded[0]["args"], "results": rows}, indent=2))
+    write(rows, ns.markdown, ns.plot)
 
 
 def write(rows: list[dict[str, Any]], markdown_path: Optional[str], plot_path: Optional[str]) -> None:

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from rocket_trtllm.eval.cli import main, rocket_reads, rocket_token_budget
+from rocket_trtllm.eval.report import main as report_main
 from rocket_trtllm.eval.tasks import PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
 
@@ -217,3 +218,19 @@ def test_rocket_token_budget_is_the_largest_split_that_fits():
         chosen = rocket_token_budget(budget, length)
         assert rocket_reads(chosen, length) <= budget < rocket_reads(chosen + 1, length)
     assert rocket_token_budget(1024, 600) == 1024  # a budget past the sequence: everything, as dense
+
+
+def test_report_merges_seeds_into_one_cell(tmp_path):
+    def run(accuracy: float, read: float) -> dict:
+        rows = [{"algorithm": "rocket", "budget": 128, "task": "passkey", "length": 2048, "samples": 40,
+                 "accuracy": accuracy, "tokens_equivalent_per_step": read}]  # fmt: skip
+        return {"args": {}, "results": rows}
+
+    files = []
+    for i, (accuracy, read) in enumerate([(50.0, 120.0), (60.0, 124.0)]):
+        files.append(tmp_path / f"seed{i}.json")
+        files[-1].write_text(json.dumps(run(accuracy, read)))
+    report_main([str(f) for f in files] + ["--json", str(tmp_path / "both.json"), "--markdown", str(tmp_path / "t.md")])
+    (row,) = json.loads((tmp_path / "both.json").read_text())["results"]
+    assert (row["accuracy"], row["samples"], row["tokens_equivalent_per_step"]) == (55.0, 80, 122.0)
+    assert "| rocket | 128 | 55.0 | 55.0 | 122 |" in (tmp_path / "t.md").read_text()
