@@ -42,6 +42,12 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def held() -> None:
+    """What the GPU still holds once an LLM has shut down (its weights, pool and graphs are given back)."""
+    if torch.cuda.is_available():
+        print(f"after shutdown: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
+
+
 def ttft(llm: LLM, prompts: list[list[int]]) -> list[float]:
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True, detokenize=False)
     times = []
@@ -83,6 +89,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for reuse in () if ns.decode_only else (False, True):
         with LLM(model, kv_cache_config=KvCacheConfig(enable_block_reuse=reuse), **common) as llm:
             report[f"ttft_s_reuse_{reuse}"] = ttft(llm, prompts)
+        held()
     if not ns.decode_only:
         off, on = report["ttft_s_reuse_False"][1:], report["ttft_s_reuse_True"][1:]
         report["later_turn_ttft_speedup"] = statistics.mean(a / b for a, b in zip(off, on))
@@ -91,6 +98,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             for prompt in prompts[:-1]:  # the conversation so far, cached
                 llm.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
             report[f"decode_ms_{name}"] = decode_step_ms(llm, prompts[-1], ns.decode_tokens)
+        held()
     report["rocket_mt_decode_speedup"] = report["decode_ms_dense"] / report["decode_ms_rocket_mt"]
     print(json.dumps(report, indent=2))
     if ns.json:

@@ -61,18 +61,22 @@ def sparse_config(
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
-def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32) -> Optional[dict[str, Any]]:
+def bytes_config(
+    algorithm: str, budget: int, length: int, window_size: int = 32, scoring: str = "official"
+) -> Optional[dict[str, Any]]:
     """The config whose decode step reads about `budget` tokens' worth of K/V bytes at `length` tokens: RocketKV
     by the official split (token_budget) of the largest budget whose reads fit (`rocket_token_budget`), SnapKV
     keeping `budget` tokens, Quest's attended pages plus its page bounds (one page's fp16 min/max over every
     channel weighs one token of K/V), StreamingLLM's window. The oracle reads every key to choose (it cannot
-    match; it stays the upper bound at `budget` tokens)."""
+    match; it stays the upper bound at `budget` tokens). RocketKV scores pages the `scoring` way (`official`:
+    one bound by the query's sign and SparQ's temperature, the better one on EVAL.md's equal-bytes sweeps;
+    `trtllm`: TensorRT-LLM's); rocket_official always the official way."""
     if algorithm in ("rocket", "rocket_mt", "rocket_official"):
-        scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
+        official = scoring == "official" or algorithm == "rocket_official"
         fitting = rocket_token_budget(budget, length)
         window = min(window_size, (fitting - 1) // 2)  # token_budget must exceed 2 x window_size
         return {"algorithm": algorithm.removesuffix("_official"), "token_budget": fitting, "token_budget_len": length,
-                "window_size": window, **scoring}  # fmt: skip
+                "window_size": window, **(OFFICIAL_SCORING if official else {})}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
     return sparse_config(algorithm, budget, window_size)
@@ -142,6 +146,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="--sweep: nominal = each method's own reading of the budget (above); bytes = every method "
                    "reads about the budget's K/V bytes per decode step, RocketKV by the official split (token_budget "
                    "at the longest --lengths)")  # fmt: skip
+    p.add_argument("--stage2-scoring", choices=["official", "trtllm"],
+                   help="how rocket and rocket_mt score KT pages: official = one bound per channel by the query's "
+                   "sign, SparQ's temperature (the default with --budget-mode bytes); trtllm = both bounds, "
+                   "TensorRT-LLM's (the default otherwise)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
@@ -159,7 +167,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def needs_prose(ns: argparse.Namespace) -> bool:
     return DOC_PPL in ns.tasks or bool(PROSE_ONLY & set(ns.tasks)) or (ns.haystack == "prose" and bool(
-        set(ns.tasks) & set(TASKS)))  # fmt: skip
+        set(ns.tasks) & {*TASKS, MULTITURN}))  # fmt: skip
 
 
 def load_prose(ns: argparse.Namespace) -> Optional[Corpus]:
@@ -193,7 +201,7 @@ def evaluate(
         now = llm.snapshot()
         steps = now["decode_steps"] - spent["decode_steps"]
         per_step = (now["attention_bytes"] - spent["attention_bytes"]) / steps if steps else 0.0
-        row.update(bytes_per_step=per_step, tokens_equivalent_per_step=per_step / llm.engine.backend.token_kv_bytes)
+        row.update(bytes_per_step=per_step, tokens_equivalent_per_step=per_step / llm.engine.token_kv_bytes)
         # The share of this cell's prompt tokens the prefix cache served (later turns of a conversation).
         prompt = now["prompt_tokens"] - spent["prompt_tokens"]
         row["cached_prompt_fraction"] = (now["cached_prompt_tokens"] - spent["cached_prompt_tokens"]) / max(1, prompt)
@@ -274,9 +282,12 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
             if ns.budget_mode == "bytes":
-                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size)
+                scoring = ns.stage2_scoring or "official"
+                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size, scoring)
             else:
                 cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
+                if cfg and cfg["algorithm"] in ("rocket", "rocket_mt") and ns.stage2_scoring == "official":
+                    cfg.update(OFFICIAL_SCORING)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})

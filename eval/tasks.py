@@ -232,9 +232,11 @@ def conversation(n_chars: int, rng: random.Random, turns: int, prose: Optional[C
     facts = [f"The special magic number for {k} is {v}." for k, v in zip(keys, values)]
     rng.shuffle(facts)
     asks = [f"What is the special magic number for {k}?" for k in keys]
-    query = Query(facts, asks[0], [values[0]])
+    # In prose (for pretrained models) each answer starts with a cue to complete, as passkey's does.
+    cues = [f" The special magic number for {k} is" if prose is not None else "" for k in keys]
+    query = Query(facts, asks[0], [values[0]], cue=cues[0].strip())
     opening = prompt(query, haystack([query], n_chars, rng, prose))
-    return Conversation(opening, [f"\nQuestion: {q}{ANSWER_CUE}" for q in asks[1:]], values)
+    return Conversation(opening, [f"\nQuestion: {q}{ANSWER_CUE}{c}" for q, c in zip(asks[1:], cues[1:])], values)
 
 
 def make_conversations(

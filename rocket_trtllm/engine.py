@@ -5,6 +5,7 @@ registry names, the runner and the scheduler from one LlmArgs; nothing it compos
 parallelism it starts the worker ranks (tp_worker.py) and each of them builds the same engine on its slice
 of the model and follows rank 0's steps."""
 
+import gc
 import itertools
 import time
 from collections import deque
@@ -114,6 +115,7 @@ class LLMEngine:
         )
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)
+        self.uses_kt_cache, self.token_kv_bytes = self.backend.uses_kt_cache, self.backend.token_kv_bytes
         graphs = args.cuda_graph_config
         self.runner = ModelRunner(
             self.model,
@@ -338,9 +340,18 @@ class LLMEngine:
         return [self.pool.allocator.num_used, *self.comm.gather(0)[1:]]
 
     def shutdown(self) -> None:
-        """Stop the worker ranks (nothing to do without tensor parallelism)."""
+        """Stop the worker ranks and give the memory back (weights, KV pool, CUDA graphs), so an LLM built next in
+        the same process finds it free; the counters and the block allocator stay for the last stats."""
         if self.workers is not None:
             self.workers.stop(self.comm)
+        for name in ("runner", "backend", "model"):
+            self.__dict__.pop(name, None)
+        pool = self.__dict__.get("pool")
+        if pool is not None:
+            pool.k = pool.v = torch.empty(0)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- stats ----------------------------------------------------------------------------------
 
@@ -385,12 +396,12 @@ class LLMEngine:
             "keptPromptFraction": kept / prompt if prompt else 1.0,
             "promptTokensEvicted": prompt - kept,
             "kvBlocksUsed": self.pool.allocator.num_used,
-            "ktBlocksUsed": self.pool.allocator.num_used if self.backend.uses_kt_cache else 0,
+            "ktBlocksUsed": self.pool.allocator.num_used if self.uses_kt_cache else 0,
             "meanTokensAttendedPerStep": self.totals["tokens_attended"] / steps if steps else 0.0,
             # What a sequence's decode step reads for attention (all layers), and that as tokens of K/V.
             "meanAttentionBytesPerStep": self.totals["attention_bytes"] / steps if steps else 0.0,
             "meanAttentionTokensEquivalentPerStep": (
-                self.totals["attention_bytes"] / steps / self.backend.token_kv_bytes if steps else 0.0
+                self.totals["attention_bytes"] / steps / self.token_kv_bytes if steps else 0.0
             ),
         }
 

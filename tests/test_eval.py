@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from rocket_trtllm.eval.cli import main, rocket_reads, rocket_token_budget
+from rocket_trtllm.eval.cli import main, parse_args, rocket_reads, rocket_token_budget, runs
 from rocket_trtllm.eval.report import main as report_main
 from rocket_trtllm.eval.tasks import PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
@@ -234,3 +234,23 @@ def test_report_merges_seeds_into_one_cell(tmp_path):
     (row,) = json.loads((tmp_path / "both.json").read_text())["results"]
     assert (row["accuracy"], row["samples"], row["tokens_equivalent_per_step"]) == (55.0, 80, 122.0)
     assert "| rocket | 128 | 55.0 | 55.0 | 122 |" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, official",
+    [
+        (["--budget-mode", "bytes"], True),
+        (["--budget-mode", "bytes", "--stage2-scoring", "trtllm"], False),
+        ([], False),
+        (["--stage2-scoring", "official"], True),
+    ],  # fmt: skip
+)
+def test_stage2_scoring_defaults_to_official_in_bytes_mode(flags, official):
+    from rocket_trtllm.eval import SHIPPED_MODEL
+
+    ns = parse_args(
+        [str(SHIPPED_MODEL), "niah_single", "--sweep", "--algorithms", "rocket", "--budgets", "256", *flags]
+    )
+    ((_, _, args),) = runs(ns)
+    sparse = args.sparse_attention_config
+    assert (sparse.stage2_bound == "sign" and sparse.stage2_temperature) == official

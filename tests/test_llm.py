@@ -2,6 +2,7 @@ import asyncio
 import json
 import random
 import shutil
+import weakref
 
 import pytest
 import torch
@@ -174,6 +175,15 @@ def test_failed_step_fails_its_requests_and_returns_blocks(llama_dir, monkeypatc
             llm.generate("fail", GREEDY)
         assert_pool_empty(llm)
         assert llm.generate("recover", GREEDY).outputs[0].finish_reason == "length"
+
+
+def test_shutdown_gives_the_memory_back(llama_dir):
+    with LLM(model=str(llama_dir)) as llm:
+        llm.generate("hello", SamplingParams(max_tokens=3))
+        weight = weakref.ref(llm.engine.model.lm_head.weight)
+        pool = weakref.ref(llm.engine.pool.k)
+    assert weight() is None and pool() is None  # the LLM object itself is still alive
+    assert llm.snapshot()["kvBlocksUsed"] == 0 and llm.get_stats()  # the last stats stay readable
 
 
 def test_get_stats_reports_blocks(llama):

@@ -6,7 +6,7 @@ import pytest
 from rocket_trtllm.eval.cli import main
 from rocket_trtllm.eval.perplexity import make_documents, perplexity
 from rocket_trtllm.eval.prose import Corpus
-from rocket_trtllm.eval.tasks import make_samples
+from rocket_trtllm.eval.tasks import make_conversations, make_samples
 
 VERSES = "\n".join(
     f"{book}{chapter}:{verse} In chapter {chapter} of {book} verse {verse} said the sower of seeds. "
@@ -92,13 +92,23 @@ def test_rocket_eval_scores_passkey_and_perplexity_with_a_covering_budget_equal_
 ):
     out = tmp_path / "real.json"
     md = tmp_path / "real.md"
-    main([str(llama_dir), "passkey", "doc_ppl", "niah_single", "--haystack", "prose", "--prose", str(small_prose),
-          "--lengths", "400", "--samples", "2", "--max-tokens", "3", "--ppl-tokens", "8", "--sweep",
+    main([str(llama_dir), "passkey", "doc_ppl", "niah_single", "multiturn", "--haystack", "prose", "--prose",
+          str(small_prose), "--turns", "2", "--lengths", "400", "--samples", "2", "--max-tokens", "3", "--ppl-tokens",
+          "8", "--sweep",
           "--algorithms", "full", "rocket", "--budgets", "512", "--json", str(out), "--markdown", str(md),
           "--prompt-ratio", "2"])  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     ppl = {r["algorithm"]: r["perplexity"] for r in rows if r["task"] == "doc_ppl"}
     assert set(ppl) == {"full", "rocket"} and ppl["full"] > 1.0
     assert ppl["rocket"] == pytest.approx(ppl["full"], rel=1e-5)  # nothing evicted, every page selected
-    assert {r["task"] for r in rows if "accuracy" in r} == {"passkey", "niah_single@prose"}
+    tasks = {r["task"] for r in rows if "accuracy" in r}
+    assert tasks == {"passkey", "niah_single@prose", "multiturn@prose_t1", "multiturn@prose_t2"}
     assert "| doc_ppl 400 | mean ratio to full |" in md.read_text() and "(1.000)" in md.read_text()
+
+
+def test_conversations_in_prose_cue_each_answer(small_prose):
+    (conv,) = make_conversations(1500, 1, seed=0, turns=3, prose=Corpus.load(small_prose))
+    key = conv.opening.rsplit("for ", 1)[1].removesuffix(" is")
+    assert conv.opening.endswith(f"?\nAnswer: The special magic number for {key} is")
+    assert all(f.endswith(" is") and "Answer: The special magic number for" in f for f in conv.follow_ups)
+    assert "said the sower of seeds" in conv.opening  # the haystack is the prose

@@ -114,7 +114,10 @@ class Executor:
         self._inbox.put(("abort", result))
 
     def call(self, fn: Any) -> Any:
-        """Run `fn(engine)` on the engine thread and return its value (for consistent snapshots)."""
+        """Run `fn(engine)` on the engine thread and return its value (for consistent snapshots); after shutdown,
+        with no engine thread left, here."""
+        if not self._running:
+            return fn(self.engine)
         box: queue.Queue = queue.Queue()
         self._inbox.put(("call", (fn, box)))
         ok, value = box.get()
