@@ -4,8 +4,10 @@ float32, across batches, aborts and a pool too small to keep everything; the blo
 import time
 
 import pytest
+import torch
 
 from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RocketSparseAttentionConfig, SamplingParams
+from rocket_trtllm.runtime.attention import causal_attention
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 DOC = list(range(3, 200)) * 2  # 394 shared tokens: 24 full blocks of 16
@@ -125,3 +127,17 @@ def test_rocket_mt_with_the_prefix_cache_equals_without(llama_dir):
 def test_rocket_mt_with_a_covering_budget_equals_dense(llama_dir):
     covering = dict(MT, prompt_budget=4096, topk=1024)
     assert conversation(llama_dir, True, covering)[0] == conversation(llama_dir, True, None)[0]
+
+
+@pytest.mark.parametrize("n, m", [(7, 7), (5, 40), (1, 33)])
+def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m):
+    gen = torch.Generator().manual_seed(n * m)
+    q = torch.randn(6, n, 16, generator=gen)
+    k, v = torch.randn(2, m, 16, generator=gen), torch.randn(2, m, 16, generator=gen)
+    out = torch.empty(6, n, 16)
+    causal_attention(q, k, v, 0.25, out)
+    kh, vh = k.repeat_interleave(3, 0), v.repeat_interleave(3, 0)
+    scores = (q @ kh.transpose(1, 2)) * 0.25  # query i is token m - n + i and sees keys 0..m - n + i
+    visible = torch.arange(m)[None, :] <= (m - n + torch.arange(n))[:, None]
+    expected = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ vh
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -194,17 +194,20 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """q: [q_heads, n, d]; k, v: [kv_heads, m, d] (m >= n: the queries are the last n of the m tokens, after a
     cached prefix) -> out: [q_heads, n, d] (any strides).
 
-    One KV head's query group at a time: its K/V repeated over the group keep SDPA on its flash
-    kernels (GQA support varies across torch builds) and cost 1/kv_heads of repeating them all.
+    A whole prompt: one KV head's query group at a time, its K/V repeated over the group, keeps SDPA on its
+    flash kernels (GQA support varies across torch builds) at 1/kv_heads of repeating them all. After a cached
+    prefix the causal mask is explicit (SDPA's is_causal aligns the queries with the first keys), which rules
+    flash out: then every head goes in one call, as the masked kernels parallelize over heads and query blocks
+    only (a group's few new queries alone would occupy a handful of the GPU's SMs).
     """
     group = q.shape[0] // k.shape[0]
     n, m = q.shape[1], k.shape[1]
-    mask = None
-    if m > n:  # SDPA's is_causal aligns the queries with the first keys; these are the last ones
+    if m > n:
         mask = torch.arange(m, device=q.device)[None, :] <= (m - n + torch.arange(n, device=q.device))[:, None]
+        kh, vh = (t.repeat_interleave(group, dim=0) for t in (k, v))
+        out.copy_(F.scaled_dot_product_attention(q[None], kh[None], vh[None], attn_mask=mask, scale=scale)[0])
+        return
     for h in range(k.shape[0]):
         heads = slice(h * group, (h + 1) * group)
         kh, vh = k[h : h + 1].expand(group, -1, -1).contiguous(), v[h : h + 1].expand(group, -1, -1).contiguous()
-        out[heads] = F.scaled_dot_product_attention(
-            q[None, heads], kh[None], vh[None], attn_mask=mask, is_causal=mask is None, scale=scale
-        )[0]
+        out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], is_causal=True, scale=scale)[0]
