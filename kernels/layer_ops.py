@@ -1,4 +1,5 @@
-"""The decoder layer's elementwise work as one kernel each: RMSNorm, rotary embedding, SiLU-and-multiply.
+"""The decoder layer's elementwise work as one kernel each: RMSNorm (alone, or after the residual add), rotary
+embedding, SiLU-and-multiply.
 
 In torch each is five to a dozen small kernels; at decode, where the GEMMs read the weights once
 and are done, those launches are a large share of the step. The references are the torch code
@@ -18,6 +19,12 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def add_rms_norm_ref(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The residual add then the next RMSNorm: x += delta in place (in x's dtype), and rms_norm_ref(x)."""
+    x += delta
+    return rms_norm_ref(x, weight, eps)
 
 
 def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,20 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
         # As the reference: normalise in float32, round to x's dtype, then scale by the weight.
         y = (xf * rstd).to(x.dtype).to(tl.float32) * tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sx, sd, so, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, BLOCK)
+        ok = i < n
+        x = tl.load(x_ptr + row * sx + i, mask=ok, other=0.0)
+        d = tl.load(d_ptr + row * sd + i, mask=ok, other=0.0)
+        s = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch's add rounds it
+        tl.store(x_ptr + row * sx + i, s, mask=ok)
+        sf = s.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, 0) / n + eps)
+        y = (sf * rstd).to(x.dtype).to(tl.float32) * tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
@@ -89,6 +110,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), n, eps,
                                        BLOCK=triton.next_power_of_2(n))  # fmt: skip
     return out.view(x.shape)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Triton version of `add_rms_norm_ref` (x: [tokens, n], contiguous rows; one read of each, one program per
+    row): the decode step's residual add and the RMSNorm after it as one kernel."""
+    require_triton()
+    n = x.shape[-1]
+    if x.dim() != 2 or x.stride(-1) != 1:
+        return add_rms_norm_ref(x, delta, weight, eps)
+    delta = delta if delta.stride(-1) == 1 else delta.contiguous()
+    out = torch.empty_like(x)
+    _add_rms_norm_kernel[(x.shape[0],)](x, delta, weight, out, x.stride(0), delta.stride(0), out.stride(0), n, eps,
+                                        BLOCK=triton.next_power_of_2(n))  # fmt: skip
+    return out
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:

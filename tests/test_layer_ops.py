@@ -17,6 +17,18 @@ def test_rms_norm_matches_reference(n):
     assert torch.allclose(got, layer_ops.rms_norm_ref(x, w, 1e-5), atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [16, 48])
+def test_add_rms_norm_adds_in_place_and_normalises(n):
+    gen = torch.Generator().manual_seed(n)
+    x, delta = (torch.randn(5, n, generator=gen).to(DEVICE) for _ in range(2))
+    w = torch.rand(n, generator=gen).to(DEVICE)
+    want_x = x.clone()
+    want = layer_ops.add_rms_norm_ref(want_x, delta, w, 1e-5)
+    got = layer_ops.add_rms_norm(x, delta, w, 1e-5)
+    assert torch.allclose(x, want_x, atol=1e-6) and torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(want, layer_ops.rms_norm_ref(want_x, w, 1e-5))  # the norm of the updated residual
+
+
 @pytest.mark.parametrize("heads,d", [(4, 16), (3, 8)])
 def test_rotary_matches_reference_on_strided_views(heads, d):
     gen = torch.Generator().manual_seed(heads)
@@ -42,6 +54,11 @@ def test_layer_ops_bf16_on_gpu():
     x = torch.randn(300, 4096, generator=gen).cuda().bfloat16()
     w = torch.rand(4096, generator=gen).cuda().bfloat16()
     assert torch.allclose(layer_ops.rms_norm(x, w, 1e-5).float(), layer_ops.rms_norm_ref(x, w, 1e-5).float(), rtol=1e-2)
+    d = torch.randn(300, 4096, generator=gen).cuda().bfloat16()
+    x2 = x.clone()
+    got, want = layer_ops.add_rms_norm(x, d, w, 1e-5), layer_ops.add_rms_norm_ref(x2, d, w, 1e-5)
+    assert torch.equal(x, x2)  # the residual rounded as torch's add rounds it: the same bits
+    assert torch.allclose(got.float(), want.float(), rtol=1e-2)
     q = torch.randn(300, 32, 128, generator=gen).cuda().bfloat16()
     cos, sin = RotaryEmbedding({"rope_type": "default", "rope_theta": 5e5}, 128).cuda()(
         torch.arange(300, device="cuda") * 400, torch.bfloat16

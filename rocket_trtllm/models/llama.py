@@ -44,6 +44,11 @@ class RMSNorm(nn.Module):
         norm = layer_ops.rms_norm if fused_ops(x) else layer_ops.rms_norm_ref
         return norm(x, self.weight, self.eps)
 
+    def add_and_norm(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """x += delta (the residual, in place), then this norm of it: one kernel on CUDA."""
+        fused = layer_ops.add_rms_norm if fused_ops(x) else layer_ops.add_rms_norm_ref
+        return fused(x, delta, self.weight, self.eps)
+
 
 def fuse_linears(linears: list[QuantLinear]) -> tuple[nn.Parameter, Optional[nn.Parameter], Optional[nn.Parameter]]:
     """One weight (and bias, and per-channel scale) stacking the given projections' outputs: one GEMM."""
@@ -148,6 +153,9 @@ class DecoderLayer(nn.Module):
         qkv = self.self_attn.project(self.input_layernorm(x))
         out = self.self_attn(qkv, cos, sin, backend, meta)
         del qkv  # q/k/v are 1.5 GB at 128k tokens: gone before o_proj allocates
+        if x.shape[0] <= MLP_CHUNK_TOKENS:  # decode and short prompts: the residual add inside the norm's kernel
+            x += self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
+            return x
         x += self.self_attn.o_proj(out)
         # A long prompt's MLP runs in slices: its [tokens, intermediate] tensors would dominate
         # the prefill's peak memory (11 GB for Llama-3.1-8B at 128k tokens).
