@@ -61,22 +61,18 @@ def sparse_config(
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
-def bytes_config(
-    algorithm: str, budget: int, length: int, window_size: int = 32, scoring: str = "official"
-) -> Optional[dict[str, Any]]:
+def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32) -> Optional[dict[str, Any]]:
     """The config whose decode step reads about `budget` tokens' worth of K/V bytes at `length` tokens: RocketKV
     by the official split (token_budget) of the largest budget whose reads fit (`rocket_token_budget`), SnapKV
     keeping `budget` tokens, Quest's attended pages plus its page bounds (one page's fp16 min/max over every
     channel weighs one token of K/V), StreamingLLM's window. The oracle reads every key to choose (it cannot
-    match; it stays the upper bound at `budget` tokens). RocketKV scores pages the `scoring` way (`official`:
-    one bound by the query's sign and SparQ's temperature, the better one on EVAL.md's equal-bytes sweeps;
-    `trtllm`: TensorRT-LLM's); rocket_official always the official way."""
+    match; it stays the upper bound at `budget` tokens)."""
     if algorithm in ("rocket", "rocket_mt", "rocket_official"):
-        official = scoring == "official" or algorithm == "rocket_official"
+        scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
         fitting = rocket_token_budget(budget, length)
         window = min(window_size, (fitting - 1) // 2)  # token_budget must exceed 2 x window_size
         return {"algorithm": algorithm.removesuffix("_official"), "token_budget": fitting, "token_budget_len": length,
-                "window_size": window, **(OFFICIAL_SCORING if official else {})}  # fmt: skip
+                "window_size": window, **scoring}  # fmt: skip
     if algorithm == "quest":
         return {"algorithm": "quest", "topk": max(1, (budget - length // 16) // 16), "page_size": 16}
     return sparse_config(algorithm, budget, window_size)
@@ -278,16 +274,17 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     if not ns.sweep:
         sparse = base.sparse_attention_config
         return [(sparse.algorithm if sparse else "full", None, base)]
+    # The official stage-2 scoring scored higher at equal bytes (EVAL.md); the nominal mode keeps TensorRT-LLM's.
+    official = (ns.stage2_scoring or ("official" if ns.budget_mode == "bytes" else "trtllm")) == "official"
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
             if ns.budget_mode == "bytes":
-                scoring = ns.stage2_scoring or "official"
-                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size, scoring)
+                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size)
             else:
                 cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
-                if cfg and cfg["algorithm"] in ("rocket", "rocket_mt") and ns.stage2_scoring == "official":
-                    cfg.update(OFFICIAL_SCORING)
+            if official and cfg and cfg["algorithm"] in ("rocket", "rocket_mt"):
+                cfg.update(OFFICIAL_SCORING)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})
