@@ -2,24 +2,33 @@
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
 # cache (bf16 weights); then bf16 at 32k batch 1. The bf16 runs also profile 32 decode steps (--profile).
+# VARIANTS (default "bf16 fp8w fp8kv"), METHODS ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a
+# subset (two runs in one call add to the same results).
+# Everything lands in $OUT/fp8/ and, as one file, $OUT/fp8.tgz (a device call brings back only a few files).
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
+DEST=${OUT:-out}; OUT=/tmp/fp8-results; mkdir -p "$OUT" "$DEST"
+trap 'tar czf "$DEST/fp8.tgz" -C /tmp fp8-results' EXIT
 source benchmarks/device_env.sh || exit 1
-python3 -m pytest -q -p no:cacheprovider tests/test_fp8.py tests/test_paged_decode.py tests/test_kt_cache.py 2>&1 \
-  | tail -5 | tee "$OUT/tests.txt"
+if [ "${TESTS:-1}" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_fp8.py tests/test_paged_decode.py tests/test_kt_cache.py \
+    > "$OUT/tests.txt" 2>&1
+  tail -3 "$OUT/tests.txt"
+fi
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
   done
 done
 B="timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 1"
-for variant in "bf16:auto:" "fp8w:auto:--fp8" "fp8kv:fp8:"; do
-  IFS=: read -r name kv flag <<< "$variant"
-  for method in rocket-long-context dense; do
+declare -A FLAGS=([bf16]="auto:" [fp8w]="auto:--fp8" [fp8kv]="fp8:")
+for name in ${VARIANTS:-bf16 fp8w fp8kv}; do
+  IFS=: read -r kv flag <<< "${FLAGS[$name]}"
+  for method in ${METHODS:-rocket-long-context dense}; do
     profile=(); [ "$name" = bf16 ] && profile=(--profile "$OUT/profile-128k-$method.txt")
     $B --input-len 131072 --output-len 128 $flag --config /tmp/$method-$kv.yaml "${profile[@]}" \
       --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading | tee "$OUT/128k-$name-$method.txt"
   done
 done
+[ "${RUN_32K:-1}" = 1 ] || exit 0
 $B --input-len 32768 --output-len 128 --config configs/rocket-long-context.yaml --compare dense \
   --profile "$OUT/profile-32k" --json "$OUT/32k-bf16.json" 2>&1 | grep -v Loading | tee "$OUT/32k-bf16.txt"

@@ -109,7 +109,9 @@ class LLMEngine:
         blocks = self.comm.min(self._num_blocks(shape, kv_dtype))  # every rank's pool has the same block ids
         if blocks < 1:
             raise ConfigError("no memory is left for the KV cache", "kv_cache_config.free_gpu_memory_fraction")
-        scales = kv_scales(self.checkpoint, shape.num_layers) if kv_name == "fp8" else (None, None)
+        # Random weights have no calibrated scales (1.0, as for a checkpoint without them).
+        calibrated = kv_name == "fp8" and args.load_format != "dummy"
+        scales = kv_scales(self.checkpoint, shape.num_layers) if calibrated else (None, None)
         self.pool = KVCachePool(
             shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales, reuse=kv.enable_block_reuse
         )

@@ -21,7 +21,8 @@ def _fill_random(params: dict[str, torch.nn.Parameter], dtype: torch.dtype) -> N
         if "norm" in name:
             p.data = torch.ones_like(p, dtype=dtype)
         elif p.dtype == FP8:
-            p.data = (torch.randn_like(p, dtype=torch.float32) * FP8_MAX / 4).to(FP8)
+            # Saturated: CUDA casts what is past the e4m3 range to NaN (the CPU saturates).
+            p.data = (torch.randn_like(p, dtype=torch.float32) * FP8_MAX / 4).clamp(-FP8_MAX, FP8_MAX).to(FP8)
         elif name.endswith("weight_scale"):
             p.data.fill_(0.02 * 4 / FP8_MAX)
         else:
