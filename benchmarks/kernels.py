@@ -1,17 +1,24 @@
 """Kernel bandwidth on the GPU: dense paged decode vs torch SDPA on contiguous KV, sparse decode and
-KT page scoring, each with its bytes moved, achieved bandwidth and ratio to the measured copy bandwidth.
+KT page scoring, each with its bytes moved, achieved bandwidth and ratio to the measured copy bandwidth; then
+the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token quantization, the FP8 GEMM at
+decode sizes against bf16) and the page selection against torch's top-k.
 
     python benchmarks/kernels.py --json out.json
 """
 
 import argparse
 import json
+from functools import partial
 
 import torch
+from rocket_trtllm.kernels import layer_ops
+from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.cache_update import store_token
-from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
+from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 from triton.testing import do_bench
+
+from rocket_trtllm.models.quant import FP8, fp8_linear_cuda, quantize_per_token
 
 KV_HEADS, Q_HEADS, D, BS = 8, 32, 128, 32  # Llama-3.1-8B attention, one layer
 
@@ -77,6 +84,47 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
     return rows
 
 
+def fp8_rows(copy_tbs: float) -> list[dict]:
+    rows = []
+
+    def row(name, fn, nbytes, **extra):
+        ms = do_bench(graphed(fn), warmup=25, rep=200, return_mode="median")
+        rows.append(dict(kernel=name, ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
+                         vs_copy=nbytes / ms / 1e9 / copy_tbs, **extra))  # fmt: skip
+
+    n = 131072  # one layer of a 128k sequence, batch 1
+    blocks = n // BS
+    k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda").to(FP8)
+    v = torch.randn_like(k, dtype=torch.float32).to(FP8)
+    tables = torch.randperm(blocks, device="cuda").view(1, -1).int()
+    lens = torch.full((1,), n, device="cuda", dtype=torch.int32)
+    q = torch.randn(1, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+    default = decode_module.TILES[1]
+    for tiles in [(64, 2), (64, 3), (128, 2), (128, 3), (128, 4), (256, 2)]:
+        decode_module.TILES[1] = tiles
+        name = f"paged_decode fp8 KV, {tiles[0]} tokens x {tiles[1]} stages"
+        row(name, partial(paged_decode, q, k, v, tables, lens, 1.0), 2 * n * KV_HEADS * D, batch=1, tokens=n)
+    decode_module.TILES[1] = default
+    for m, kdim, ndim in [(1, 4096, 6144), (1, 4096, 28672), (1, 14336, 4096), (16, 4096, 28672)]:
+        x = torch.randn(m, kdim, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(ndim, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
+        scale = w.float().abs().amax(1, keepdim=True) / 448
+        w8 = (w.float() / scale).to(FP8)
+        shape = dict(batch=m, tokens=f"{kdim}x{ndim}")
+        row("GEMM bf16 (F.linear)", partial(torch.nn.functional.linear, x, w), 2 * kdim * ndim, **shape)
+        row("GEMM fp8 (quantize kernel + _scaled_mm)", partial(fp8_linear_cuda, x, w8, scale), kdim * ndim, **shape)
+        row("quantize rows (triton)", partial(layer_ops.quantize_fp8_rows, x), 3 * m * kdim, **shape)
+        row("quantize rows (torch)", partial(quantize_per_token, x), 3 * m * kdim, **shape)
+    for pages in [576, 1024, 4096]:  # RocketKV's kept 2048 + generated tokens at page 4; larger tables
+        scores = torch.randn(1, KV_HEADS, pages, device="cuda")
+        num = torch.full((1,), pages, device="cuda", dtype=torch.int32)
+        shape = dict(batch=1, tokens=pages * 4)
+        row("select 65 pages (triton)", partial(select_pages, scores, num, 65), scores.numel() * 4, **shape)
+        row("select 65 pages (torch.topk)", partial(torch.topk, scores, 65, -1, sorted=False), scores.numel() * 4,
+            **shape)  # fmt: skip
+    return rows
+
+
 def graphed(fn):
     fn()
     torch.cuda.synchronize()
@@ -89,13 +137,16 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
+    # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated).
+    p.add_argument("--fp8-only", action="store_true", help="only the FP8 and selection rows")
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows = []
     # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated).
-    for batch, n in [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
+    for batch, n in [] if args.fp8_only else [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
         rows += case(batch, n, copy_tbs)
         torch.cuda.empty_cache()
+    rows += fp8_rows(copy_tbs)
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_tbs:.2f} TB/s (read + write)")
     print("| kernel | batch | tokens | ms | MB moved | TB/s | vs copy |")
     print("|---|---|---|---|---|---|---|")

@@ -11,6 +11,8 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 (q_hat: the query on its top-r channels) instead of sqrt(d).
 """
 
+import functools
+
 import torch
 
 from ._triton import require_triton, tl, triton
@@ -62,12 +64,18 @@ def topr_query(q: torch.Tensor, kv_heads: int, topr: int) -> torch.Tensor:
     return qg
 
 
+@functools.lru_cache(maxsize=64)
+def _constant_scales(batch: int, q_heads: int, value: float, device: torch.device) -> torch.Tensor:
+    """Filled once (never written to), not by a kernel in every layer of every step."""
+    return torch.full((batch, q_heads), value, device=device)
+
+
 def head_scales(q: torch.Tensor, kv_heads: int, topr: int, temperature: bool) -> torch.Tensor:
     """Each query head's softmax scale over its page estimates: 1/sqrt(d), or with `temperature`
     1/sqrt(d * |q_hat|_1 / |q|_1) (SparQ's correction for the channels top-r drops). -> [batch, q_heads] float32"""
     batch, q_heads, d = q.shape
     if not temperature or topr >= d:
-        return torch.full((batch, q_heads), d**-0.5, device=q.device)
+        return _constant_scales(batch, q_heads, d**-0.5, q.device)
     kept = topr_query(q, kv_heads, topr).reshape(batch, q_heads, d).abs().sum(-1)
     share = kept / q.float().abs().sum(-1).clamp_min(1e-30)
     return (d * share.clamp_min(1e-30)) ** -0.5
@@ -230,6 +238,52 @@ if triton is not None:
                 score = tl.where(p == n_pages - 1, float("inf"), score)
             tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
 
+    @triton.jit
+    def _select_kernel(
+        scores_ptr, pages_ptr, out_ptr, s_b, s_h, o_b, o_h, k, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
+    ):  # fmt: skip
+        # One program per (sequence, KV head): the k best of its first n scores, by bisection on the
+        # threshold over the scores' bits read as order-preserving integers, scanning only the n pages
+        # the sequence has (torch.topk scans the whole table width with a multi-pass radix select).
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        n = tl.load(pages_ptr + b).to(tl.int32)
+        row = scores_ptr + b * s_b + h * s_h
+        out = out_ptr + b * o_b + h * o_h
+        if n <= k:  # every page (and some past the end, which the decode kernel masks)
+            j = tl.arange(0, K_PAD)
+            tl.store(out + j, j.to(tl.int64), mask=j < k)
+        else:
+            lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always
+            hi = tl.full([], 2147483647, tl.int64)  # count(key > hi) < k always
+            while lo < hi:
+                mid = lo + (hi - lo + 1) // 2
+                cnt = 0
+                for p0 in range(0, n, BLOCK):
+                    p = p0 + tl.arange(0, BLOCK)
+                    bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                    cnt += tl.sum(((key >= mid) & (p < n)).to(tl.int32), 0)
+                exact = cnt == k  # the k scores >= mid are the answer: stop with lo = hi = mid - 1
+                lo = tl.where(exact, mid - 1, tl.where(cnt > k, mid, lo))
+                hi = tl.where(exact, mid - 1, tl.where(cnt > k, hi, mid - 1))
+            # Every page above the threshold, then pages equal to it (ties, in page order) up to k.
+            above = 0
+            for p0 in range(0, n, BLOCK):
+                p = p0 + tl.arange(0, BLOCK)
+                bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                sel = ((tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) > lo) & (p < n)).to(tl.int32)
+                tl.store(out + above + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
+                above += tl.sum(sel, 0)
+            ties = 0
+            for p0 in range(0, n, BLOCK):
+                p = p0 + tl.arange(0, BLOCK)
+                bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                sel = ((tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) == lo) & (p < n)).to(tl.int32)
+                rank = ties + tl.cumsum(sel, 0) - 1
+                tl.store(out + above + rank, p.to(tl.int64), mask=(sel > 0) & (above + rank < k))
+                ties += tl.sum(sel, 0)
+
     # Dot operand types per KT dtype: fp8 and fp16 widen to fp16 exactly (a bf16 query rounds only
     # below fp16's normal range); fp32 (tests) stays fp32.
     _DOT = {torch.float8_e5m2: tl.float16, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
@@ -293,7 +347,28 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     return out
 
 
+# Widest score rows `select_pages` takes: past it (a long sequence without stage 1, e.g. Quest at 128k) one
+# program per row would scan too much, and torch's top-k is faster.
+SELECT_MAX_PAGES = 4096
+
+
+def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
+    """The `k` best of each row's first num_pages[b] scores ([batch, kv_heads, max_pages] float32) -> indices
+    [batch, kv_heads, k] int64 in no particular order; a row with at most k pages gets 0..k-1. The same set as
+    `scores.topk(k)` when the scores past each row's pages are -inf and the k-th best is not tied."""
+    require_triton()
+    batch, kv_heads, max_pages = scores.shape
+    if max_pages > SELECT_MAX_PAGES or scores.stride(-1) != 1:
+        return scores.topk(k, dim=-1, sorted=False).indices
+    out = torch.empty(batch, kv_heads, k, device=scores.device, dtype=torch.int64)
+    _select_kernel[(batch, kv_heads)](
+        scores, num_pages, out, scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), k,
+        BLOCK=min(1024, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k),
+    )  # fmt: skip
+    return out
+
+
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
-    """Triton version of `predict_pages_ref`: the two scoring kernels, then torch's top-k."""
+    """Triton version of `predict_pages_ref`: the two scoring kernels, then the selection kernel."""
     scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature, newest=True)
-    return scores.topk(min(topk + 1, scores.shape[-1]), dim=-1, sorted=False).indices
+    return select_pages(scores, num_pages, min(topk + 1, scores.shape[-1]))

@@ -1,5 +1,5 @@
 """The decoder layer's elementwise work as one kernel each: RMSNorm (alone, or after the residual add), rotary
-embedding, SiLU-and-multiply.
+embedding, SiLU-and-multiply, and the per-row FP8 quantization of an FP8 GEMM's activations.
 
 In torch each is five to a dozen small kernels; at decode, where the GEMMs read the weights once
 and are done, those launches are a large share of the step. The references are the torch code
@@ -97,6 +97,47 @@ if triton is not None:
         up = tl.load(x_ptr + row * sx + n + i, mask=ok, other=0.0).to(tl.float32)
         y = gate / (1.0 + tl.exp(-gate)) * up
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+FP8_MAX = 448.0  # float8_e4m3fn's largest value
+
+
+def quantize_fp8_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, n] -> (float8_e4m3fn values, float32 scales [rows, 1]) with x ~= values * scales: each row
+    scaled by its amax / 448 (saturated; an all-zero row gets a tiny scale, never a division by zero)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+if triton is not None:
+
+    @triton.jit
+    def _quantize_fp8_kernel(x_ptr, out_ptr, scale_ptr, sx, so, n, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        amax = tl.zeros([BLOCK], tl.float32)
+        for i0 in range(0, n, BLOCK):
+            i = i0 + tl.arange(0, BLOCK)
+            amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + row * sx + i, mask=i < n, other=0.0).to(tl.float32)))
+        scale = tl.maximum(tl.max(amax, 0), 1e-12) / 448.0
+        for i0 in range(0, n, BLOCK):
+            i = i0 + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * sx + i, mask=i < n, other=0.0).to(tl.float32)
+            y = tl.clamp(tl.math.div_rn(x, scale), -448.0, 448.0)
+            tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=i < n)
+        tl.store(scale_ptr + row, scale)
+
+
+def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of `quantize_fp8_rows_ref`, one program per row (a torch version is nine kernels)."""
+    require_triton()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    rows, n = x.shape
+    out = torch.empty(rows, n, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    _quantize_fp8_kernel[(rows,)](x, out, scale, x.stride(0), out.stride(0), n,
+                                  BLOCK=min(4096, triton.next_power_of_2(n)))  # fmt: skip
+    return out, scale
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -201,11 +201,16 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
     return max(1, min(target, -(-n_tokens // block_n), 64))
 
 
+# (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
+# little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
+TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
+
+
 def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
     batch, q_heads, d = q.shape
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
-    block_n = 64
+    block_n, stages = TILES[k_cache.element_size()]
     splits = _num_splits(batch, kv_heads, n_tokens, block_n)
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
@@ -223,7 +228,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=stages,
     )  # fmt: skip
     out = torch.empty_like(q)
     _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits))

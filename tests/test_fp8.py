@@ -175,7 +175,8 @@ def test_random_fp8_weights_for_benchmarks(llama_dir):
     # An FP8 KV cache over random weights: no checkpoint to read K/V scales from, so 1.0 (as TensorRT-LLM).
     with LLM(str(llama_dir), load_format="dummy", kv_cache_config=KvCacheConfig(dtype="fp8")) as llm:
         assert llm.engine.pool.k.dtype == FP8 and llm.engine.pool.k_scale[0] == 1.0
-        assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))[0].outputs[0].token_ids) == 4
+        out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))[0].outputs[0]
+        assert len(out.token_ids) == 4
     with pytest.raises(ConfigError, match="random weights only") as e:
         LLM(str(llama_dir), quant_config={"quant_algo": "FP8"})
     assert e.value.path == "quant_config.quant_algo"

@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from ..kernels import layer_ops
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -99,7 +100,9 @@ def fp8_linear_cuda(
     reduce_amax: AmaxReduce = None,
 ) -> torch.Tensor:
     shape = x.shape
-    xq, xs = quantize_per_token(x.reshape(-1, shape[-1]), reduce_amax)
+    rows = x.reshape(-1, shape[-1])
+    # One kernel for the row's amax, scale and cast; a tensor-parallel row's amax needs every rank's part.
+    xq, xs = quantize_per_token(rows, reduce_amax) if reduce_amax else layer_ops.quantize_fp8_rows(rows)
     out = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale.t(), bias=bias, out_dtype=x.dtype)
     return out.reshape(*shape[:-1], weight.shape[0])
 

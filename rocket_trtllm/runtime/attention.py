@@ -4,7 +4,7 @@ A step's tokens are packed: every context request's prompt first, then one token
 request. The model computes q/k/v (RoPE applied) for all of them and hands them to `forward`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -30,6 +30,15 @@ class AttentionMetadata:
     cached_lens: Optional[list[int]] = None  # per context request: prompt tokens already cached (prefix cache)
     history_tables: Optional[torch.Tensor] = None  # [num_contexts, blocks]: where a history-keeping method
     # (rocket_mt) holds each context request's whole prompt; `block_tables` then address its working set
+
+    derived: dict = field(default_factory=dict, repr=False)  # per-step values the layers share (`pages`)
+
+    def pages(self, page_size: int) -> torch.Tensor:
+        """[num_generations]: pages of `page_size` tokens each generation request holds, computed by the first
+        layer that asks and shared by the rest (two kernels a layer fewer at decode)."""
+        if page_size not in self.derived:
+            self.derived[page_size] = (self.cache_lens + page_size - 1) // page_size
+        return self.derived[page_size]
 
     @property
     def num_context_tokens(self) -> int:

@@ -72,7 +72,7 @@ class PageSelectionAttention(AttentionBackend):
             # (In a CUDA graph the sparse path runs; it selects every page of a short sequence.)
             return self.dense_decode(layer, q, meta)
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
-        num_pages = (meta.cache_lens + self.page_size - 1) // self.page_size
+        num_pages = meta.pages(self.page_size)
         predict = predict_pages if self.use_kernels else predict_pages_ref
         c = self.config
         pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk,
