@@ -18,6 +18,9 @@ from rocket_trtllm.models.loader import load_model
 from rocket_trtllm.models.random_checkpoint import make_tiny_model
 from rocket_trtllm.runtime.distributed import Communicator
 
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="2 ranks need 2 GPUs on a CUDA machine"
+)
 KV = KvCacheConfig(tokens_per_block=16)
 PROMPTS = [list(range(3, 250)), list(range(40, 80)), [7, 8, 9] * 90]
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
