@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
-# cache (bf16 weights); then bf16 at 32k batch 1. The bf16 runs also profile 32 decode steps (--profile).
+# cache (bf16 weights); then bf16 at 32k batch 1. The bf16 and RocketKV runs also profile 32 decode steps (--profile).
 # VARIANTS (default "bf16 fp8w fp8kv"), METHODS ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a
 # subset (two runs in one call add to the same results).
 # Everything lands in $OUT/fp8/ and, as one file, $OUT/fp8.tgz (a device call brings back only a few files).
@@ -14,6 +14,8 @@ if [ "${TESTS:-1}" = 1 ]; then
     > "$OUT/tests.txt" 2>&1
   tail -3 "$OUT/tests.txt"
 fi
+# The FP8 pieces one by one: paged decode over an fp8 cache per tile shape, quantization, GEMMs, page selection.
+timeout 150 python3 benchmarks/kernels.py --fp8-only --json "$OUT/kernels-fp8.json" > "$OUT/kernels-fp8.txt" 2>&1
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
@@ -24,7 +26,7 @@ declare -A FLAGS=([bf16]="auto:" [fp8w]="auto:--fp8" [fp8kv]="fp8:")
 for name in ${VARIANTS:-bf16 fp8w fp8kv}; do
   IFS=: read -r kv flag <<< "${FLAGS[$name]}"
   for method in ${METHODS:-rocket-long-context dense}; do
-    profile=(); [ "$name" = bf16 ] && profile=(--profile "$OUT/profile-128k-$method.txt")
+    profile=(); [ "$name" = bf16 ] || [ "$method" = rocket-long-context ] && profile=(--profile "$OUT/profile-128k-$name-$method.txt")
     $B --input-len 131072 --output-len 128 $flag --config /tmp/$method-$kv.yaml "${profile[@]}" \
       --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading | tee "$OUT/128k-$name-$method.txt"
   done
