@@ -89,7 +89,8 @@ def test_compressed_tensors_fp8_loads_and_shards(fp8_model, tmp_path):
     for tp in (1,) if one_gpu else (1, 2):  # per-channel scales are sliced with their rows
         with LLM(str(model), dtype="float32", tensor_parallel_size=tp) as llm:
             outs[tp] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    with LLM(str(fp8_model), dtype="float32") as llm:
+    # The same KV cache as the copy without k/v scales (the original would store it in fp8).
+    with LLM(str(fp8_model), dtype="float32", kv_cache_config=KvCacheConfig(dtype="float32")) as llm:
         per_tensor = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
     assert outs[1] == outs.get(2, outs[1]) == per_tensor
 
