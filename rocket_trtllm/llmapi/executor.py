@@ -104,7 +104,12 @@ class Executor:
         self._thread.start()
 
     def submit(self, result: GenerationResult) -> None:
-        self._inbox.put(("add", result))
+        self._inbox.put(("add", [result]))
+
+    def submit_all(self, results: list[GenerationResult]) -> None:
+        """Requests the engine takes in one go: they meet the same first step whatever the threads' timing (one by
+        one, the engine could start a step between them, and batch composition changes the numerics)."""
+        self._inbox.put(("add", results))
 
     def pending(self) -> int:
         """Messages (mostly new requests) the engine thread has not taken yet."""
@@ -149,8 +154,9 @@ class Executor:
 
     def _handle(self, kind: str, item: Any) -> None:
         if kind == "add":
-            self._results[item.request_id] = item
-            self.engine.add(item.seq)
+            for result in item:
+                self._results[result.request_id] = result
+                self.engine.add(result.seq)
         elif kind == "abort" and not item.seq.is_finished:
             self.engine.abort(item.seq)
             self._publish(Update(item.seq, finished=True))

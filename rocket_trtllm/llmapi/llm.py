@@ -62,7 +62,8 @@ class LLM:
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
         prepared = [self._prepare(p, sp) for p, sp in zip(prompts, params)]
-        results = [self._submit(*args, streaming=False) for args in prepared]
+        results = [GenerationResult(self._executor, seq, text, streaming=False) for seq, text in prepared]
+        self._executor.submit_all(results)
         with tqdm(total=len(results), desc="Processed prompts", disable=not use_tqdm or len(results) < 2) as bar:
             for r in results:
                 r.result()
@@ -91,7 +92,8 @@ class LLM:
             seq = self.engine.new_sequence(list(context), params)
             seq.forced_token_ids = list(continuation)
             seqs.append(seq)
-        results = [self._submit(seq, None, streaming=False) for seq in seqs]
+        results = [GenerationResult(self._executor, seq, None, streaming=False) for seq in seqs]
+        self._executor.submit_all(results)
         with tqdm(total=len(results), desc="Scored requests", disable=not use_tqdm or len(results) < 2) as bar:
             for r in results:
                 r.result()

@@ -4,8 +4,11 @@ config, decides each projection's stored weights and how it multiplies.
 - `Unquantized`: the weight in the run's dtype, `F.linear`.
 - `Fp8`: float8_e4m3fn weights with a float32 scale per output channel (a per-tensor checkpoint scale is
   broadcast to its channels, so fused q/k/v and gate/up keep each projection's own scale). On CUDA the GEMM is
-  `torch._scaled_mm` with the activations quantized per token on the fly; elsewhere the same arithmetic in
-  float32 (`fp8_linear_ref`), which is also the reference the GPU path is tested against.
+  `torch._scaled_mm` with the activations quantized per token on the fly, and at decode sizes (up to 16 rows)
+  `kernels.fp8_gemv`, which keeps the activations in bf16 and streams the fp8 weights once (no quantization
+  kernel, no 128-row tiles for one row); elsewhere
+  the quantized arithmetic in float32 (`fp8_linear_ref`), which is also the reference the GPU path is tested
+  against.
 
 Read from the checkpoint: NVIDIA ModelOpt's FP8 (`hf_quant_config.json` or config.json `quantization_config` with
 `quant_method: modelopt`, `quant_algo: FP8`; per-tensor `weight_scale`, `input_scale` ignored for the dynamic
@@ -22,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..kernels import layer_ops
+from ..kernels import fp8_gemv, layer_ops
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -59,6 +62,10 @@ class Fp8(Unquantized):
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
     ) -> torch.Tensor:
+        if x.is_cuda and x.dtype == torch.bfloat16 and x.numel() <= fp8_gemv.MAX_ROWS * x.shape[-1]:
+            # Decode: the weight read is the GEMM; weight-only FP8 (the activations stay bf16)
+            rows = x.reshape(-1, x.shape[-1])
+            return fp8_gemv.fp8_gemv(rows, weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
         if x.is_cuda and x.dtype == torch.bfloat16 and _scaled_mm_supported(x.device):  # row-wise scales: bf16 out
             return fp8_linear_cuda(x, weight, scale, bias, reduce_amax)
         return fp8_linear_ref(x, weight, scale, bias, reduce_amax)
