@@ -14,6 +14,7 @@ import torch
 from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.cache_update import store_token
+from rocket_trtllm.kernels.fp8_gemv import fp8_gemv
 from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 from triton.testing import do_bench
@@ -113,6 +114,7 @@ def fp8_rows(copy_tbs: float) -> list[dict]:
         shape = dict(batch=m, tokens=f"{kdim}x{ndim}")
         row("GEMM bf16 (F.linear)", partial(torch.nn.functional.linear, x, w), 2 * kdim * ndim, **shape)
         row("GEMM fp8 (quantize kernel + _scaled_mm)", partial(fp8_linear_cuda, x, w8, scale), kdim * ndim, **shape)
+        row("GEMM fp8 weight-only (Triton fp8_gemv)", partial(fp8_gemv, x, w8, scale), kdim * ndim, **shape)
         row("quantize rows (triton)", partial(layer_ops.quantize_fp8_rows, x), 3 * m * kdim, **shape)
         row("quantize rows (torch)", partial(quantize_per_token, x), 3 * m * kdim, **shape)
     for pages in [576, 1024, 4096]:  # RocketKV's kept 2048 + generated tokens at page 4; larger tables
