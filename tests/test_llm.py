@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RequestError, SamplingParams
+from rocket_trtllm import LLM, ConfigError, KvCacheConfig, RequestError, RocketSparseAttentionConfig, SamplingParams
 from rocket_trtllm.models.random_checkpoint import ARCHS, make_tiny_model
 
 PROMPTS = ["hello there, general", "a", "The quick brown fox jumps over the lazy dog. " * 3]
@@ -42,6 +42,26 @@ def test_greedy_matches_transformers(tiny_models, arch):
             assert out.finished and out.outputs[0].finish_reason == "length"
             assert out.outputs[0].token_ids == hf_greedy(tiny_models[arch], out.prompt_token_ids, 12)
         assert_pool_empty(llm)
+
+
+def test_long_prompt_slices_match_transformers(tiny_models, monkeypatch):
+    """A long prompt's o_proj and MLP run in token slices (here every prompt is long: 5-token slices), its attention
+    output written over its queries; greedy tokens still equal transformers', and RocketKV's stage 1 (which reads
+    the last queries, copied out before they are overwritten) keeps what it keeps without slices."""
+    from rocket_trtllm.models import llama
+
+    rocket = RocketSparseAttentionConfig(prompt_budget=16, window_size=4, kernel_size=3, topk=2, page_size=2, topr=8)
+    prompt = list(range(3, 60))
+    with LLM(str(tiny_models["llama"]), dtype="float32", sparse_attention_config=rocket) as llm:
+        whole = llm.generate(prompt, GREEDY).outputs[0].token_ids
+    monkeypatch.setattr(llama, "MLP_CHUNK_TOKENS", 5)
+    for arch in ("llama", "qwen2"):
+        with LLM(str(tiny_models[arch]), dtype="float32") as llm:
+            out = llm.generate(PROMPTS, GREEDY)
+            assert [o.outputs[0].token_ids for o in out] == [hf_greedy(tiny_models[arch], o.prompt_token_ids, 12)
+                                                             for o in out]  # fmt: skip
+    with LLM(str(tiny_models["llama"]), dtype="float32", sparse_attention_config=rocket) as llm:
+        assert llm.generate(prompt, GREEDY).outputs[0].token_ids == whole
 
 
 def test_batched_equals_one_by_one(llama):

@@ -176,3 +176,30 @@ def test_official_stage2_scoring_with_a_covering_budget_equals_dense(llama_dir, 
     small = RocketSparseAttentionConfig(prompt_budget=64, window_size=8, topk=4, page_size=4, topr=8,
                                         stage2_bound="sign", stage2_temperature=True)  # fmt: skip
     assert all(len(r.token_ids) == 16 for r in run(llama_dir, small))
+
+
+def test_stage1_reads_the_prompt_queries_not_the_attention_output(llama_dir, monkeypatch):
+    """A prompt's attention output is written over its queries; stage 1 must see the queries the layer computed
+    (the observation window, copied out before attention), for every layer."""
+    from rocket_trtllm.runtime.attention import AttentionBackend
+    from rocket_trtllm.sparse.snapkv import SnapKVAttention
+
+    entered, windows = {}, {}
+    forward, compress = AttentionBackend.forward, SnapKVAttention.compress_prompt
+
+    def record_forward(self, layer, q, k, v, meta):
+        entered[layer] = q.clone()
+        return forward(self, layer, q, k, v, meta)
+
+    def record_compress(self, layer, q, k, v):
+        windows[layer] = q.clone()
+        return compress(self, layer, q, k, v)
+
+    monkeypatch.setattr(AttentionBackend, "forward", record_forward)
+    monkeypatch.setattr(SnapKVAttention, "compress_prompt", record_compress)
+    sparse = RocketSparseAttentionConfig(prompt_budget=24, window_size=6, kernel_size=3, topk=2, page_size=2, topr=8)
+    with LLM(str(llama_dir), dtype="float32", sparse_attention_config=sparse) as llm:
+        llm.generate(list(range(3, 80)), SamplingParams(max_tokens=1, temperature=0))
+    assert windows and set(windows) == set(entered)
+    for layer, window in windows.items():
+        assert window.shape[1] == 6 and torch.equal(window, entered[layer][-6:].transpose(0, 1))

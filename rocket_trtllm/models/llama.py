@@ -154,14 +154,16 @@ class DecoderLayer(nn.Module):
         # The normed input lives only for the projection, and the residual adds in place: at 128k
         # tokens each [tokens, hidden] tensor is 1 GB of prefill peak.
         qkv = self.self_attn.project(self.input_layernorm(x))
-        out = self.self_attn(qkv, cos, sin, backend, meta)
-        del qkv  # q/k/v are 1.5 GB at 128k tokens: gone before o_proj allocates
+        out = self.self_attn(qkv, cos, sin, backend, meta)  # a prompt's output is written over its queries in qkv
+        del qkv
         if x.shape[0] <= MLP_CHUNK_TOKENS:  # decode and short prompts: the residual add inside the norm's kernel
             x += self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
             return x
-        x += self.self_attn.o_proj(out)
-        # A long prompt's MLP runs in slices: its [tokens, intermediate] tensors would dominate
-        # the prefill's peak memory (11 GB for Llama-3.1-8B at 128k tokens).
+        # A long prompt's o_proj and MLP run in slices: their [tokens, hidden] and [tokens, intermediate]
+        # outputs would dominate the prefill's peak memory (1 GB and 11 GB for Llama-3.1-8B at 128k tokens).
+        for part, attended in zip(x.split(MLP_CHUNK_TOKENS), out.split(MLP_CHUNK_TOKENS)):
+            part += self.self_attn.o_proj(attended)
+        del out
         for part in x.split(MLP_CHUNK_TOKENS):
             part += self.mlp(self.post_attention_layernorm(part))
         return x

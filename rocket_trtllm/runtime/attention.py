@@ -96,10 +96,13 @@ class AttentionBackend:
     def _context(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        out = torch.empty_like(q)
+        # Each query group's output overwrites its own queries once they are read: no second [tokens, heads, d]
+        # tensor (1 GiB at 128k tokens). What stage 1 reads of the queries is copied out first.
+        out = q
         start = 0
         for i, n in enumerate(meta.context_lens):
             qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
+            q_window = qi[:, n - min(n, self.prompt_query_window) :].clone()
             cached = meta.cached_lens[i] if meta.cached_lens else 0
             history = meta.history_tables[i] if meta.history_tables is not None else None
             table = meta.block_tables[i]
@@ -111,11 +114,11 @@ class AttentionBackend:
             causal_attention(qi, kf, vf, self.scale, out=out[start : start + n].transpose(0, 1))
             if history is not None:  # the whole prompt stays for later turns; the working set is chosen from it
                 self._store_rows(layer, history, ki, vi, first=cached)
-                self._store_rows(layer, table, *self.compress_prompt(layer, qi, kf, vf))
+                self._store_rows(layer, table, *self.compress_prompt(layer, q_window, kf, vf))
             elif cached:
                 self._store_rows(layer, table, ki, vi, first=cached)
             else:
-                self._store_rows(layer, table, *self.compress_prompt(layer, qi, ki, vi))
+                self._store_rows(layer, table, *self.compress_prompt(layer, q_window, ki, vi))
             start += n
         self.after_context(layer, meta)
         return out
@@ -155,10 +158,14 @@ class AttentionBackend:
         """Prompt tokens a request keeps in the cache after its context phase."""
         return prompt_len
 
+    # The last prompt queries `compress_prompt` reads (stage 1's observation window); none for dense.
+    prompt_query_window = 0
+
     def compress_prompt(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 1: the prompt K/V to keep. q: [q_heads, n, d]; k, v: [kv_heads, n, d] -> [kv_heads, kept, d]."""
+        """Stage 1: the prompt K/V to keep. q: [q_heads, w, d], the prompt's last w = min(n, prompt_query_window)
+        queries; k, v: [kv_heads, n, d] -> [kv_heads, kept, d]."""
         return k, v
 
     def after_context(self, layer: int, meta: AttentionMetadata) -> None:
@@ -201,7 +208,8 @@ class AttentionBackend:
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
     """q: [q_heads, n, d]; k, v: [kv_heads, m, d] (m >= n: the queries are the last n of the m tokens, after a
-    cached prefix) -> out: [q_heads, n, d] (any strides).
+    cached prefix) -> out: [q_heads, n, d] (any strides; q itself too: a head's output is written once its queries
+    have been read).
 
     A whole prompt: one KV head's query group at a time, its K/V repeated over the group, keeps SDPA on its
     flash kernels (GQA support varies across torch builds) at 1/kv_heads of repeating them all. After a cached

@@ -11,6 +11,10 @@ from .stage1 import gather_kept, keep_indices
 class SnapKVAttention(AttentionBackend):
     reduces_query_groups = True
 
+    @property
+    def prompt_query_window(self) -> int:
+        return self.config.window_size
+
     def kept_len(self, prompt_len: int) -> int:
         return min(prompt_len, self.config.prompt_budget_for(prompt_len))
 
