@@ -8,6 +8,9 @@
 # /metrics after each method (warm-up included) (its rocket_step_seconds_total gives the prefill share of step time), and
 # $OUT/serve-WORKLOAD.png. MODEL (default: the Llama-3.1-8B architecture, random weights), LOAD (dummy),
 # ROCKET and DENSE (configs), DECODE / PREFILL ("input output"), and the run lists below ("rate:prompts ...") override.
+# A steady state without waiting for a Poisson queue to build: "inf:PROMPTS@N" keeps N requests in flight (each
+# finished one replaced at once), e.g. the decode-heavy capacities, N = what each pool holds:
+#   DECODE_ROCKET="inf:164@82" DECODE_DENSE="inf:74@37" WORKLOADS=decode bash benchmarks/serve_gpu.sh
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 [ -n "${NO_DEVICE_ENV:-}" ] || source benchmarks/device_env.sh || exit 1
@@ -37,9 +40,11 @@ run() {  # name config workload input output ttft_slo_ms rate:prompts...
   python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --input-len "$input" --output-len 32 \
     --num-prompts "${WARMUP:-8}" --request-rate inf --seed 1 > /dev/null 2>&1
   echo "== warm after $((SECONDS - start)) s"
-  for spec in "$@"; do
+  for spec in "$@"; do  # rate:prompts, or rate:prompts@concurrency (a closed loop holding that many in flight)
+    local rate=${spec%%:*} rest=${spec#*:} limit=()
+    [[ $rest == *@* ]] && limit=(--max-concurrency "${rest#*@}")
     python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --label "$name" \
-      --input-len "$input" --output-len "$output" --num-prompts "${spec#*:}" --request-rate "${spec%%:*}" \
+      --input-len "$input" --output-len "$output" --num-prompts "${rest%@*}" --request-rate "$rate" "${limit[@]}" \
       --slo-tpot-ms "$SLO_TPOT" --slo-ttft-ms "$ttft" --json "$OUT/serve-$workload.json"
   done
   curl -s "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics-$name-$workload.txt"

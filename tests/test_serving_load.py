@@ -53,6 +53,9 @@ def test_sustained_rate_is_the_highest_within_the_slo():
     assert sustained(queued, 50) == {"c": 2}  # the failed run does not count; TPOT alone misses the queue
     assert sustained(queued + [run("c", 0.5, 9)], 50, slo_ttft_ms=5000) == {"c": 1}
     assert sustained([run("d", 2, 12, ttft_p99=30_000)], 50, slo_ttft_ms=5000) == {"d": None}
+    closed = {**run("e", math.inf, 30), "max_concurrency": 8, "request_throughput": 1.25}  # a steady state
+    assert sustained([run("e", 1, 10), closed], 50) == {"e": 1.25}
+    assert sustained([run("e", 2, 10), closed], 50) == {"e": 2}
 
 
 def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):

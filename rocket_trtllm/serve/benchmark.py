@@ -299,16 +299,19 @@ def sustained(
     runs: list[dict[str, Any]], slo_tpot_ms: float, slo_ttft_ms: Optional[float] = None
 ) -> dict[str, Optional[float]]:
     """Per label, the highest finite request rate whose TPOT p99 (and TTFT p99, when given) stay within the SLOs
-    (None: no rate did). A server past its capacity keeps TPOT low and queues: the TTFT SLO is what catches that."""
+    (None: no rate did). A server past its capacity keeps TPOT low and queues: the TTFT SLO is what catches that.
+    A closed loop (all at once under --max-concurrency) counts at the rate it achieved: its steady state."""
     out: dict[str, Optional[float]] = {}
     for r in runs:
+        closed = not math.isfinite(r["request_rate"]) and r.get("max_concurrency")
+        rate = r["request_throughput"] if closed else r["request_rate"]
         ok = (
-            math.isfinite(r["request_rate"])
+            math.isfinite(rate)
             and r["completed"]
             and not r.get("failed")
             and r["tpot_ms"]["p99"] <= slo_tpot_ms
             and (slo_ttft_ms is None or r["ttft_ms"]["p99"] <= slo_ttft_ms)
         )
         best = out.get(r["label"])
-        out[r["label"]] = max(best or 0.0, r["request_rate"]) if ok else best
+        out[r["label"]] = max(best or 0.0, rate) if ok else best
     return out
