@@ -2,8 +2,9 @@
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
 # cache (bf16 weights); then bf16 at 32k batch 1. The bf16 and RocketKV runs also profile 32 decode steps (--profile).
-# VARIANTS (default "bf16 fp8w fp8kv"), METHODS ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a
-# subset (two runs in one call add to the same results).
+# sync: bf16 with the overlap scheduler off. VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
+# ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a subset (two runs in one call add to the same
+# results; all of it takes longer than one 10-minute call: RUN_32K=0 there, the 32k run in the next).
 # Everything lands in $OUT/fp8/ and, as one file, $OUT/fp8.tgz (a device call brings back only a few files).
 set -uo pipefail
 DEST=${OUT:-out}; OUT=/tmp/fp8-results; mkdir -p "$OUT" "$DEST"
@@ -21,9 +22,12 @@ for kv in auto fp8; do  # the same pool dtype for both methods
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
   done
 done
+for name in rocket-long-context dense; do  # bf16 with the overlap scheduler off, for its share of the step
+  (cat configs/$name.yaml; echo "disable_overlap_scheduler: true") > /tmp/$name-sync.yaml
+done
 B="timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 1"
-declare -A FLAGS=([bf16]="auto:" [fp8w]="auto:--fp8" [fp8kv]="fp8:")
-for name in ${VARIANTS:-bf16 fp8w fp8kv}; do
+declare -A FLAGS=([bf16]="auto:" [sync]="sync:" [fp8w]="auto:--fp8" [fp8kv]="fp8:")
+for name in ${VARIANTS:-bf16 sync fp8w fp8kv}; do
   IFS=: read -r kv flag <<< "${FLAGS[$name]}"
   for method in ${METHODS:-rocket-long-context dense}; do
     profile=(); [ "$name" = bf16 ] || [ "$method" = rocket-long-context ] && profile=(--profile "$OUT/profile-128k-$name-$method.txt")

@@ -22,9 +22,9 @@ from .models.parallel import HeadPartition, split
 from .runtime.attention import AttentionBackend
 from .runtime.distributed import SINGLE, Communicator
 from .runtime.kv_cache import KVCachePool, ModelShape
-from .runtime.model_runner import ModelRunner
+from .runtime.model_runner import Feed, ModelRunner
 from .runtime.sampler import sample
-from .runtime.scheduler import Scheduler
+from .runtime.scheduler import Batch, Scheduler
 from .runtime.sequence import Sequence
 from .sampling_params import SamplingParams
 from .sparse import lookup
@@ -56,6 +56,9 @@ class LLMEngine:
         self.hf_config = self.checkpoint.config
         self.workers: Optional[Workers] = None
         self._released: list[int] = []  # requests finished since the workers' last step
+        self._inflight: Optional[_Inflight] = None  # the overlap scheduler's launched, not yet landed step
+        self._token_buffers = [torch.empty(0, dtype=torch.int64) for _ in range(2)]  # its pinned token copies
+        self._last_landed = 0.0
         if comm is None and args.tensor_parallel_size > 1:
             self._check_tensor_parallel(args.tensor_parallel_size)
             self.workers, comm = Workers.start(args, self.device)
@@ -236,31 +239,93 @@ class LLMEngine:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.scheduler.waiting or self.scheduler.running)
+        return bool(self.scheduler.waiting or self.scheduler.running or self._inflight)
 
     # ---- one step -------------------------------------------------------------------------------
 
     def step(self) -> list[Update]:
+        """Run one step and return what it did to each request. With the overlap scheduler, a greedy decode step
+        is launched and the host returns the step before it, whose tokens it reads while the device computes."""
         start = time.perf_counter()
+        if self._inflight is not None and not self._can_follow():
+            return self._land()  # its tokens are needed on the host before the next step can be built
         batch = self.scheduler.schedule()
         if not batch.sequences:
-            return []
-        if self.device.type == "cuda":
+            return self._land() if self._inflight is not None else []
+        if self.device.type == "cuda" and self._inflight is None:
             torch.cuda.reset_peak_memory_stats(self.device)  # for this iteration's gpuPeakMemUsage
+        overlap = self._overlappable(batch)
         try:
             if self.workers is not None:
                 self.workers.check()
                 self.comm.broadcast(("step", StepInput.of(batch, self._released)))
                 self._released = []
-            logits = self.runner.run(batch)
-            tokens = sample(logits, batch.sequences)
-            _force(logits, batch.sequences, tokens)
+            logits = self.runner.run(batch, self._feed(batch))
+            if overlap:
+                launched = _Inflight.launch(batch.generations, logits, start, self._token_buffers)
+            else:
+                tokens = sample(logits, batch.sequences)
+                _force(logits, batch.sequences, tokens)
         except Exception as e:  # a failed step fails its requests, never the engine
+            self._inflight = None  # its requests are this step's
             failure = self.workers and self.workers.failure
             for seq in batch.sequences:
                 seq.error = failure or f"{type(e).__name__}: {e}"
                 self._finish(seq, "error")
             return [Update(seq, finished=True) for seq in batch.sequences]
+        if overlap:
+            for seq in batch.generations:
+                seq.inflight += 1
+            updates = self._land() if self._inflight is not None else []
+            self._inflight = launched
+            return updates
+        return self._record(batch, tokens, logits, start)
+
+    # ---- the overlap scheduler (TensorRT-LLM's): the host's bookkeeping of step n while step n+1 runs --------
+
+    def _eligible(self, seq: Sequence) -> bool:
+        p = seq.sampling_params
+        return p.greedy and seq.forced_token_ids is None and not p.return_generation_logits
+
+    def _overlappable(self, batch: Any) -> bool:
+        """Whether this step may run ahead of the host: greedy decode only (the token is an argmax the next step
+        can read on the device), one rank (the workers follow rank 0's host-built steps)."""
+        return (
+            not self.args.disable_overlap_scheduler
+            and self.workers is None
+            and not batch.contexts
+            and all(self._eligible(seq) for seq in batch.generations)
+        )
+
+    def _can_follow(self) -> bool:
+        """Whether the next step can be launched before the one in flight lands: nobody waits to be admitted (a
+        context step is built on the host) and no running request ends by length with the token in flight."""
+        return not self.scheduler.waiting and all(
+            self._eligible(seq) and len(seq.output_token_ids) + seq.inflight < seq.sampling_params.max_tokens
+            for seq in self.scheduler.running
+        )
+
+    def _feed(self, batch: Any) -> Optional[Feed]:
+        if self._inflight is None:
+            return None
+        rows = {seq.request_id: i for i, seq in enumerate(self._inflight.seqs)}
+        return Feed(self._inflight.tokens, [rows[seq.request_id] for seq in batch.generations])
+
+    def _land(self) -> list[Update]:
+        """The step in flight's tokens, appended (requests that finished meanwhile drop theirs)."""
+        flight, self._inflight = self._inflight, None
+        tokens = flight.read()
+        batch = Batch([], [seq for seq in flight.seqs if not seq.is_finished])
+        if not batch.generations:
+            return []
+        for seq in batch.generations:
+            seq.inflight -= 1
+        picked = [tok for seq, tok in zip(flight.seqs, tokens) if not seq.is_finished]
+        # Wall time since the previous step landed: with steps overlapping, what one step costs.
+        return self._record(batch, picked, None, max(flight.start, self._last_landed))
+
+    def _record(self, batch: Any, tokens: list[int], logits: Optional[torch.Tensor], start: float) -> list[Update]:
+        """A finished step's bookkeeping: tokens appended, requests finished, counters and iteration stats."""
         for i, seq in enumerate(batch.sequences):
             if seq.sampling_params.return_generation_logits:
                 seq.logits.append(logits[i].cpu())
@@ -278,7 +343,8 @@ class LLMEngine:
             self.totals["attention_bytes"] += sum(read) / len(read)
         updates = [self._append(seq, tok) for seq, tok in zip(batch.sequences, tokens)]
         self.iteration += 1
-        seconds = time.perf_counter() - start  # the sampled tokens were read back: the GPU work is done
+        self._last_landed = time.perf_counter()
+        seconds = self._last_landed - start  # the sampled tokens were read back: the GPU work is done
         self.totals["prefill_step_seconds" if batch.contexts else "decode_step_seconds"] += seconds
         self.stats.append(self._iteration_stats(batch, seconds))
         return updates
@@ -300,6 +366,8 @@ class LLMEngine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
+        seq.cache_len -= seq.inflight  # a step in flight wrote a token it will not keep
+        seq.inflight = 0
         self.backend.release(seq.block_table)
         if self.workers is not None:
             self._released.append(seq.request_id)
@@ -406,6 +474,39 @@ class LLMEngine:
                 self.totals["attention_bytes"] / steps / self.token_kv_bytes if steps else 0.0
             ),
         }
+
+
+@dataclass
+class _Inflight:
+    """A greedy decode step launched and not landed: its requests in row order, its tokens on the device and
+    their copy on the way to the host."""
+
+    seqs: list[Sequence]
+    tokens: torch.Tensor
+    host: torch.Tensor
+    done: Optional[Any]  # the CUDA event after the copy (None on the CPU, where it is done already)
+    start: float
+
+    @classmethod
+    def launch(cls, seqs: list[Sequence], logits: torch.Tensor, start: float, buffers: list) -> "_Inflight":
+        tokens = logits.argmax(dim=-1)
+        if not tokens.is_cuda:
+            return cls(seqs, tokens, tokens, None, start)
+        # Pinned, so the copy does not wait for the stream; two buffers in turn (the previous step's is read
+        # after this one is launched).
+        buffers.reverse()
+        if buffers[0].numel() < len(seqs):
+            buffers[0] = torch.empty(max(len(seqs), 2 * buffers[0].numel()), dtype=torch.int64, pin_memory=True)
+        host = buffers[0][: len(seqs)]
+        host.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return cls(seqs, tokens, host, done, start)
+
+    def read(self) -> list[int]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.tolist()
 
 
 def _force(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:

@@ -125,6 +125,11 @@ class LlmArgs(StrictModel):
         default="auto", description="auto: the checkpoint's safetensors; dummy: random weights (benchmarks)."
     )
     quant_config: QuantConfig = Field(default_factory=QuantConfig)
+    disable_overlap_scheduler: bool = Field(
+        default=False,
+        description="Off: while a greedy decode step runs on the device, the host processes the step before it "
+        "(TensorRT-LLM's overlap scheduler). A request may then compute one token past its end, which is dropped.",
+    )
 
     def __init__(self, **data: Any) -> None:
         data = dict(data)

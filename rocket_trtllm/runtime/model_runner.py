@@ -1,5 +1,6 @@
 """Tensors in, logits out: packs a batch for the model and runs it, decode steps as CUDA graphs."""
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -10,6 +11,15 @@ from .scheduler import Batch
 
 if TYPE_CHECKING:  # the models sit above the runtime (they call its attention backends)
     from ..models.llama import CausalLM
+
+
+@dataclass
+class Feed:
+    """Input tokens read on the device: `tokens` [rows] are a running step's greedy tokens; generation i of the
+    next batch takes tokens[rows[i]]."""
+
+    tokens: torch.Tensor
+    rows: list[int]
 
 
 class ModelRunner:
@@ -31,6 +41,8 @@ class ModelRunner:
         self.graph_sizes = sorted(graph_sizes or []) if use_graphs else []
         self.graph_padding = graph_padding
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pinned: dict[tuple[int, int, int], torch.Tensor] = {}  # the graphs' host inputs, two per shape
+        self._turn = 0
         if self.graph_sizes:
             b, width = self.graph_sizes[-1], pool.blocks_for(max_seq_len)
             self.static = {
@@ -80,13 +92,17 @@ class ModelRunner:
         return torch.tensor(values, dtype=torch.int32).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> torch.Tensor:
-        """Logits of each sequence's next token, [len(batch.sequences), vocab] float32."""
+    def run(self, batch: Batch, feed: Optional[Feed] = None) -> torch.Tensor:
+        """Logits of each sequence's next token, [len(batch.sequences), vocab] float32. With `feed` (a decode-only
+        batch), each generation's input token is read on the device from the step still running (the overlap
+        scheduler), not from the host's sequences."""
         bucket = self._bucket(batch)
         if bucket:
-            logits = self._replay(bucket, self._width(batch), batch)
+            logits = self._replay(bucket, self._width(batch), batch, feed)
         else:
             ids, positions, logit_idx, meta = self.prepare(batch)
+            if feed is not None:
+                ids = feed.tokens.index_select(0, self._tensor(feed.rows)).to(ids.dtype)
             logits = self.model(ids, positions, logit_idx, self.backend, meta)
         for seq in batch.contexts:
             seq.cache_len = seq.kept_prompt_len
@@ -148,23 +164,35 @@ class ModelRunner:
             out = self._forward_static(bucket, width)
         self.graphs[bucket, width] = (graph, out)
 
-    def _replay(self, bucket: int, width: int, batch: Batch) -> torch.Tensor:
+    def _replay(self, bucket: int, width: int, batch: Batch, feed: Optional[Feed]) -> torch.Tensor:
         if (bucket, width) not in self.graphs:
             self._capture(bucket, width)
         seqs = batch.generations
         n = len(seqs)
         scratch = self.pool.scratch_block
-        host = torch.full((bucket, 3 + width), scratch, dtype=torch.int32)
-        host[:, :3] = torch.tensor([0, 0, 1], dtype=torch.int32)
+        # The inputs go up in one copy from pinned memory: from pageable memory the copy would first wait for
+        # the stream, i.e. for the step the overlap scheduler is running. Two buffers in turn: the other one may
+        # still be read by the previous step's copy.
+        self._turn ^= 1
+        key = (self._turn, bucket, width)
+        if key not in self._pinned:
+            self._pinned[key] = torch.empty((bucket, 4 + width), dtype=torch.int32, pin_memory=True)
+        host = self._pinned[key]
+        host[:, :4] = torch.tensor([0, 0, 1, 0], dtype=torch.int32)
+        host[:, 4:] = scratch
         for i, seq in enumerate(seqs):
             host[i, 0], host[i, 1], host[i, 2] = seq.last_token, seq.num_tokens - 1, seq.cache_len + 1
-            host[i, 3 : 3 + len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+            host[i, 4 : 4 + len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        if feed is not None:
+            host[:n, 3] = torch.tensor(feed.rows, dtype=torch.int32)
         dev = host.to(self.device, non_blocking=True)
         s = self.static
         s["ids"][:bucket].copy_(dev[:, 0])
+        if feed is not None:
+            s["ids"][:n].copy_(feed.tokens.index_select(0, dev[:n, 3]))
         s["positions"][:bucket].copy_(dev[:, 1])
         s["cache_lens"][:bucket].copy_(dev[:, 2])
-        s["tables"][:bucket, :width].copy_(dev[:, 3:])
+        s["tables"][:bucket, :width].copy_(dev[:, 4:])
         graph, out = self.graphs[bucket, width]
         graph.replay()
         return out[:n]

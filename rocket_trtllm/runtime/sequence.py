@@ -27,6 +27,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     reserved_blocks: int = 0
     cache_len: int = 0  # tokens whose K/V sit in the cache (after eviction, the same for every layer)
+    inflight: int = 0  # decode steps launched whose token is not appended yet (the overlap scheduler)
     kept_prompt_len: int = 0
     cached_len: int = 0  # leading prompt tokens whose K/V came from the prefix cache (not computed)
     prompt_hashes: Optional[list[bytes]] = None  # the prompt's full blocks' prefix-cache keys, computed once
@@ -48,7 +49,7 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return self.prompt_len + len(self.output_token_ids)
+        return self.prompt_len + len(self.output_token_ids) + self.inflight
 
     @property
     def last_token(self) -> int:
