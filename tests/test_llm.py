@@ -275,13 +275,16 @@ def test_bf16_on_gpu_close_to_transformers(tiny_models, arch):
 def test_cuda_graph_decode_matches_eager(llama_dir, sparse):
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     outs = []
-    for graphs in (None, {"batch_sizes": [1, 2, 4], "enable_padding": True}):
-        with LLM(str(llama_dir), dtype="float32", cuda_graph_config=graphs, sparse_attention_config=sparse) as llm:
+    graphs = {"batch_sizes": [1, 2, 4], "enable_padding": True}
+    # Eager, graphs, and graphs fed by the overlap scheduler (each step's tokens read on the device).
+    for config, sync in ((None, True), (graphs, True), (graphs, False)):
+        with LLM(str(llama_dir), dtype="float32", cuda_graph_config=config, sparse_attention_config=sparse,
+                 disable_overlap_scheduler=sync) as llm:  # fmt: skip
             outs.append([o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)])
-            if graphs:
+            if config:
                 assert llm.engine.runner.graphs  # the padded batch of 3 ran as the 4-graph
             assert_pool_empty(llm)
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_score_matches_transformers_logprobs(llama, llama_dir):
