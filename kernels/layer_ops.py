@@ -102,10 +102,13 @@ if triton is not None:
 FP8_MAX = 448.0  # float8_e4m3fn's largest value
 
 
-def quantize_fp8_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [rows, n] -> (float8_e4m3fn values, float32 scales [rows, 1]) with x ~= values * scales: each row
-    scaled by its amax / 448 (saturated; an all-zero row gets a tiny scale, never a division by zero)."""
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-12) / FP8_MAX
+def quantize_fp8_rows_ref(x: torch.Tensor, amax: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., n] -> (float8_e4m3fn values, float32 scales [..., 1]) with x ~= values * scales: each row scaled by
+    its amax / 448 (saturated; an all-zero row gets a tiny scale, never a division by zero). `amax` [..., 1]: the
+    rows' amax when it is not x's own (a tensor-parallel rank holds part of each row)."""
+    if amax is None:
+        amax = x.abs().amax(dim=-1, keepdim=True).float()
+    scale = amax.clamp_min(1e-12) / FP8_MAX
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 

@@ -314,15 +314,14 @@ class LLMEngine:
     def _land(self) -> list[Update]:
         """The step in flight's tokens, appended (requests that finished meanwhile drop theirs)."""
         flight, self._inflight = self._inflight, None
-        tokens = flight.read()
-        batch = Batch([], [seq for seq in flight.seqs if not seq.is_finished])
-        if not batch.generations:
+        kept = [(seq, tok) for seq, tok in zip(flight.seqs, flight.read()) if not seq.is_finished]
+        if not kept:
             return []
-        for seq in batch.generations:
+        for seq, _ in kept:
             seq.inflight -= 1
-        picked = [tok for seq, tok in zip(flight.seqs, tokens) if not seq.is_finished]
+        batch = Batch([], [seq for seq, _ in kept])
         # Wall time since the previous step landed: with steps overlapping, what one step costs.
-        return self._record(batch, picked, None, max(flight.start, self._last_landed))
+        return self._record(batch, [tok for _, tok in kept], None, max(flight.start, self._last_landed))
 
     def _record(self, batch: Any, tokens: list[int], logits: Optional[torch.Tensor], start: float) -> list[Update]:
         """A finished step's bookkeeping: tokens appended, requests finished, counters and iteration stats."""

@@ -133,9 +133,14 @@ def test_bad_sampling_params(kwargs, match):
         SamplingParams(**kwargs)
 
 
-def test_abort_returns_blocks(llama):
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["sampled", "greedy"])
+def test_abort_returns_blocks(llama, temperature):
+    """Greedy, the overlap scheduler has the next step in flight when the abort lands: the request keeps the
+    tokens it was sent (those a whole run gives), drops the one in flight, and its blocks go back at once."""
+    params = SamplingParams(max_tokens=2000, ignore_eos=True, temperature=temperature)
+
     async def run():
-        result = llama.generate_async("abort me", SamplingParams(max_tokens=2000, ignore_eos=True), streaming=True)
+        result = llama.generate_async("abort me", params, streaming=True)
         n = 0
         async for ids, _ in result:
             n += len(ids)
@@ -143,9 +148,12 @@ def test_abort_returns_blocks(llama):
                 result.abort()
         return await result.aresult()
 
-    out = asyncio.run(run())
-    assert out.outputs[0].finish_reason == "abort" and 3 <= len(out.outputs[0].token_ids) < 2000
+    out = asyncio.run(run()).outputs[0]
+    assert out.finish_reason == "abort" and 3 <= len(out.token_ids) < 2000
     assert_pool_empty(llama)
+    if temperature == 0.0:
+        whole = SamplingParams(max_tokens=len(out.token_ids), temperature=0, ignore_eos=True)
+        assert out.token_ids == llama.generate("abort me", whole).outputs[0].token_ids
 
 
 def test_streaming_yields_every_token(llama):

@@ -1,8 +1,6 @@
 """The overlap scheduler: a greedy decode step runs ahead of the host's bookkeeping of the step before it. It
 must give the tokens the synchronous engine gives, drop the one token a request computes past its end, and
-leave no KV block behind."""
-
-import asyncio
+leave no KV block behind. (An abort with a step in flight: tests/test_llm.py::test_abort_returns_blocks.)"""
 
 import pytest
 
@@ -54,26 +52,3 @@ def test_overlapped_steps_equal_synchronous_ones(llama_dir, sparse):
     first, stopped, _, again = overlapped
     assert [len(t) for t, _ in first] == [5, 17, 9, 12] and again == first
     assert all(reason == "stop" and len(t) == 4 for t, reason in stopped)  # a token past the stop was dropped
-
-
-def test_abort_while_a_step_is_in_flight_returns_the_blocks(llama_dir):
-    """An abort lands between steps, with the next one already launched: the request keeps the tokens it was
-    sent, its in-flight token is dropped, its blocks go back at once (snapshot runs after the abort, on the
-    engine's thread), and the engine goes on."""
-
-    async def stream_then_abort(llm):
-        result = llm.generate_async(PROMPTS[0], greedy(200), streaming=True)
-        n = 0
-        async for ids, _ in result:
-            n += len(ids)
-            if n >= 5:
-                result.abort()
-        return await result.aresult()
-
-    with LLM(str(llama_dir), dtype="float32") as llm:
-        out = asyncio.run(stream_then_abort(llm)).outputs[0]
-        assert out.finish_reason == "abort" and 5 <= len(out.token_ids) < 200
-        snap = llm.snapshot()
-        assert snap["kvBlocksUsed"] == 0 and snap["running"] == 0
-        want = llm.generate(PROMPTS[0], greedy(len(out.token_ids))).outputs[0].token_ids
-        assert out.token_ids == want  # what it was sent is what the whole run gives

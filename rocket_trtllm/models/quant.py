@@ -77,11 +77,9 @@ METHODS: dict[str, Unquantized] = {m.name: m for m in (Unquantized(), Fp8())}
 def quantize_per_token(x: torch.Tensor, reduce_amax: AmaxReduce = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., K] -> (float8 values, float32 scales [..., 1]) with x ~= values * scales, one scale per row
     (the row's amax over every rank's part of it with `reduce_amax`, so tensor parallelism changes nothing)."""
-    amax = x.abs().amax(dim=-1, keepdim=True).float()
-    if reduce_amax is not None:
-        amax = reduce_amax(amax)
-    scale = amax.clamp_min(1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+    if reduce_amax is None:
+        return layer_ops.quantize_fp8_rows_ref(x)
+    return layer_ops.quantize_fp8_rows_ref(x, reduce_amax(x.abs().amax(dim=-1, keepdim=True).float()))
 
 
 def fp8_linear_ref(
