@@ -1,7 +1,7 @@
 """Kernel bandwidth on the GPU: dense paged decode vs torch SDPA on contiguous KV, sparse decode and
 KT page scoring, each with its bytes moved, achieved bandwidth and ratio to the measured copy bandwidth; then
-the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token quantization, the FP8 GEMM at
-decode sizes against bf16) and the page selection against torch's top-k.
+the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token quantization), the page selection against
+torch's top-k, and the decode GEMMs: cuBLAS against the Triton GEMV at every candidate tile, bf16 and fp8.
 
     python benchmarks/kernels.py --json out.json
 """
@@ -14,7 +14,7 @@ import torch
 from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.cache_update import store_token
-from rocket_trtllm.kernels.fp8_gemv import fp8_gemv
+from rocket_trtllm.kernels.gemv import Tile, gemv
 from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 from triton.testing import do_bench
@@ -106,15 +106,10 @@ def fp8_rows(copy_tbs: float) -> list[dict]:
         name = f"paged_decode fp8 KV, {tiles[0]} tokens x {tiles[1]} stages"
         row(name, partial(paged_decode, q, k, v, tables, lens, 1.0), 2 * n * KV_HEADS * D, batch=1, tokens=n)
     decode_module.TILES[1] = default
-    for m, kdim, ndim in [(1, 4096, 6144), (1, 4096, 28672), (1, 14336, 4096), (16, 4096, 28672)]:
+    for m in (1, 16):
+        kdim, ndim = 4096, 28672
         x = torch.randn(m, kdim, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(ndim, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
-        scale = w.float().abs().amax(1, keepdim=True) / 448
-        w8 = (w.float() / scale).to(FP8)
         shape = dict(batch=m, tokens=f"{kdim}x{ndim}")
-        row("GEMM bf16 (F.linear)", partial(torch.nn.functional.linear, x, w), 2 * kdim * ndim, **shape)
-        row("GEMM fp8 (quantize kernel + _scaled_mm)", partial(fp8_linear_cuda, x, w8, scale), kdim * ndim, **shape)
-        row("GEMM fp8 weight-only (Triton fp8_gemv)", partial(fp8_gemv, x, w8, scale), kdim * ndim, **shape)
         row("quantize rows (triton)", partial(layer_ops.quantize_fp8_rows, x), 3 * m * kdim, **shape)
         row("quantize rows (torch)", partial(quantize_per_token, x), 3 * m * kdim, **shape)
     for pages in [576, 1024, 4096]:  # RocketKV's kept 2048 + generated tokens at page 4; larger tables
@@ -125,6 +120,68 @@ def fp8_rows(copy_tbs: float) -> list[dict]:
         row("select 65 pages (torch.topk)", partial(torch.topk, scores, 65, -1, sorted=False), scores.numel() * 4,
             **shape)  # fmt: skip
     return rows
+
+
+# Llama-3.1-8B's projections at decode (K, N, uses per step): q/k/v, o, gate/up, down, lm_head.
+PROJECTIONS = [(4096, 6144, 32), (4096, 4096, 32), (4096, 28672, 32), (14336, 4096, 32), (4096, 128256, 1)]
+TILES = [Tile(16, 256, 4, 4), Tile(16, 512, 4, 4), Tile(16, 512, 4, 3), Tile(16, 1024, 4, 3), Tile(32, 256, 4, 4),
+         Tile(32, 512, 8, 3), Tile(64, 256, 8, 3), Tile(64, 128, 4, 4)]  # fmt: skip
+ROW_TILES = [Tile(2, 1024, 4, 3, False), Tile(4, 512, 4, 3, False), Tile(8, 512, 4, 3, False),
+             Tile(8, 1024, 8, 3, False), Tile(16, 256, 4, 3, False), Tile(16, 512, 8, 3, False),
+             Tile(32, 256, 8, 2, False)]  # fmt: skip
+
+
+def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
+    """Decode GEMMs at Llama-3.1-8B's shapes: cuBLAS (bf16 F.linear; fp8 quantize + _scaled_mm) against the
+    Triton GEMV at every candidate tile. Each timing replays 20 calls in one CUDA graph over enough weight copies
+    that they do not stay in L2 (a model's next projection is another weight); returns the rows and, per
+    (weight dtype, rows), the tile with the least time over a decode step's projections."""
+    rows, step = [], {}
+    for m in (1, 4, 16):
+        for wdtype in ("bf16", "fp8"):
+            for kdim, ndim, uses in PROJECTIONS:
+                nbytes = kdim * ndim * (2 if wdtype == "bf16" else 1)
+                copies = max(1, -(-(200 << 20) // nbytes))
+                x = torch.randn(m, kdim, device="cuda", dtype=torch.bfloat16)
+                ws = [torch.randn(ndim, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+                scale = torch.full((ndim, 1), 0.02 / 448 * 4, device="cuda")
+                if wdtype == "fp8":
+                    ws = [(w.float() / scale).clamp(-448, 448).to(FP8) for w in ws]
+                base = ((lambda w, x=x: torch.nn.functional.linear(x, w)) if wdtype == "bf16"
+                        else (lambda w, x=x, s=scale: fp8_linear_cuda(x, w, s)))  # fmt: skip
+                shape = dict(batch=m, tokens=f"{kdim}x{ndim}", weights=wdtype)
+                cands = [("cuBLAS" if wdtype == "bf16" else "quantize + _scaled_mm", None, base)]
+                for tile in TILES + (ROW_TILES if m == 1 else []):
+                    fn = partial(gemv, x, scale=scale if wdtype == "fp8" else None, tile=tile)
+                    cands.append((f"gemv {tile.block_n}x{tile.block_k} w{tile.warps} s{tile.stages}"
+                                  f"{'' if tile.dot else ' rows'}", tile, lambda w, fn=fn: fn(w)))  # fmt: skip
+                for name, tile, fn in cands:
+                    ms = do_bench(graphed_many(fn, ws, 20), warmup=5, rep=40, return_mode="median") / 20
+                    rows.append(dict(kernel=f"GEMM {name}", ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
+                                     vs_copy=nbytes / ms / 1e9 / copy_tbs, **shape))  # fmt: skip
+                    key = (wdtype, m, name)
+                    step[key] = step.get(key, (tile, 0.0))[0], step.get(key, (tile, 0.0))[1] + ms * uses
+                del ws
+                torch.cuda.empty_cache()
+    best = {}
+    for (wdtype, m, name), (tile, ms) in step.items():
+        if (wdtype, m) not in best or ms < best[wdtype, m][2]:
+            best[wdtype, m] = (name, tile, ms)
+    return rows, {f"{w} rows={m}": dict(best=name, tile=repr(tile), step_ms=ms,
+                                          baseline_step_ms=step[(w, m, "cuBLAS" if w == "bf16" else
+                                                                 "quantize + _scaled_mm")][1])
+                  for (w, m), (name, tile, ms) in best.items()}  # fmt: skip
+
+
+def graphed_many(fn, weights: list, calls: int):  # noqa: ANN001, ANN201
+    for w in weights:
+        fn(w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(weights[i % len(weights)])
+    return graph.replay
 
 
 def graphed(fn):
@@ -139,8 +196,7 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated).
-    p.add_argument("--fp8-only", action="store_true", help="only the FP8 and selection rows")
+    p.add_argument("--fp8-only", action="store_true", help="only the FP8, GEMM and selection rows")
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows = []
@@ -149,15 +205,21 @@ def main() -> None:
         rows += case(batch, n, copy_tbs)
         torch.cuda.empty_cache()
     rows += fp8_rows(copy_tbs)
+    gemms, best = gemm_rows(copy_tbs)
+    rows += gemms
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_tbs:.2f} TB/s (read + write)")
     print("| kernel | batch | tokens | ms | MB moved | TB/s | vs copy |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kernel']} | {r['batch']} | {r['tokens']} | {r['ms']:.4f} | {r['mbytes']:.1f} | "
               f"{r['tb_s']:.2f} | {r['vs_copy']:.2f} |")  # fmt: skip
+    print("Best GEMV tile per weight dtype and rows, by a decode step's projection time:")
+    for key, b in best.items():
+        print(f"  {key}: {b['best']} ({b['tile']}) {b['step_ms']:.3f} ms vs {b['baseline_step_ms']:.3f} ms cuBLAS")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_tb_s": copy_tbs, "rows": rows}, f, indent=2)
+            json.dump({"device": torch.cuda.get_device_name(), "copy_tb_s": copy_tbs, "rows": rows,
+                       "best_gemv": best}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

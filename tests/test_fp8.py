@@ -149,34 +149,42 @@ def test_fp8_gemm_matches_its_reference():
 
 
 @pytest.mark.parametrize("rows,n,k,bias", [(1, 40, 512, False), (3, 24, 300, True), (16, 16, 1024, False)])
-def test_fp8_gemv_matches_its_reference(rows, n, k, bias):
-    """The decode GEMM (weight-only FP8) against its float32 reference, in float32 (the interpreter's dots are
-    exact there), on ragged sizes: channels past a 16-wide tile, K past a 512-wide one, the bias."""
-    from rocket_trtllm.kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "wide"])
+@pytest.mark.parametrize("dot", [True, False], ids=["dot", "rows"])
+def test_gemv_matches_its_reference(rows, n, k, bias, fp8, dot):
+    """The decode GEMM (weight-only FP8, or weights in the activations' dtype) against its float32 reference, in
+    float32 (the interpreter's dots are exact there), on ragged sizes: channels past a tile, K past a 512-wide
+    one, the bias; both inner loops (the dot over 16 rows, one row per program)."""
+    from rocket_trtllm.kernels.gemv import Tile, gemv, gemv_ref
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=gen).to(device)
-    w = (torch.randn(n, k, generator=gen) * 100).to(FP8).to(device)
-    scale = (torch.rand(n, 1, generator=gen) / 100).to(device)
+    w = torch.randn(n, k, generator=gen)
+    w = ((w * 100).to(FP8) if fp8 else w).to(device)
+    scale = (torch.rand(n, 1, generator=gen) / 100).to(device) if fp8 else None
     b = torch.randn(n, generator=gen).to(device) if bias else None
-    torch.testing.assert_close(fp8_gemv(x, w, scale, b), fp8_gemv_ref(x, w, scale, b), rtol=1e-5, atol=1e-4)
+    tile = Tile(16, 512, 4, 2, dot) if dot else Tile(8, 256, 4, 2, dot)
+    torch.testing.assert_close(gemv(x, w, scale, b, tile), gemv_ref(x, w, scale, b), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.gpu
-def test_fp8_gemv_on_gpu_at_llama_shapes():
-    """bf16 rows at Llama-3.1-8B's projection shapes, through the Fp8 linear method as decode calls it."""
-    from rocket_trtllm.kernels.fp8_gemv import fp8_gemv_ref
+def test_gemv_on_gpu_at_llama_shapes():
+    """bf16 rows at Llama-3.1-8B's projection shapes, through the linear methods as decode calls them: fp8 and
+    bf16 weights."""
+    from rocket_trtllm.kernels.gemv import gemv_ref
 
-    from rocket_trtllm.models.quant import Fp8
+    from rocket_trtllm.models.quant import Fp8, Unquantized
 
     gen = torch.Generator().manual_seed(0)
-    for rows, k, n in [(1, 4096, 6144), (7, 14336, 4096), (16, 4096, 28672)]:
+    for rows, k, n in [(1, 4096, 6144), (7, 14336, 4096), (16, 4096, 28672), (1, 4096, 128256)]:
         x = torch.randn(rows, k, generator=gen).to("cuda", torch.bfloat16)
         w = (torch.randn(n, k, generator=gen) * 100).clamp(-448, 448).to(FP8).cuda()
         scale = (torch.rand(n, 1, generator=gen) / 1e4).cuda()
-        got = Fp8().apply(x, w, None, scale)
-        torch.testing.assert_close(got, fp8_gemv_ref(x, w, scale), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(Fp8().apply(x, w, None, scale), gemv_ref(x, w, scale), rtol=2e-2, atol=2e-2)
+        wide = (w.float() * scale).bfloat16()
+        torch.testing.assert_close(Unquantized().apply(x, wide, None, None), gemv_ref(x, wide), rtol=2e-2,
+                                   atol=2e-2)  # fmt: skip
 
 
 @pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],

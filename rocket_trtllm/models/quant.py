@@ -1,11 +1,12 @@
 """Quantized linear layers as one seam: a linear method, chosen at load time from the checkpoint's quantization
 config, decides each projection's stored weights and how it multiplies.
 
-- `Unquantized`: the weight in the run's dtype, `F.linear`.
+- `Unquantized`: the weight in the run's dtype, `F.linear`; on CUDA at decode sizes (up to 16 bf16 rows)
+  `kernels.gemv`, which reads the weights closer to the memory's bandwidth than cuBLAS does at one row.
 - `Fp8`: float8_e4m3fn weights with a float32 scale per output channel (a per-tensor checkpoint scale is
   broadcast to its channels, so fused q/k/v and gate/up keep each projection's own scale). On CUDA the GEMM is
   `torch._scaled_mm` with the activations quantized per token on the fly, and at decode sizes (up to 16 rows)
-  `kernels.fp8_gemv`, which keeps the activations in bf16 and streams the fp8 weights once (no quantization
+  `kernels.gemv`, which keeps the activations in bf16 and streams the fp8 weights once (no quantization
   kernel, no 128-row tiles for one row); elsewhere
   the quantized arithmetic in float32 (`fp8_linear_ref`), which is also the reference the GPU path is tested
   against.
@@ -25,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..kernels import fp8_gemv, layer_ops
+from ..kernels import gemv, layer_ops
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -47,6 +48,8 @@ class Unquantized:
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
     ) -> torch.Tensor:
+        if _decode_sized(x) and weight.dtype == torch.bfloat16:
+            return _gemv(x, weight, None, bias)
         return F.linear(x, weight, bias)
 
 
@@ -62,10 +65,8 @@ class Fp8(Unquantized):
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
     ) -> torch.Tensor:
-        if x.is_cuda and x.dtype == torch.bfloat16 and x.numel() <= fp8_gemv.MAX_ROWS * x.shape[-1]:
-            # Decode: the weight read is the GEMM; weight-only FP8 (the activations stay bf16)
-            rows = x.reshape(-1, x.shape[-1])
-            return fp8_gemv.fp8_gemv(rows, weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
+        if _decode_sized(x):  # the weight read is the GEMM; weight-only FP8 (the activations stay bf16)
+            return _gemv(x, weight, scale, bias)
         if x.is_cuda and x.dtype == torch.bfloat16 and _scaled_mm_supported(x.device):  # row-wise scales: bf16 out
             return fp8_linear_cuda(x, weight, scale, bias, reduce_amax)
         return fp8_linear_ref(x, weight, scale, bias, reduce_amax)
@@ -80,6 +81,15 @@ def quantize_per_token(x: torch.Tensor, reduce_amax: AmaxReduce = None) -> tuple
     if reduce_amax is None:
         return layer_ops.quantize_fp8_rows_ref(x)
     return layer_ops.quantize_fp8_rows_ref(x, reduce_amax(x.abs().amax(dim=-1, keepdim=True).float()))
+
+
+def _decode_sized(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dtype == torch.bfloat16 and x.numel() <= gemv.MAX_ROWS * x.shape[-1]
+
+
+def _gemv(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor]):  # noqa: ANN202
+    rows = x.reshape(-1, x.shape[-1])
+    return gemv.gemv(rows, weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
 
 
 def fp8_linear_ref(
