@@ -18,7 +18,7 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 # The pieces one by one: paged decode over an fp8 cache per tile shape, quantization, page selection, and the
 # decode GEMMs (cuBLAS and the Triton GEMV's tiles, bf16 and fp8 weights).
-timeout 300 python3 benchmarks/kernels.py --fp8-only --json "$OUT/kernels-fp8.json" > "$OUT/kernels-fp8.txt" 2>&1
+timeout 300 python3 benchmarks/kernels.py --only ${KERNELS:-fp8} --json "$OUT/kernels-fp8.json" > "$OUT/kernels-fp8.txt" 2>&1
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml

@@ -11,6 +11,7 @@ import json
 from functools import partial
 
 import torch
+from rocket_trtllm.kernels import kt_predict as kt_module
 from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.cache_update import store_token
@@ -85,14 +86,15 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
     return rows
 
 
+def timed_row(rows: list, copy_tbs: float, name: str, fn, nbytes: int, **extra) -> None:  # noqa: ANN001
+    ms = do_bench(graphed(fn), warmup=25, rep=200, return_mode="median")
+    rows.append(dict(kernel=name, ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
+                     vs_copy=nbytes / ms / 1e9 / copy_tbs, **extra))  # fmt: skip
+
+
 def fp8_rows(copy_tbs: float) -> list[dict]:
     rows = []
-
-    def row(name, fn, nbytes, **extra):
-        ms = do_bench(graphed(fn), warmup=25, rep=200, return_mode="median")
-        rows.append(dict(kernel=name, ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
-                         vs_copy=nbytes / ms / 1e9 / copy_tbs, **extra))  # fmt: skip
-
+    row = partial(timed_row, rows, copy_tbs)
     n = 131072  # one layer of a 128k sequence, batch 1
     blocks = n // BS
     k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda").to(FP8)
@@ -112,11 +114,22 @@ def fp8_rows(copy_tbs: float) -> list[dict]:
         shape = dict(batch=m, tokens=f"{kdim}x{ndim}")
         row("quantize rows (triton)", partial(layer_ops.quantize_fp8_rows, x), 3 * m * kdim, **shape)
         row("quantize rows (torch)", partial(quantize_per_token, x), 3 * m * kdim, **shape)
+    return rows
+
+
+def select_rows(copy_tbs: float) -> list[dict]:
+    rows = []
+    row = partial(timed_row, rows, copy_tbs)
+    default_warps = kt_module.SELECT_WARPS
     for pages in [576, 1024, 4096]:  # RocketKV's kept 2048 + generated tokens at page 4; larger tables
         scores = torch.randn(1, KV_HEADS, pages, device="cuda")
         num = torch.full((1,), pages, device="cuda", dtype=torch.int32)
         shape = dict(batch=1, tokens=pages * 4)
-        row("select 65 pages (triton)", partial(select_pages, scores, num, 65), scores.numel() * 4, **shape)
+        for warps in (1, 2, 4):
+            kt_module.SELECT_WARPS = warps
+            row(f"select 65 pages (triton, {warps} warps)", partial(select_pages, scores, num, 65),
+                scores.numel() * 4, **shape)  # fmt: skip
+        kt_module.SELECT_WARPS = default_warps
         row("select 65 pages (torch.topk)", partial(torch.topk, scores, 65, -1, sorted=False), scores.numel() * 4,
             **shape)  # fmt: skip
     return rows
@@ -196,17 +209,20 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--fp8-only", action="store_true", help="only the FP8, GEMM and selection rows")
+    p.add_argument("--only", choices=["fp8", "select"], help="fp8: the FP8, selection and GEMM rows only")
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
-    rows = []
-    # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated).
-    for batch, n in [] if args.fp8_only else [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
-        rows += case(batch, n, copy_tbs)
-        torch.cuda.empty_cache()
-    rows += fp8_rows(copy_tbs)
-    gemms, best = gemm_rows(copy_tbs)
-    rows += gemms
+    rows, best = [], {}
+    if args.only is None:  # (1, 2304) and (64, 2304): a RocketKV sequence after eviction (2048 kept + 256 generated)
+        for batch, n in [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
+            rows += case(batch, n, copy_tbs)
+            torch.cuda.empty_cache()
+    if args.only != "select":
+        rows += fp8_rows(copy_tbs)
+    rows += select_rows(copy_tbs)
+    if args.only != "select":
+        gemms, best = gemm_rows(copy_tbs)
+        rows += gemms
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_tbs:.2f} TB/s (read + write)")
     print("| kernel | batch | tokens | ms | MB moved | TB/s | vs copy |")
     print("|---|---|---|---|---|---|---|")

@@ -27,8 +27,11 @@ class Tile:
     dot: bool = True  # False: one activation row per program, no tensor cores
 
 
-# Per (weight bytes per element, one row or more): set from the H100 sweep in benchmarks/kernels.py.
-TILES = {(1, True): Tile(), (1, False): Tile(), (2, True): Tile(), (2, False): Tile()}
+# Per (weight bytes per element, one row?): the tiles with the least time over Llama-3.1-8B's projections in the
+# H100 sweep of benchmarks/kernels.py (BENCHMARKS.md): at one row, 2 (bf16) or 4 (fp8) weight rows per program
+# without the dot; at 4 and 16 rows, 32 channels per program with the dot.
+TILES = {(2, True): Tile(2, 1024, 4, 3, False), (1, True): Tile(4, 512, 4, 3, False),
+         (2, False): Tile(32, 256, 4, 4), (1, False): Tile(32, 256, 4, 4)}  # fmt: skip
 
 
 def gemv_ref(

@@ -242,10 +242,9 @@ if triton is not None:
     def _select_kernel(
         scores_ptr, pages_ptr, out_ptr, s_b, s_h, o_b, o_h, k, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
     ):  # fmt: skip
-        # One program per (sequence, KV head): the k best of its first n scores by radix selection, scanning
-        # only the n pages the sequence has (torch.topk scans the whole table width). The scores' bits, read
-        # as order-preserving unsigned integers, are settled 4 at a time from the top: 8 passes, each counting
-        # the candidates per next digit in one reduction, find the k-th best key.
+        # One program per (sequence, KV head): the k best of its first n scores, by bisection on the
+        # threshold over the scores' bits read as order-preserving integers, scanning only the n pages
+        # the sequence has (torch.topk scans the whole table width with a multi-pass radix select).
         b = tl.program_id(0)
         h = tl.program_id(1)
         n = tl.load(pages_ptr + b).to(tl.int32)
@@ -255,44 +254,35 @@ if triton is not None:
             j = tl.arange(0, K_PAD)
             tl.store(out + j, j.to(tl.int64), mask=j < k)
         else:
-            digits = tl.arange(0, 16)
-            prefix = tl.zeros([], tl.int64)  # the k-th best key's bits settled so far
-            need = k  # how many of the candidates sharing that prefix still belong to the k best
-            for i in tl.static_range(8):
-                shift = 28 - 4 * i
-                counts = tl.zeros([16], tl.int32)
+            lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always
+            hi = tl.full([], 2147483647, tl.int64)  # count(key > hi) < k always
+            while lo < hi:
+                mid = lo + (hi - lo + 1) // 2
+                cnt = 0
                 for p0 in range(0, n, BLOCK):
                     p = p0 + tl.arange(0, BLOCK)
-                    key = _order_key(tl.load(row + p, mask=p < n, other=0.0))
-                    match = (p < n) & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
-                    hit = (((key >> shift) & 15)[None, :] == digits[:, None]) & match[None, :]
-                    counts += tl.sum(hit.to(tl.int32), 1)
-                at_least = tl.sum(tl.where(digits[None, :] >= digits[:, None], counts[None, :], 0), 1)
-                digit = tl.max(tl.where(at_least >= need, digits, -1), 0)  # the largest that keeps >= need
-                need -= tl.sum(tl.where(digits > digit, counts, 0), 0)
-                prefix += digit.to(tl.int64) << shift
-            # Every page above the k-th best key, then pages equal to it (ties, in page order) up to k.
+                    bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                    cnt += tl.sum(((key >= mid) & (p < n)).to(tl.int32), 0)
+                exact = cnt == k  # the k scores >= mid are the answer: stop with lo = hi = mid - 1
+                lo = tl.where(exact, mid - 1, tl.where(cnt > k, mid, lo))
+                hi = tl.where(exact, mid - 1, tl.where(cnt > k, hi, mid - 1))
+            # Every page above the threshold, then pages equal to it (ties, in page order) up to k.
             above = 0
             for p0 in range(0, n, BLOCK):
                 p = p0 + tl.arange(0, BLOCK)
-                key = _order_key(tl.load(row + p, mask=p < n, other=0.0))
-                sel = ((key > prefix) & (p < n)).to(tl.int32)
+                bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                sel = ((tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) > lo) & (p < n)).to(tl.int32)
                 tl.store(out + above + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
                 above += tl.sum(sel, 0)
             ties = 0
             for p0 in range(0, n, BLOCK):
                 p = p0 + tl.arange(0, BLOCK)
-                key = _order_key(tl.load(row + p, mask=p < n, other=0.0))
-                sel = ((key == prefix) & (p < n)).to(tl.int32)
+                bits = tl.load(row + p, mask=p < n, other=0.0).to(tl.int32, bitcast=True)
+                sel = ((tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) == lo) & (p < n)).to(tl.int32)
                 rank = ties + tl.cumsum(sel, 0) - 1
                 tl.store(out + above + rank, p.to(tl.int64), mask=(sel > 0) & (above + rank < k))
                 ties += tl.sum(sel, 0)
-
-    @triton.jit
-    def _order_key(score):
-        # float32 -> int64 in [0, 2**32) with the floats' order (negative floats' magnitude bits flipped)
-        bits = score.to(tl.int32, bitcast=True)
-        return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648
 
     # Dot operand types per KT dtype: fp8 and fp16 widen to fp16 exactly (a bf16 query rounds only
     # below fp16's normal range); fp32 (tests) stays fp32.
@@ -360,6 +350,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
 # Widest score rows `select_pages` takes: past it (a long sequence without stage 1, e.g. Quest at 128k) one
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
+SELECT_WARPS = 1  # each bisection step is a reduction over the row: within one warp it needs no barrier
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
@@ -373,7 +364,7 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
     out = torch.empty(batch, kv_heads, k, device=scores.device, dtype=torch.int64)
     _select_kernel[(batch, kv_heads)](
         scores, num_pages, out, scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), k,
-        BLOCK=min(1024, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k),
+        BLOCK=min(1024, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), num_warps=SELECT_WARPS,
     )  # fmt: skip
     return out
 

@@ -166,7 +166,7 @@ class ParallelLMHead(nn.Linear):
         self.comm, self.shards, self.vocab_size = comm, {"weight": shard}, vocab_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, self.weight)
+        logits = METHODS["none"].apply(x, self.weight, None, None)  # unquantized (at decode, the GEMV)
         return self.comm.all_gather(logits)[:, : self.vocab_size] if self.comm.parallel else logits
 
 
