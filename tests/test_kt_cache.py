@@ -112,18 +112,18 @@ def test_select_pages_keeps_newest_and_best():
     assert len(pages[0, 0]) == 4 and {0, 1} == {p for p in pages[0, 0].tolist() if p < 2}
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_triton_select_pages_matches_topk(seed):
+@pytest.mark.parametrize("seed,width", [(0, 1500), (1, 1500), (2, 700), (3, 1024)])
+def test_triton_select_pages_matches_topk(seed, width):
     """The selection kernel picks the set torch.topk picks among each row's pages (random scores with -inf past
-    the pages, +inf on the newest, negative and positive values, rows longer than one block); with ties at the
+    the pages, +inf on the newest, negative and positive values, rows in one block or several); with ties at the
     threshold, k pages all scoring at least the k-th best; a row with at most k pages gets them all."""
     from rocket_trtllm.kernels.kt_predict import select_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(seed)
-    batch, heads, width, k = 3, 2, 1500, 9
-    num_pages = torch.tensor([1300, 6, 9 + seed], dtype=torch.int32)
-    scores = torch.randn(batch, heads, width, generator=gen) * 10 ** torch.randint(-3, 3, (1,), generator=gen)
+    batch, heads, k = 3, 2, 9  # rows wider than one 1024-page block, and rows held in one
+    num_pages = torch.tensor([width - 200, 6, 9 + seed], dtype=torch.int32)
+    scores = torch.randn(batch, heads, width, generator=gen) * 10.0 ** torch.randint(-3, 3, (1,), generator=gen)
     scores.masked_fill_(torch.arange(width) >= num_pages[:, None, None], float("-inf"))
     scores[:, :, 0] = float("inf")
     got = select_pages(scores.to(device), num_pages.to(device), k).cpu()
