@@ -91,8 +91,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--max-batch", action="store_true", help="the largest batch whose KV fits in memory")
     p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--profile", help="after the run, profile 32 batch-1 decode steps (torch.profiler) and write "
-                   "where each step's time goes to this text file")  # fmt: skip
+    p.add_argument("--profile", help="after the run, profile one request's prefill and 32 batch-1 decode steps "
+                   "(torch.profiler) and write where each step's time goes to this text file")  # fmt: skip
     args = p.parse_args(argv)
     if not args.model and not args.arch:
         p.error("give a MODEL folder or --arch NAME")
@@ -159,7 +159,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         # Per request, what its attention read each step (attended K/V plus KT pages), as the engine counts it.
         step_bytes = {"weights": weight_bytes(llm), "per_request": snap["meanAttentionBytesPerStep"]}
         if ns.profile:
-            write_profile(llm, warm, f"{ns.profile}.{name}.txt" if ns.compare else ns.profile)
+            write_profile(llm, prompts[0], f"{ns.profile}.{name}.txt" if ns.compare else ns.profile)
     finally:
         llm.shutdown()
     prefill_steps = [s for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
@@ -200,17 +200,24 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
 
 
 def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> None:
-    """Profile `steps` decode steps of one request over `prompt` on the engine thread and write the summary: wall
-    time per step, the GPU's busy time in it, and the kernels and host functions that take the time."""
+    """Profile one request over `prompt` on the engine thread, its prefill and then `steps` decode steps, and write
+    the summary: wall time per step, the GPU's busy time in it, and the kernels and host functions that take the
+    time."""
     from torch.profiler import ProfilerActivity, profile
 
     def run(engine: Any) -> tuple[Any, float]:
         params = SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True, detokenize=False)
         seq = engine.new_sequence(prompt[: engine.max_seq_len - params.max_tokens], params)
         engine.add(seq)
-        while len(seq.output_token_ids) < 4:  # the prefill and the first decode steps (graph warm-up) outside
-            engine.step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prefill:
+            start = time.perf_counter()
+            engine.step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            prefill_s = time.perf_counter() - start
+        while len(seq.output_token_ids) < 4:  # the first decode steps (graph warm-up) outside
+            engine.step()
         with profile(activities=activities) as prof:
             start = time.perf_counter()
             for _ in range(steps):
@@ -219,16 +226,20 @@ def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> No
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
         engine.abort(seq)
-        return prof, wall
+        return prof, wall, prefill, prefill_s
 
-    prof, wall = llm._executor.call(run)
+    prof, wall, prefill, prefill_s = llm._executor.call(run)
     events = prof.key_averages()
     device_us = sum(e.self_device_time_total for e in events) / steps
     step_ms = wall / steps * 1e3
     busy = f"; GPU kernel time per step: {device_us / 1e3:.3f} ms" if torch.cuda.is_available() else ""
-    lines = [f"{steps} decode steps, batch 1, {len(prompt)}-token prompt", f"wall per step: {step_ms:.3f} ms{busy}", "",
+    lines = [f"{steps} decode steps, batch 1, {len(prompt)}-token prompt (its prefill below)",
+             f"wall per step: {step_ms:.3f} ms{busy}", "",
              "By GPU time:", events.table(sort_by="self_device_time_total", row_limit=25), "",
-             "By host time:", events.table(sort_by="self_cpu_time_total", row_limit=25)]  # fmt: skip
+             "By host time:", events.table(sort_by="self_cpu_time_total", row_limit=25), "",
+             f"The prefill step: {prefill_s:.3f} s", "By GPU time:",
+             prefill.key_averages().table(sort_by="self_device_time_total", row_limit=30), "",
+             "By host time:", prefill.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)]  # fmt: skip
     Path(path).write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:2]))
 

@@ -153,11 +153,13 @@ def test_trtllm_bench_throughput_shape(tmp_path):
         bench_main(["--model", str(SHIPPED_MODEL), "throughput", "--dataset", str(bad)])
 
 
-def test_rocket_bench_profiles_decode_steps(tmp_path):
+def test_rocket_bench_profiles_prefill_and_decode_steps(tmp_path):
     config = tmp_path / "rocket.yaml"
     config.write_text("sparse_attention_config:\n  algorithm: rocket\n  prompt_budget: 64\n  topr: 1.0\n")
     profile = tmp_path / "profile.txt"
     bench_main([str(SHIPPED_MODEL), "--config", str(config), "--input-len", "300", "--output-len", "8",
                 "--profile", str(profile)])  # fmt: skip
     text = profile.read_text()
-    assert text.startswith("32 decode steps, batch 1") and "By host time:" in text and "aten::" in text
+    assert text.startswith("32 decode steps, batch 1, 300-token prompt") and "By host time:" in text
+    decode, prefill = text.split("The prefill step: ")
+    assert "aten::" in decode and "aten::" in prefill
