@@ -91,8 +91,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--max-batch", action="store_true", help="the largest batch whose KV fits in memory")
     p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--profile", help="after the run, profile one request's prefill and 32 batch-1 decode steps "
-                   "(torch.profiler) and write where each step's time goes to this text file")  # fmt: skip
+    p.add_argument("--profile", help="after the run, profile a prefill step and 32 decode steps (torch.profiler) of "
+                   "fresh requests and write where each step's time goes to this text file")  # fmt: skip
+    p.add_argument("--profile-batch", type=int, default=1, help="how many requests --profile decodes together")
     args = p.parse_args(argv)
     if not args.model and not args.arch:
         p.error("give a MODEL folder or --arch NAME")
@@ -144,11 +145,11 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
             per_request = llm.engine.pool.blocks_for(kept_len(llm_args, ns.input_len) + ns.output_len)
             batch = max(1, llm.engine.pool.allocator.num_blocks // per_request)
             llm.engine.scheduler.max_batch_size = batch
-        gen = torch.Generator().manual_seed(0)
-        prompts = [torch.randint(0, 256, (ns.input_len,), generator=gen).tolist() for _ in range(batch)]
+        prompts = random_prompts(batch, ns.input_len, seed=0)
         params = SamplingParams(max_tokens=ns.output_len, temperature=0.0, ignore_eos=True, detokenize=False)
-        # Warm up every path the run takes: a prompt past the eviction budget, and a few decode steps.
-        warm = prompts[0][: min(ns.input_len, kept_len(llm_args, ns.input_len) + 512)]
+        # Warm up every path the run takes: a prompt past the eviction budget, and a few decode steps; its own
+        # tokens, so that no prompt of the run finds it in the prefix cache (the dense run may have one).
+        warm = random_prompts(1, min(ns.input_len, kept_len(llm_args, ns.input_len) + 512), seed=1)[0]
         llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False), use_tqdm=False)
         llm.get_stats()
         start = time.perf_counter()
@@ -159,7 +160,8 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         # Per request, what its attention read each step (attended K/V plus KT pages), as the engine counts it.
         step_bytes = {"weights": weight_bytes(llm), "per_request": snap["meanAttentionBytesPerStep"]}
         if ns.profile:
-            write_profile(llm, prompts[0], f"{ns.profile}.{name}.txt" if ns.compare else ns.profile)
+            profiled = random_prompts(ns.profile_batch, ns.input_len, seed=2)  # unseen: no prefix-cache hits
+            write_profile(llm, profiled, f"{ns.profile}.{name}.txt" if ns.compare else ns.profile)
     finally:
         llm.shutdown()
     prefill_steps = [s for s in stats if s["inflightBatchingStats"]["numContextRequests"]]
@@ -199,16 +201,22 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
     return result
 
 
-def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> None:
-    """Profile one request over `prompt` on the engine thread, its prefill and then `steps` decode steps, and write
-    the summary: wall time per step, the GPU's busy time in it, and the kernels and host functions that take the
-    time."""
+def random_prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (length,), generator=gen).tolist() for _ in range(n)]
+
+
+def write_profile(llm: LLM, prompts: list[list[int]], path: str, steps: int = 32) -> None:
+    """Profile requests over `prompts` on the engine thread, the first (prefill) step and then `steps` decode steps
+    of all of them together, and write the summary: wall time per step, the GPU's busy time in it, and the kernels
+    and host functions that take the time."""
     from torch.profiler import ProfilerActivity, profile
 
     def run(engine: Any) -> tuple[Any, float]:
         params = SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True, detokenize=False)
-        seq = engine.new_sequence(prompt[: engine.max_seq_len - params.max_tokens], params)
-        engine.add(seq)
+        seqs = [engine.new_sequence(p[: engine.max_seq_len - params.max_tokens], params) for p in prompts]
+        for seq in seqs:
+            engine.add(seq)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         with profile(activities=activities) as prefill:
             start = time.perf_counter()
@@ -216,7 +224,7 @@ def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> No
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             prefill_s = time.perf_counter() - start
-        while len(seq.output_token_ids) < 4:  # the first decode steps (graph warm-up) outside
+        while min(len(seq.output_token_ids) for seq in seqs) < 4:  # the other prefills, graph warm-up outside
             engine.step()
         with profile(activities=activities) as prof:
             start = time.perf_counter()
@@ -225,7 +233,8 @@ def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> No
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
-        engine.abort(seq)
+        for seq in seqs:
+            engine.abort(seq)
         return prof, wall, prefill, prefill_s
 
     prof, wall, prefill, prefill_s = llm._executor.call(run)
@@ -233,11 +242,11 @@ def write_profile(llm: LLM, prompt: list[int], path: str, steps: int = 32) -> No
     device_us = sum(e.self_device_time_total for e in events) / steps
     step_ms = wall / steps * 1e3
     busy = f"; GPU kernel time per step: {device_us / 1e3:.3f} ms" if torch.cuda.is_available() else ""
-    lines = [f"{steps} decode steps, batch 1, {len(prompt)}-token prompt (its prefill below)",
+    lines = [f"{steps} decode steps, batch {len(prompts)}, {len(prompts[0])}-token prompts (a prefill step below)",
              f"wall per step: {step_ms:.3f} ms{busy}", "",
              "By GPU time:", events.table(sort_by="self_device_time_total", row_limit=25), "",
              "By host time:", events.table(sort_by="self_cpu_time_total", row_limit=25), "",
-             f"The prefill step: {prefill_s:.3f} s", "By GPU time:",
+             f"The first prefill step: {prefill_s:.3f} s", "By GPU time:",
              prefill.key_averages().table(sort_by="self_device_time_total", row_limit=30), "",
              "By host time:", prefill.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)]  # fmt: skip
     Path(path).write_text("\n".join(lines) + "\n")
