@@ -123,9 +123,10 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
     update = dict(
         cuda_graph_config=graphs.model_copy(update={"enable_padding": True}) if graphs else None,
         max_seq_len=max(seq, base.max_seq_len or 0),
-        # A prompt must fit one step beside the requests already decoding, or none is admitted
-        # until they all finish.
-        max_num_tokens=max(ns.input_len + (batch if batch > 0 else 2048), base.max_num_tokens),
+        # A prompt must fit one step beside the requests already decoding, or none is admitted until they all
+        # finish; no more than that, since the pool gets what the largest step's activations leave (a preset's
+        # 128k-token steps would take 13 GB from a 32k run's pool).
+        max_num_tokens=ns.input_len + (batch if batch > 0 else 2048),
         max_batch_size=batch if batch > 0 else base.max_batch_size,  # --max-batch: the scheduler limits it
         kv_cache_config=kv,
         load_format="dummy" if ns.random_weights else "auto",
