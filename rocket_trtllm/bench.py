@@ -99,6 +99,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("give a MODEL folder or --arch NAME")
     if args.fp8 and not args.random_weights:
         p.error("--fp8 makes random fp8 weights: add --random-weights (a real FP8 checkpoint needs no flag)")
+    if args.profile_batch > args.batch_size and not args.max_batch:
+        p.error(f"--profile-batch {args.profile_batch} is more than --batch-size {args.batch_size}: the pool and the "
+                "scheduler are sized for the run's batch")  # fmt: skip
     if args.arch and not args.random_weights:
         p.error("--arch builds a model without its checkpoint: add --random-weights")
     if args.input_len < 1 or args.output_len < 2:
