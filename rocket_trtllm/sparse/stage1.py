@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+LOGITS_BYTES = 64 << 20
 
 
 def window_scores(
@@ -20,15 +21,19 @@ def window_scores(
     """
     q_heads, d = q.shape[0], q.shape[2]
     kv_heads, n = k.shape[:2]
-    qw = q[:, q.shape[1] - window :].float().view(kv_heads, q_heads // kv_heads, window, d)
+    group = q_heads // kv_heads
+    qw = q[:, q.shape[1] - window :].float().view(kv_heads, group, window, d)
     # The window's queries see the whole prefix and, causally, the window itself.
     future = torch.arange(n, device=q.device)[None, :] > (n - window + torch.arange(window, device=q.device))[:, None]
     scores = torch.empty(kv_heads, n - window, device=q.device)
-    for h in range(kv_heads):  # one KV head at a time: a long prompt's float32 logits stay small
-        logits = torch.einsum("gwd,nd->gwn", qw[h], k[h].float()) * scale
-        probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    # As many KV heads per product as keep its float32 logits under LOGITS_BYTES (all of them for an 8k prompt,
+    # one at 128k): a short prompt's scores take a few launches, a long one's logits stay small.
+    per = max(1, LOGITS_BYTES // (group * window * n * 4))
+    for h in range(0, kv_heads, per):
+        logits = torch.einsum("cgwd,cnd->cgwn", qw[h : h + per], k[h : h + per].float()).mul_(scale)
+        probs = torch.softmax(logits.masked_fill_(future, float("-inf")), dim=-1)
         # SnapKV's vote, GQA-aware: summed over the window and over the group's query heads.
-        scores[h] = probs[..., : n - window].sum(dim=(0, 1))
+        scores[h : h + per] = probs[..., : n - window].sum(dim=(1, 2))
     if scope == "layer":
         scores = (scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-30)).sum(dim=0, keepdim=True)
         if all_reduce is not None:
