@@ -150,15 +150,18 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
+    def forward(self, x, pending, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
         # The normed input lives only for the projection, and the residual adds in place: at 128k
-        # tokens each [tokens, hidden] tensor is 1 GB of prefill peak.
-        qkv = self.self_attn.project(self.input_layernorm(x))
+        # tokens each [tokens, hidden] tensor is 1 GB of prefill peak. Decode and short prompts return the MLP's
+        # output as `pending`, which the next layer's input norm adds to the residual in its own kernel.
+        short = x.shape[0] <= MLP_CHUNK_TOKENS
+        normed = self.input_layernorm(x) if pending is None else self.input_layernorm.add_and_norm(x, pending)
+        qkv = self.self_attn.project(normed)
+        del normed
         out = self.self_attn(qkv, cos, sin, backend, meta)  # a prompt's output is written over its queries in qkv
         del qkv
-        if x.shape[0] <= MLP_CHUNK_TOKENS:  # decode and short prompts: the residual add inside the norm's kernel
-            x += self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
-            return x
+        if short:  # the attention's residual add inside the norm's kernel too
+            return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
         # A long prompt's o_proj and MLP run in slices: their [tokens, hidden] and [tokens, intermediate]
         # outputs would dominate the prefill's peak memory (1 GB and 11 GB for Llama-3.1-8B at 128k tokens).
         for part, attended in zip(x.split(MLP_CHUNK_TOKENS), out.split(MLP_CHUNK_TOKENS)):
@@ -166,7 +169,7 @@ class DecoderLayer(nn.Module):
         del out
         for part in x.split(MLP_CHUNK_TOKENS):
             part += self.mlp(self.post_attention_layernorm(part))
-        return x
+        return x, None
 
 
 class Backbone(nn.Module):
@@ -217,9 +220,11 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
+        pending = None  # the last MLP output not yet added to the residual stream
         for layer in self.model.layers:
-            x = layer(x, cos, sin, backend, meta)
-        x = self.model.norm(x[logit_idx])
+            x, pending = layer(x, pending, cos, sin, backend, meta)
+        x = x[logit_idx]
+        x = self.model.norm(x) if pending is None else self.model.norm.add_and_norm(x, pending[logit_idx])
         return self.lm_head(x).float()
 
 
