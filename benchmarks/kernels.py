@@ -1,9 +1,10 @@
 """Kernel bandwidth on the GPU: dense paged decode vs torch SDPA on contiguous KV, sparse decode and
 KT page scoring, each with its bytes moved, achieved bandwidth and ratio to the measured copy bandwidth; then
 the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token quantization), the page selection against
-torch's top-k, and the decode GEMMs: cuBLAS against the Triton GEMV at every candidate tile, bf16 and fp8.
+torch's top-k, the decode GEMMs (cuBLAS against the Triton GEMV at every candidate tile, bf16 and fp8), and
+RocketKV's scoring and sparse attention at batch 64 and 128 per tile shape.
 
-    python benchmarks/kernels.py --json out.json
+    python benchmarks/kernels.py --json out.json      # --only fp8|select|batched for a part
 """
 
 import argparse
@@ -83,6 +84,42 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
     row("dense decode layer (graph)", graphed(dense_layer), kv_bytes)
     sparse_bytes = kt_bytes + 2 * batch * KV_HEADS * 260 * D * 2
     row("rocket decode layer, every page scored (graph)", graphed(rocket_layer), sparse_bytes)
+    return rows
+
+
+def batched_rows(copy_tbs: float) -> list[dict]:
+    """RocketKV's decode attention at large batches after eviction (2304 tokens: 2048 kept + 256 generated), the
+    regime of the 32k largest-batch run: KT scoring (top-r 128, the preset's) per scoring tile width, and sparse
+    attention over 65 pages of 4 per (tokens per tile, stages)."""
+    rows = []
+    row = partial(timed_row, rows, copy_tbs)
+    n, ps = 2304, 4
+    tiles_default, block_p_default = decode_module.TILES[2], kt_module._BLOCK_P
+    for batch in (64, 128):
+        blocks = batch * n // BS
+        k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
+        lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
+        q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+        kt_lo = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
+        kt_hi = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
+        n_pages = torch.full((batch,), n // ps, device="cuda", dtype=torch.int32)
+        pages = torch.rand(batch, KV_HEADS, n // ps, device="cuda").argsort(-1)[..., :65].contiguous()
+        shape = dict(batch=batch, tokens=n)
+        for block_p in (32, 64, 128):
+            kt_module._BLOCK_P = block_p
+            row(f"kt_page_scores fp8, top-r 128, {block_p} pages a tile", partial(kt_page_scores, q, kt_lo, kt_hi,
+                tables, n_pages, 128), 2 * batch * KV_HEADS * (n // ps) * D, **shape)  # fmt: skip
+        kt_module._BLOCK_P = block_p_default
+        for tiles in [(16, 2), (32, 2), (64, 2), (64, 3), (128, 2)]:
+            decode_module.TILES[2] = tiles
+            row(f"sparse_decode 65 pages x 4, {tiles[0]} tokens x {tiles[1]} stages",
+                partial(sparse_decode, q, k, v, tables, pages, lens, ps, D**-0.5),
+                2 * batch * KV_HEADS * 65 * ps * D * 2, **shape)  # fmt: skip
+        decode_module.TILES[2] = tiles_default
+        del k, v
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -209,7 +246,8 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--only", choices=["fp8", "select"], help="fp8: the FP8, selection and GEMM rows only")
+    p.add_argument("--only", choices=["fp8", "select", "batched"],
+                   help="fp8: FP8, selection, GEMM rows; batched: RocketKV attention at batch 64, 128")  # fmt: skip
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows, best = [], {}
@@ -217,10 +255,13 @@ def main() -> None:
         for batch, n in [(1, 2304), (64, 2304), (1, 32768), (1, 131072), (8, 32768), (32, 8192)]:
             rows += case(batch, n, copy_tbs)
             torch.cuda.empty_cache()
-    if args.only != "select":
+    if args.only in (None, "batched"):
+        rows += batched_rows(copy_tbs)
+    if args.only in (None, "fp8"):
         rows += fp8_rows(copy_tbs)
-    rows += select_rows(copy_tbs)
-    if args.only != "select":
+    if args.only != "batched":
+        rows += select_rows(copy_tbs)
+    if args.only in (None, "fp8"):
         gemms, best = gemm_rows(copy_tbs)
         rows += gemms
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {copy_tbs:.2f} TB/s (read + write)")
