@@ -87,7 +87,9 @@ def _decode_sized(x: torch.Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.bfloat16 and x.numel() <= gemv.MAX_ROWS * x.shape[-1]
 
 
-def _gemv(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor]):  # noqa: ANN202
+def _gemv(
+    x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor]
+) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])
     return gemv.gemv(rows, weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
 
