@@ -165,3 +165,15 @@ def test_rocket_bench_profiles_prefill_and_decode_steps(tmp_path):
     assert "aten::" in decode and "aten::" in prefill
     with pytest.raises(SystemExit):  # more than the run's batch: the scheduler would decode fewer together
         bench_main([str(SHIPPED_MODEL), "--profile", str(profile), "--profile-batch", "4", "--batch-size", "2"])
+
+
+def test_rocket_bench_sizes_steps_to_the_run_not_the_preset(tmp_path):
+    """The pool gets what the largest step's activations leave: a 32k run under a 128k-token preset would lose
+    ~17 GB of pool on the H100 to a step it never takes. A prompt fits beside the whole decoding batch."""
+    from rocket_trtllm.bench import build_args, parse_args
+
+    config = tmp_path / "long.yaml"
+    config.write_text("max_num_tokens: 131328\nmax_seq_len: 131328\n")
+    ns = parse_args([str(SHIPPED_MODEL), "--config", str(config), "--input-len", "300", "--output-len", "8"])
+    assert build_args(str(SHIPPED_MODEL), str(config), ns, batch=4).max_num_tokens == 304
+    assert build_args(str(SHIPPED_MODEL), str(config), ns, batch=0).max_num_tokens == 300 + 2048  # --max-batch
