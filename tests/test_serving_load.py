@@ -56,6 +56,9 @@ def test_sustained_rate_is_the_highest_within_the_slo():
     closed = {**run("e", math.inf, 30), "max_concurrency": 8, "request_throughput": 1.25}  # a steady state
     assert sustained([run("e", 1, 10), closed], 50) == {"e": 1.25}
     assert sustained([run("e", 2, 10), closed], 50) == {"e": 2}
+    burst = {**closed, "ttft_ms": {"p99": 26_000.0}}  # its first wave arrived at once: not a queue
+    assert sustained([burst], 50, slo_ttft_ms=5000) == {"e": 1.25}
+    assert sustained([{**burst, "tpot_ms": {"p99": 60.0}}], 50, slo_ttft_ms=5000) == {"e": None}
 
 
 def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):

@@ -300,7 +300,8 @@ def sustained(
 ) -> dict[str, Optional[float]]:
     """Per label, the highest finite request rate whose TPOT p99 (and TTFT p99, when given) stay within the SLOs
     (None: no rate did). A server past its capacity keeps TPOT low and queues: the TTFT SLO is what catches that.
-    A closed loop (all at once under --max-concurrency) counts at the rate it achieved: its steady state."""
+    A closed loop (all at once under --max-concurrency) counts at the rate it achieved, its steady state, by TPOT
+    alone: it cannot queue past its concurrency, and its TTFT tail is the first wave arriving at once."""
     out: dict[str, Optional[float]] = {}
     for r in runs:
         closed = not math.isfinite(r["request_rate"]) and r.get("max_concurrency")
@@ -310,7 +311,7 @@ def sustained(
             and r["completed"]
             and not r.get("failed")
             and r["tpot_ms"]["p99"] <= slo_tpot_ms
-            and (slo_ttft_ms is None or r["ttft_ms"]["p99"] <= slo_ttft_ms)
+            and (slo_ttft_ms is None or closed or r["ttft_ms"]["p99"] <= slo_ttft_ms)
         )
         best = out.get(r["label"])
         out[r["label"]] = max(best or 0.0, rate) if ok else best
