@@ -33,13 +33,21 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / ms / 1e9  # TB/s, bytes read + written
 
 
-def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
+def paged_inputs(batch: int, n: int) -> tuple[torch.Tensor, ...]:
+    """One layer's bf16 K/V cache of `batch` sequences of `n` tokens in shuffled 32-token blocks, their block
+    tables and lengths, and a query per sequence."""
     blocks = batch * n // BS
     k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
     lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
     q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+    return k, v, tables, lens, q
+
+
+def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
+    blocks = batch * n // BS
+    k, v, tables, lens, q = paged_inputs(batch, n)
     scale = D**-0.5
     kv_bytes = 2 * batch * n * KV_HEADS * D * 2
     rows = []
@@ -97,11 +105,7 @@ def batched_rows(copy_tbs: float) -> list[dict]:
     tiles_default, block_p_default = decode_module.TILES[2], kt_module._BLOCK_P
     for batch in (64, 128):
         blocks = batch * n // BS
-        k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
-        lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
-        q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+        k, v, tables, lens, q = paged_inputs(batch, n)
         kt_lo = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
         kt_hi = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
         n_pages = torch.full((batch,), n // ps, device="cuda", dtype=torch.int32)
@@ -210,7 +214,7 @@ def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
                     rows.append(dict(kernel=f"GEMM {name}", ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
                                      vs_copy=nbytes / ms / 1e9 / copy_tbs, **shape))  # fmt: skip
                     key = (wdtype, m, name)
-                    step[key] = step.get(key, (tile, 0.0))[0], step.get(key, (tile, 0.0))[1] + ms * uses
+                    step[key] = (tile, step.get(key, (tile, 0.0))[1] + ms * uses)
                 del ws
                 torch.cuda.empty_cache()
     best = {}
