@@ -11,8 +11,6 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 (q_hat: the query on its top-r channels) instead of sqrt(d).
 """
 
-import functools
-
 import torch
 
 from ._triton import require_triton, tl, triton
@@ -64,18 +62,12 @@ def topr_query(q: torch.Tensor, kv_heads: int, topr: int) -> torch.Tensor:
     return qg
 
 
-@functools.lru_cache(maxsize=64)
-def _constant_scales(batch: int, q_heads: int, value: float, device: torch.device) -> torch.Tensor:
-    """Filled once (never written to), not by a kernel in every layer of every step."""
-    return torch.full((batch, q_heads), value, device=device)
-
-
 def head_scales(q: torch.Tensor, kv_heads: int, topr: int, temperature: bool) -> torch.Tensor:
     """Each query head's softmax scale over its page estimates: 1/sqrt(d), or with `temperature`
     1/sqrt(d * |q_hat|_1 / |q|_1) (SparQ's correction for the channels top-r drops). -> [batch, q_heads] float32"""
     batch, q_heads, d = q.shape
     if not temperature or topr >= d:
-        return _constant_scales(batch, q_heads, d**-0.5, q.device)
+        return torch.full((batch, q_heads), d**-0.5, device=q.device)
     kept = topr_query(q, kv_heads, topr).reshape(batch, q_heads, d).abs().sum(-1)
     share = kept / q.float().abs().sum(-1).clamp_min(1e-30)
     return (d * share.clamp_min(1e-30)) ** -0.5
@@ -157,10 +149,10 @@ if triton is not None:
 
     @triton.jit
     def _kt_bounds_kernel(
-        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr,
+        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value,
         sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr,
+        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -183,7 +175,10 @@ if triton is not None:
         else:
             qp = tl.maximum(q, 0.0).to(DOT)
             qn = tl.minimum(q, 0.0).to(DOT)
-        scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        if PER_HEAD:
+            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        else:
+            scale = tl.full([G_PAD], scale_value, tl.float32)
         n_pages = tl.load(pages_ptr + b)
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
@@ -208,9 +203,10 @@ if triton is not None:
 
     @triton.jit
     def _group_scores_kernel(
-        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr,
+        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
+        PER_HEAD: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -223,7 +219,10 @@ if triton is not None:
         pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
         top = tl.max(pm, 1)
         lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
-        scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        if PER_HEAD:
+            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        else:
+            scale = tl.full([G_PAD], scale_value, tl.float32)
         n_pages = tl.load(pages_ptr + b)
         start = tl.program_id(2) * chunk
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
@@ -333,15 +332,18 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
     part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
-    scales = head_scales(q, kv_heads, topr, temperature).contiguous()
+    # A constant scale goes in as a float: no tensor for a CUDA graph to keep pointing at.
+    per_head = temperature and topr < d
+    scales = head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else None
+    scale_value, scales_arg = d**-0.5, q if scales is None else scales  # (the pointer unread without PER_HEAD)
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
-        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, scales,
+        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, scales_arg, scale_value,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select,
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head,
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk, scales
+    return bounds, part_m, part_l, chunk, scales, scale_value
 
 
 def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
@@ -353,7 +355,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
                    newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk, scales = _launch_bounds(
+    bounds, part_m, part_l, chunk, scales, scale_value = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
     batch, q_heads, max_pages = bounds.shape
@@ -361,10 +363,10 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     n_chunks = part_m.shape[-1]
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
-        bounds, part_m, part_l, num_pages, out, scales,
+        bounds, part_m, part_l, num_pages, out, bounds if scales is None else scales, scale_value,
         bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
         G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
-        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest,
+        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest, PER_HEAD=scales is not None,
     )  # fmt: skip
     return out
 

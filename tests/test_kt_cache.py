@@ -290,6 +290,38 @@ def test_triton_page_scores_on_gpu():
 
 
 @pytest.mark.gpu
+def test_page_scores_graph_outlives_other_batch_sizes():
+    """A CUDA graph of the scoring kernels captured at one batch size replays right after a hundred other batch
+    sizes ran eagerly and their memory was handed out again (the graph once kept a per-batch-size scale tensor
+    from a 64-entry cache: evicted and reused, it faulted the 32k largest-batch run)."""
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores
+
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.randn(512, 8, 8, 128, generator=gen)
+    hi = (lo + torch.rand(lo.shape, generator=gen)).to("cuda", torch.float8_e5m2)
+    lo = lo.to("cuda", torch.float8_e5m2)
+    tables = torch.randperm(512, generator=gen)[:64].view(1, 64).int().cuda()
+    pages = torch.tensor([500], device="cuda")
+    q = torch.randn(1, 32, 128, generator=gen).cuda()
+    want = kt_page_scores(q, lo, hi, tables, pages, 128)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        kt_page_scores(q, lo, hi, tables, pages, 128)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kt_page_scores(q, lo, hi, tables, pages, 128)
+    for batch in range(2, 100):
+        kt_page_scores(q.expand(batch, -1, -1), lo, hi, tables.expand(batch, -1), pages.expand(batch), 128)
+    junk = [torch.full((1, 32), float("nan"), device="cuda") for _ in range(200)]  # takes any freed small block
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    del junk
+
+
+@pytest.mark.gpu
 def test_triton_store_token_on_gpu():
     from rocket_trtllm.kernels.cache_update import store_token
 

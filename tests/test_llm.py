@@ -330,3 +330,21 @@ def test_incremental_detokenization_equals_decoding_everything(seed):
     result = GenerationResult(None, Sequence(0, [1], SamplingParams()), None, streaming=True)
     text = "".join(result._new_text(tok, ids[: i + 1], final=i == len(ids) - 1) for i in range(len(ids)))
     assert text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_dead_engine_fails_requests_instead_of_hanging(llama_dir):
+    """An engine step that raises outside a request's own failure (a CUDA error poisons the whole context) ends
+    the engine thread: the request in flight, every later one and every engine call fail with the cause."""
+    with LLM(str(llama_dir), dtype="float32") as llm:
+
+        def lost() -> None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        llm.engine.step = lost
+        out = llm.generate_async("hello", GREEDY).result(timeout=60)
+        assert out.outputs[0].finish_reason == "error" and "illegal memory access" in out.outputs[0].error
+        assert llm.failure.startswith("engine stopped: RuntimeError")
+        with pytest.raises(RuntimeError, match="engine stopped"):
+            llm.generate(["again"], GREEDY)
+        with pytest.raises(RuntimeError, match="engine stopped"):
+            llm.snapshot()

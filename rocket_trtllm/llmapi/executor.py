@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 
 from ..engine import LLMEngine, Update
-from ..runtime.sequence import Sequence
+from ..runtime.sequence import Sequence, SequenceStatus
 from .outputs import CompletionOutput, RequestOutput
 
 
@@ -100,6 +100,7 @@ class Executor:
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._results: dict[int, GenerationResult] = {}
         self._running = True
+        self.failure: Optional[str] = None  # why the engine thread stopped stepping, when it died
         self._thread = threading.Thread(target=self._loop, name="rocket-engine", daemon=True)
         self._thread.start()
 
@@ -123,6 +124,8 @@ class Executor:
         with no engine thread left, here."""
         if not self._running:
             return fn(self.engine)
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
         box: queue.Queue = queue.Queue()
         self._inbox.put(("call", (fn, box)))
         ok, value = box.get()
@@ -137,6 +140,35 @@ class Executor:
             self.engine.shutdown()  # the tensor-parallel workers, once no step can be in flight
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception as e:  # the engine is gone (a CUDA error poisons the context): fail, never hang
+            self.failure = f"engine stopped: {type(e).__name__}: {e}"
+            self._fail_all()
+
+    def _fail_all(self) -> None:
+        """Finish every request in flight with the failure, then answer each later message with it until stop."""
+        for result in list(self._results.values()):
+            self._fail(result)
+        while True:
+            kind, item = self._inbox.get()
+            if kind == "stop":
+                self._running = False
+                return
+            if kind == "add":
+                for result in item:
+                    self._fail(result)
+            elif kind == "call":
+                item[1].put((False, RuntimeError(self.failure)))
+
+    def _fail(self, result: GenerationResult) -> None:
+        seq = result.seq
+        if not seq.is_finished:
+            seq.status, seq.finish_reason, seq.error = SequenceStatus.FINISHED, "error", self.failure
+        self._results[seq.request_id] = result
+        self._publish(Update(seq, finished=True))
+
+    def _serve(self) -> None:
         while True:
             block = not self.engine.has_work
             try:

@@ -142,6 +142,11 @@ class LLM:
         """Requests submitted and not yet admitted to the running batch (read without the engine thread)."""
         return self._executor.pending() + len(self.engine.scheduler.waiting)
 
+    @property
+    def failure(self) -> Optional[str]:
+        """Why the engine stopped, once it has died (e.g. a CUDA error); every request since fails with it."""
+        return self._executor.failure
+
     def shutdown(self) -> None:
         self._executor.shutdown()
 

@@ -68,6 +68,8 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.get("/health")
     async def health() -> PlainTextResponse:
+        if llm.failure is not None:  # a dead engine: load balancers should take this server out
+            return PlainTextResponse(llm.failure, status_code=503)
         return PlainTextResponse("ok")
 
     @app.get("/version")
