@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import socket
 import threading
 import time
@@ -210,3 +211,29 @@ def test_readme_client_example_talks_to_the_shipped_model():
                               text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_dead_engine_answers_500_and_health_503(llama_dir):
+    """An engine whose thread died (a CUDA error poisons the context) gets no request hung: each one is answered
+    with a server error naming the cause, /health and /metrics with 503, and the server itself stays up."""
+    llm = LLM(str(llama_dir), dtype="float32", max_seq_len=256)
+    with local_server(llm, "tiny") as base:
+
+        def lost() -> None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        llm.engine.step = lost
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError, match="illegal memory access"):
+            client.completions.create(model="tiny", prompt="hello", max_tokens=4)
+        with pytest.raises(openai.APIError, match="illegal memory access"):  # the stream's error event
+            list(client.completions.create(model="tiny", prompt="hello", max_tokens=4, stream=True))
+        from rocket_trtllm.serve.benchmark import BenchRequest, run_rate
+
+        records, _ = asyncio.run(run_rate(base, "tiny", [BenchRequest([5, 6, 7], 4, 3)] * 2, math.inf, None, True, 0))
+        assert [r.ok for r in records] == [False, False] and "illegal memory access" in records[0].error
+        root = base.removesuffix("/v1")
+        for path in ("/health", "/metrics"):
+            r = httpx.get(root + path)
+            assert r.status_code == 503 and "engine stopped" in r.text
+    llm.shutdown()

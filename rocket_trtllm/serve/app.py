@@ -78,6 +78,8 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
+        if llm.failure is not None:
+            return PlainTextResponse(llm.failure, status_code=503)
         return PlainTextResponse(metrics.render(llm.snapshot()), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -132,7 +134,11 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
             async for _, text in result:  # one chunk per step, text or not: clients time tokens by chunks
                 yield f"data: {json.dumps(make_chunk(text, None))}\n\n"
             out = result.output
-            yield f"data: {json.dumps(make_chunk('', out.outputs[0].finish_reason, usage(out)))}\n\n"
+            if out.outputs[0].finish_reason == "error":  # an error event, as OpenAI's streams end on one
+                failure = {"message": f"generation failed: {out.outputs[0].error}", "type": "server_error", "code": 500}
+                yield f"data: {json.dumps({'error': failure})}\n\n"
+            else:
+                yield f"data: {json.dumps(make_chunk('', out.outputs[0].finish_reason, usage(out)))}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             if not result.finished:  # the client went away: free its KV and KT blocks now

@@ -154,6 +154,9 @@ async def send(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 data = json.loads(line[6:])
+                if "error" in data:  # the stream ended on an error event
+                    record.error = str(data["error"].get("message", "error event"))
+                    return record
                 if data.get("usage"):
                     record.output_tokens = data["usage"].get("completion_tokens", 0)
                     record.prompt_len = data["usage"].get("prompt_tokens", req.prompt_len)
