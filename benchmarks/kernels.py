@@ -173,7 +173,29 @@ def select_rows(copy_tbs: float) -> list[dict]:
         kt_module.SELECT_WARPS = default_warps
         row("select 65 pages (torch.topk)", partial(torch.topk, scores, 65, -1, sorted=False), scores.numel() * 4,
             **shape)  # fmt: skip
+    # Many sequences (the decode-heavy serving run's ~82, the 32k largest batch's 124): today's selection against
+    # the one of the 2026-11-23 serving run (every row searched in passes over its pages, one warp).
+    for batch in (82, 124):
+        for pages in (640, 1024):
+            scores = torch.randn(batch, KV_HEADS, pages, device="cuda")
+            num = torch.full((batch,), pages, device="cuda", dtype=torch.int32)
+            shape = dict(batch=batch, tokens=pages * 4)
+            row("select 65 pages (triton)", partial(select_pages, scores, num, 65), scores.numel() * 4, **shape)
+            row("select 65 pages (triton, passes, 1 warp)", partial(select_in_passes, scores, num, 65),
+                scores.numel() * 4, **shape)  # fmt: skip
     return rows
+
+
+def select_in_passes(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
+    """`select_pages` as it ran before rows were held in registers: bisection passes over each row, one warp."""
+    batch, heads, pages = scores.shape
+    out = torch.empty(batch, heads, k, device=scores.device, dtype=torch.int64)
+    kt_module._select_kernel[(batch, heads)](
+        scores, num_pages, out, scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), k,
+        BLOCK=min(1024, kt_module.triton.next_power_of_2(pages)), K_PAD=kt_module.triton.next_power_of_2(k),
+        ONE_BLOCK=False, num_warps=1,
+    )  # fmt: skip
+    return out
 
 
 # Llama-3.1-8B's projections at decode (K, N, uses per step): q/k/v, o, gate/up, down, lm_head.
