@@ -249,7 +249,9 @@ class LLMEngine:
         start = time.perf_counter()
         if self._inflight is not None and not self._can_follow():
             return self._land()  # its tokens are needed on the host before the next step can be built
-        batch = self.scheduler.schedule()
+        # Following a step in flight, nobody is admitted (`_can_follow` found no one who fits; a request that a stop
+        # token in flight makes room for joins the step after).
+        batch = self.scheduler.schedule(admit=self._inflight is None)
         if not batch.sequences:
             return self._land() if self._inflight is not None else []
         if self.device.type == "cuda" and self._inflight is None:
@@ -298,9 +300,10 @@ class LLMEngine:
         )
 
     def _can_follow(self) -> bool:
-        """Whether the next step can be launched before the one in flight lands: nobody waits to be admitted (a
-        context step is built on the host) and no running request ends by length with the token in flight."""
-        return not self.scheduler.waiting and all(
+        """Whether the next step can be launched before the one in flight lands: no waiting request would be admitted
+        (a context step is built on the host; one the full batch or pool keeps waiting does not stop the overlap) and
+        no running request ends by length with the token in flight."""
+        return not self.scheduler.can_admit() and all(
             self._eligible(seq) and len(seq.output_token_ids) + seq.inflight < seq.sampling_params.max_tokens
             for seq in self.scheduler.running
         )

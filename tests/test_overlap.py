@@ -52,3 +52,29 @@ def test_overlapped_steps_equal_synchronous_ones(llama_dir, sparse):
     first, stopped, _, again = overlapped
     assert [len(t) for t, _ in first] == [5, 17, 9, 12] and again == first
     assert all(reason == "stop" and len(t) == 4 for t, reason in stopped)  # a token past the stop was dropped
+
+
+def test_steps_overlap_while_requests_wait_for_room(llama_dir):
+    """A full batch with requests queued behind it keeps launching each step before the last one lands (it ran
+    synchronously whenever anything waited), and gives the synchronous engine's tokens and admission order."""
+
+    def generate(overlap):
+        followed = []  # at each launch: requests waiting, and whether a step was still in flight
+        real = engine_module._Inflight.launch.__func__
+        kv = KvCacheConfig(tokens_per_block=8)
+        with LLM(str(llama_dir), dtype="float32", max_batch_size=2, kv_cache_config=kv,
+                 disable_overlap_scheduler=not overlap) as llm:  # fmt: skip
+
+            def spy(cls, seqs, *args):
+                followed.append((len(llm.engine.scheduler.waiting), llm.engine._inflight is not None))
+                return real(cls, seqs, *args)
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(engine_module._Inflight, "launch", classmethod(spy))
+                outs = llm.generate(PROMPTS, [greedy(m) for m in (5, 17, 9, 12)], use_tqdm=False)
+        return [o.outputs[0].token_ids for o in outs], followed
+
+    synchronous, _ = generate(False)
+    overlapped, followed = generate(True)
+    assert overlapped == synchronous and [len(t) for t in overlapped] == [5, 17, 9, 12]
+    assert any(waiting and in_flight for waiting, in_flight in followed)

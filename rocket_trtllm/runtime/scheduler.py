@@ -2,6 +2,7 @@
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import RequestError
 from .kv_cache import KVCachePool, block_hashes
@@ -51,7 +52,8 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def schedule(self) -> Batch:
+    def schedule(self, admit: bool = True) -> Batch:
+        """The next step: every running request decodes, and with `admit`, waiting prompts join while they fit."""
         generations = list(self.running)
         for seq in generations:
             if len(seq.block_table) <= seq.cache_len // self.pool.tokens_per_block:
@@ -60,17 +62,15 @@ class Scheduler:
         contexts: list[Sequence] = []
         tokens = len(generations)
         alloc = self.pool.allocator
-        while self.waiting and len(self.running) < self.max_batch_size:
+        while admit and self.waiting and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            shared, queried = self._cached_prefix(seq)
-            new_tokens = seq.prompt_len - len(shared) * self.pool.tokens_per_block
-            if tokens + new_tokens > self.max_num_tokens:
+            fit = self._fit(seq, tokens)
+            if fit is None:
                 break
+            shared, queried, new_tokens = fit
             now = self.pool.blocks_for(seq.kept_prompt_len)
             total = self.pool.blocks_for(self.final_cache_len(seq))
             history = self._history_blocks(seq)
-            if history + total - len(shared) + alloc.idle(shared) > alloc.num_available:
-                break
             self.waiting.popleft()
             if seq.keeps_history:  # the whole prompt (shared prefix first), then the working set
                 seq.history_table = alloc.admit(history, 0, shared)
@@ -86,6 +86,27 @@ class Scheduler:
             contexts.append(seq)
             tokens += new_tokens
         return Batch(contexts, generations)
+
+    def can_admit(self) -> bool:
+        """Whether a waiting request would join the next step (a full batch or pool leaves it waiting)."""
+        return (
+            bool(self.waiting)
+            and len(self.running) < self.max_batch_size
+            and self._fit(self.waiting[0], len(self.running)) is not None
+        )
+
+    def _fit(self, seq: Sequence, tokens: int) -> Optional[tuple[list[int], int, int]]:
+        """(cached prefix blocks, blocks looked up, tokens to compute) when `seq` fits beside a step of `tokens`
+        tokens and the pool can promise all its blocks; None when it must wait."""
+        alloc = self.pool.allocator
+        shared, queried = self._cached_prefix(seq)
+        new_tokens = seq.prompt_len - len(shared) * self.pool.tokens_per_block
+        if tokens + new_tokens > self.max_num_tokens:
+            return None
+        total = self.pool.blocks_for(self.final_cache_len(seq))
+        if self._history_blocks(seq) + total - len(shared) + alloc.idle(shared) > alloc.num_available:
+            return None
+        return shared, queried, new_tokens
 
     def _history_blocks(self, seq: Sequence) -> int:
         return self.pool.blocks_for(seq.prompt_len) if seq.keeps_history else 0
