@@ -115,12 +115,22 @@ def kept_len(args: LlmArgs, input_len: int) -> int:
     return min(input_len, budget) if budget else input_len
 
 
+PROFILE_STEPS = 32  # decode steps `--profile` records
+
+
+def profile_tokens(n: int) -> int:
+    """New tokens a profiled request needs: each of the `n` prefill steps also decodes the requests before it, so
+    the first one must outlive every prefill, the warm-up and the profiled steps."""
+    return n + PROFILE_STEPS + 8
+
+
 def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch: int) -> LlmArgs:
     base = LlmArgs.from_yaml(config, model=model) if config else LlmArgs(model=model)
-    seq = ns.input_len + ns.output_len
+    output = max(ns.output_len, profile_tokens(ns.profile_batch)) if ns.profile else ns.output_len
+    seq = ns.input_len + output
     kv = base.kv_cache_config
-    if batch > 0:  # size the pool to the run, so peak memory compares what each method needs
-        tokens = batch * (kept_len(base, ns.input_len) + ns.output_len + kv.tokens_per_block)
+    if batch > 0:  # size the pool to the run (and the profile's requests), so peak memory compares what each needs
+        tokens = batch * (kept_len(base, ns.input_len) + output + kv.tokens_per_block)
         kv = kv.model_copy(update={"max_tokens": tokens})
     graphs = base.cuda_graph_config
     update = dict(
@@ -210,14 +220,15 @@ def random_prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return [torch.randint(0, 256, (length,), generator=gen).tolist() for _ in range(n)]
 
 
-def write_profile(llm: LLM, prompts: list[list[int]], path: str, steps: int = 32) -> None:
+def write_profile(llm: LLM, prompts: list[list[int]], path: str, steps: int = PROFILE_STEPS) -> None:
     """Profile requests over `prompts` on the engine thread, the first (prefill) step and then `steps` decode steps
     of all of them together, and write the summary: wall time per step, the GPU's busy time in it, and the kernels
     and host functions that take the time."""
     from torch.profiler import ProfilerActivity, profile
 
-    def run(engine: Any) -> tuple[Any, float]:
-        params = SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True, detokenize=False)
+    def run(engine: Any) -> tuple[Any, float, Any, float, int, int]:
+        params = SamplingParams(max_tokens=profile_tokens(len(prompts)), temperature=0.0, ignore_eos=True,
+                                detokenize=False)  # fmt: skip
         seqs = [engine.new_sequence(p[: engine.max_seq_len - params.max_tokens], params) for p in prompts]
         for seq in seqs:
             engine.add(seq)
@@ -230,6 +241,7 @@ def write_profile(llm: LLM, prompts: list[list[int]], path: str, steps: int = 32
             prefill_s = time.perf_counter() - start
         while min(len(seq.output_token_ids) for seq in seqs) < 4:  # the other prefills, graph warm-up outside
             engine.step()
+        decoding = len(engine.scheduler.running)
         with profile(activities=activities) as prof:
             start = time.perf_counter()
             for _ in range(steps):
@@ -239,14 +251,14 @@ def write_profile(llm: LLM, prompts: list[list[int]], path: str, steps: int = 32
             wall = time.perf_counter() - start
         for seq in seqs:
             engine.abort(seq)
-        return prof, wall, prefill, prefill_s
+        return prof, wall, prefill, prefill_s, decoding, seqs[0].prompt_len
 
-    prof, wall, prefill, prefill_s = llm._executor.call(run)
+    prof, wall, prefill, prefill_s, decoding, prompt_len = llm._executor.call(run)
     events = prof.key_averages()
     device_us = sum(e.self_device_time_total for e in events) / steps
     step_ms = wall / steps * 1e3
     busy = f"; GPU kernel time per step: {device_us / 1e3:.3f} ms" if torch.cuda.is_available() else ""
-    lines = [f"{steps} decode steps, batch {len(prompts)}, {len(prompts[0])}-token prompts (a prefill step below)",
+    lines = [f"{steps} decode steps, batch {decoding}, {prompt_len}-token prompts (a prefill step below)",
              f"wall per step: {step_ms:.3f} ms{busy}", "",
              "By GPU time:", events.table(sort_by="self_device_time_total", row_limit=25), "",
              "By host time:", events.table(sort_by="self_cpu_time_total", row_limit=25), "",

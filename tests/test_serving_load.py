@@ -170,6 +170,15 @@ def test_rocket_bench_profiles_prefill_and_decode_steps(tmp_path):
         bench_main([str(SHIPPED_MODEL), "--profile", str(profile), "--profile-batch", "4", "--batch-size", "2"])
 
 
+def test_rocket_bench_profile_decodes_its_whole_batch(tmp_path):
+    """48 profiled requests: each prefill step also decodes the requests before it, so the first ones outlived 48
+    prefills only with room for it (they finished early and the profile decoded 8 together, reporting 48)."""
+    profile = tmp_path / "profile.txt"
+    bench_main([str(SHIPPED_MODEL), "--input-len", "24", "--output-len", "4", "--batch-size", "48",
+                "--profile", str(profile), "--profile-batch", "48"])  # fmt: skip
+    assert profile.read_text().startswith("32 decode steps, batch 48, 24-token prompts")
+
+
 def test_rocket_bench_sizes_steps_to_the_run_not_the_preset(tmp_path):
     """The pool gets what the largest step's activations leave: a 32k run under a 128k-token preset would lose
     ~17 GB of pool on the H100 to a step it never takes. A prompt fits beside the whole decoding batch."""
