@@ -62,11 +62,16 @@ def topr_query(q: torch.Tensor, kv_heads: int, topr: int) -> torch.Tensor:
     return qg
 
 
+def per_head_scales(head_dim: int, topr: int, temperature: bool) -> bool:
+    """Whether `head_scales` differ by head (SparQ's temperature over fewer channels than the head has)."""
+    return temperature and topr < head_dim
+
+
 def head_scales(q: torch.Tensor, kv_heads: int, topr: int, temperature: bool) -> torch.Tensor:
     """Each query head's softmax scale over its page estimates: 1/sqrt(d), or with `temperature`
     1/sqrt(d * |q_hat|_1 / |q|_1) (SparQ's correction for the channels top-r drops). -> [batch, q_heads] float32"""
     batch, q_heads, d = q.shape
-    if not temperature or topr >= d:
+    if not per_head_scales(d, topr, temperature):
         return torch.full((batch, q_heads), d**-0.5, device=q.device)
     kept = topr_query(q, kv_heads, topr).reshape(batch, q_heads, d).abs().sum(-1)
     share = kept / q.float().abs().sum(-1).clamp_min(1e-30)
@@ -332,18 +337,18 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
     part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
-    # A constant scale goes in as a float: no tensor for a CUDA graph to keep pointing at.
-    per_head = temperature and topr < d
-    scales = head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else None
-    scale_value, scales_arg = d**-0.5, q if scales is None else scales  # (the pointer unread without PER_HEAD)
+    # A constant scale goes in as a float: no tensor for a CUDA graph to keep pointing at (q stands in for the
+    # per-head tensor, which the kernels then never read).
+    per_head = per_head_scales(d, topr, temperature)
+    scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
-        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, scales_arg, scale_value,
+        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
         DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head,
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk, scales, scale_value
+    return bounds, part_m, part_l, chunk, scales, per_head
 
 
 def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
@@ -355,7 +360,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
                    newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk, scales, scale_value = _launch_bounds(
+    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
     batch, q_heads, max_pages = bounds.shape
@@ -363,10 +368,10 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     n_chunks = part_m.shape[-1]
     out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
-        bounds, part_m, part_l, num_pages, out, bounds if scales is None else scales, scale_value,
+        bounds, part_m, part_l, num_pages, out, *scales,
         bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
         G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
-        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest, PER_HEAD=scales is not None,
+        C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest, PER_HEAD=per_head,
     )  # fmt: skip
     return out
 

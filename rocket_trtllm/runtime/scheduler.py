@@ -2,7 +2,7 @@
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import RequestError
 from .kv_cache import KVCachePool, block_hashes
@@ -17,6 +17,17 @@ class Batch:
     @property
     def sequences(self) -> list[Sequence]:
         return self.contexts + self.generations
+
+
+class Fit(NamedTuple):
+    """A waiting request's admission: its cached prefix blocks, the blocks looked up for them, the prompt tokens
+    left to compute, the working-set blocks it will hold at its end, and its history blocks (rocket_mt)."""
+
+    shared: list[int]
+    queried: int
+    new_tokens: int
+    total: int
+    history: int
 
 
 class Scheduler:
@@ -67,24 +78,21 @@ class Scheduler:
             fit = self._fit(seq, tokens)
             if fit is None:
                 break
-            shared, queried, new_tokens = fit
             now = self.pool.blocks_for(seq.kept_prompt_len)
-            total = self.pool.blocks_for(self.final_cache_len(seq))
-            history = self._history_blocks(seq)
             self.waiting.popleft()
             if seq.keeps_history:  # the whole prompt (shared prefix first), then the working set
-                seq.history_table = alloc.admit(history, 0, shared)
-                seq.block_table = alloc.admit(now, total - now)
+                seq.history_table = alloc.admit(fit.history, 0, fit.shared)
+                seq.block_table = alloc.admit(now, fit.total - now)
             else:
-                seq.block_table = alloc.admit(now, total - now, shared)
-            seq.cached_len = len(shared) * self.pool.tokens_per_block
-            alloc.queried_blocks += queried
-            alloc.hit_blocks += len(shared)
-            seq.reserved_blocks = total - now
+                seq.block_table = alloc.admit(now, fit.total - now, fit.shared)
+            seq.cached_len = len(fit.shared) * self.pool.tokens_per_block
+            alloc.queried_blocks += fit.queried
+            alloc.hit_blocks += len(fit.shared)
+            seq.reserved_blocks = fit.total - now
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             contexts.append(seq)
-            tokens += new_tokens
+            tokens += fit.new_tokens
         return Batch(contexts, generations)
 
     def can_admit(self) -> bool:
@@ -95,18 +103,18 @@ class Scheduler:
             and self._fit(self.waiting[0], len(self.running)) is not None
         )
 
-    def _fit(self, seq: Sequence, tokens: int) -> Optional[tuple[list[int], int, int]]:
-        """(cached prefix blocks, blocks looked up, tokens to compute) when `seq` fits beside a step of `tokens`
-        tokens and the pool can promise all its blocks; None when it must wait."""
-        alloc = self.pool.allocator
+    def _fit(self, seq: Sequence, tokens: int) -> Optional["Fit"]:
+        """How `seq` joins a step of `tokens` tokens, when it fits there and the pool can promise all its blocks;
+        None when it must wait."""
         shared, queried = self._cached_prefix(seq)
         new_tokens = seq.prompt_len - len(shared) * self.pool.tokens_per_block
         if tokens + new_tokens > self.max_num_tokens:
             return None
-        total = self.pool.blocks_for(self.final_cache_len(seq))
-        if self._history_blocks(seq) + total - len(shared) + alloc.idle(shared) > alloc.num_available:
+        total, history = self.pool.blocks_for(self.final_cache_len(seq)), self._history_blocks(seq)
+        alloc = self.pool.allocator
+        if history + total - len(shared) + alloc.idle(shared) > alloc.num_available:
             return None
-        return shared, queried, new_tokens
+        return Fit(shared, queried, new_tokens, total, history)
 
     def _history_blocks(self, seq: Sequence) -> int:
         return self.pool.blocks_for(seq.prompt_len) if seq.keeps_history else 0
