@@ -7,6 +7,7 @@ of the model and follows rank 0's steps."""
 
 import gc
 import itertools
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -227,7 +228,9 @@ class LLMEngine:
         seq.keeps_history = self.backend.keeps_history
         self.scheduler.check_fits(seq)
         seq.generator = torch.Generator(self.device)
-        seq.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (1 << 63))
+        # An unseeded request draws its seed from the OS: torch.seed() would reseed the process's global generators
+        # (and on a GPU machine record a stack trace for each device's lazy seeding, ~1 ms a request).
+        seq.generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         return seq
 
     def add(self, seq: Sequence) -> None:

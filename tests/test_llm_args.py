@@ -154,3 +154,6 @@ def test_rocket_rejects_block_reuse_and_chunked_prefill():
 def test_cuda_graph_capture_sizes():
     assert CudaGraphConfig(max_batch_size=20).capture_sizes(limit=64) == [1, 2, 4, 8, 16]
     assert CudaGraphConfig(batch_sizes=[3, 1, 64]).capture_sizes(limit=8) == [1, 3]
+    # A max_batch_size inside the ladder is captured: its full batches replay a graph, not eager launches.
+    assert CudaGraphConfig(max_batch_size=256).capture_sizes(limit=82)[-3:] == [72, 80, 82]
+    assert CudaGraphConfig(max_batch_size=16).capture_sizes(limit=82)[-1] == 16

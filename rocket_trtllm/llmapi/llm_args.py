@@ -80,13 +80,13 @@ class CudaGraphConfig(StrictModel):
         return v
 
     def capture_sizes(self, limit: int) -> list[int]:
-        """The batch sizes to capture, capped at `limit` (the engine's max_batch_size)."""
+        """The batch sizes to capture, capped at `limit` (the engine's max_batch_size). The default ladder captures a
+        limit between two of its sizes too, or full batches (82, between 80 and 88) would run eagerly."""
         if self.batch_sizes is not None:
-            sizes = self.batch_sizes
-        else:
-            top = self.max_batch_size
-            sizes = [b for b in (1, 2, 4) if b <= top] + list(range(8, top + 1, 8))
-        return sorted({b for b in sizes if b <= limit})
+            return sorted({b for b in self.batch_sizes if b <= limit})
+        top = self.max_batch_size
+        sizes = {b for b in (1, 2, 4) if b <= top} | set(range(8, top + 1, 8))
+        return sorted({b for b in sizes if b <= limit} | ({limit} if limit < top else set()))
 
 
 class QuantConfig(StrictModel):

@@ -1,5 +1,6 @@
 """Tensors in, logits out: packs a batch for the model and runs it, decode steps as CUDA graphs."""
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -178,13 +179,16 @@ class ModelRunner:
         if key not in self._pinned:
             self._pinned[key] = torch.empty((bucket, 4 + width), dtype=torch.int32, pin_memory=True)
         host = self._pinned[key]
-        host[:, :4] = torch.tensor([0, 0, 1, 0], dtype=torch.int32)
-        host[:, 4:] = scratch
-        for i, seq in enumerate(seqs):
-            host[i, 0], host[i, 1], host[i, 2] = seq.last_token, seq.num_tokens - 1, seq.cache_len + 1
-            host[i, 4 : 4 + len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
-        if feed is not None:
-            host[:n, 3] = torch.tensor(feed.rows, dtype=torch.int32)
+        pad = [scratch] * width
+        # One tensor built from lists (per-element writes cost ~20 us a row: 2 ms a step at batch 82).
+        rows = feed.rows if feed is not None else itertools.repeat(0)
+        host[:n] = torch.tensor(
+            [[s.last_token, s.num_tokens - 1, s.cache_len + 1, r, *s.block_table, *pad[: width - len(s.block_table)]]
+             for s, r in zip(seqs, rows)], dtype=torch.int32,
+        )  # fmt: skip
+        if n < bucket:  # padding rows: one cached token in the scratch block
+            host[n:, :4] = torch.tensor([0, 0, 1, 0], dtype=torch.int32)
+            host[n:, 4:] = scratch
         dev = host.to(self.device, non_blocking=True)
         s = self.static
         s["ids"][:bucket].copy_(dev[:, 0])

@@ -38,18 +38,29 @@ def error_response(
     return JSONResponse(body, status_code=status)
 
 
+class KeyCheck:
+    """The API key on /v1/ paths, as plain ASGI: a response passes through untouched (Starlette's `@app.middleware`
+    re-streams every chunk of every response through a queue and a task switch of its own)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            if dict(scope["headers"]).get(b"authorization") != self.expected:
+                await error_response(401, "invalid or missing API key", "authentication_error")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_queue: Optional[int] = None) -> FastAPI:
     """The server. `max_queue`: requests waiting for admission past which new ones get 429 (None: no limit)."""
     app = FastAPI(title="rocket-serve", version=__version__)
     metrics = Metrics()
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization") != f"Bearer {api_key}":
-                return error_response(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(KeyCheck, key=api_key)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -131,8 +142,9 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     async def stream(result: Any, make_chunk: Any) -> AsyncIterator[str]:
         try:
-            async for _, text in result:  # one chunk per step, text or not: clients time tokens by chunks
-                yield f"data: {json.dumps(make_chunk(text, None))}\n\n"
+            # One event per step, text or not (clients time tokens by events); a backlog of steps goes out in one write.
+            async for deltas in result.batches():
+                yield "".join(f"data: {json.dumps(make_chunk(text, None))}\n\n" for _, text in deltas)
             out = result.output
             if out.outputs[0].finish_reason == "error":  # an error event, as OpenAI's streams end on one
                 failure = {"message": f"generation failed: {out.outputs[0].error}", "type": "server_error", "code": 500}
