@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 import torch
 
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--label", default="server", help="the client's label for this run")
+    p.add_argument("--client-json", help="the client's JSON (rocket-bench serve --json): TTFT, TPOT, ITL")
     p.add_argument("--json", help="write the figures here")
     ns = p.parse_args()
 
@@ -54,26 +57,21 @@ def main() -> None:
         args = args.model_copy(update={"kv_cache_config": kv})
     llm = LLM(model=ns.model, llm_args=args)
     engine = llm.engine
+    engine.stats = deque(maxlen=1 << 20)  # every step's stats, not the last 1000
     cuda = engine.device.type == "cuda"
-    steps: list[tuple[float, object, object, int]] = []  # decode steps: (model CPU s, start and end events, batch)
+    steps: list[tuple[bool, float, object, object, int]] = []  # (decode-only, model CPU s, CUDA events, batch)
     run = engine.runner.run
-    model_cpu = [0.0]  # the engine thread's CPU time in the model, every step
 
     def timed_run(batch, feed=None):  # noqa: ANN001, ANN202
-        decode = not batch.contexts
-        start = torch.cuda.Event(enable_timing=True) if cuda and decode else None
-        if start is not None:
-            start.record()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else [None, None]
+        if cuda:
+            events[0].record()
         t = time.thread_time()
         out = run(batch, feed)
-        cpu_s = time.thread_time() - t  # this thread's CPU time in the model (its launches, on the GPU)
-        model_cpu[0] += cpu_s
-        if decode:
-            end = None
-            if cuda:
-                end = torch.cuda.Event(enable_timing=True)
-                end.record()
-            steps.append((cpu_s, start, end, len(batch.generations)))
+        cpu_s = time.thread_time() - t  # the engine thread's CPU time in the model (on a GPU: inputs and launches)
+        if cuda:
+            events[1].record()
+        steps.append((not batch.contexts, cpu_s, *events, len(batch.generations)))
         return out
 
     engine.runner.run = timed_run
@@ -93,35 +91,44 @@ def main() -> None:
         time.sleep(0.1)
     bench = [sys.executable, "-m", "rocket_trtllm.bench", "serve", "--base-url", f"http://127.0.0.1:{port}/v1",
              "--input-len", str(ns.input_len), "--output-len", str(ns.output_len), "--request-rate", "inf"]  # fmt: skip
-    subprocess.run([*bench, "--num-prompts", "4"], check=True, capture_output=True)  # warm-up
-    engine_ident = llm._executor._thread.ident
+    warm = [*bench[:-4], "--output-len", "32", *bench[-2:], "--num-prompts", "4"]
+    subprocess.run(warm, check=True, capture_output=True)  # compiles the kernels, captures the first graphs
     llm.get_stats()
     steps.clear()
-    model_cpu[0] = 0.0
-    cpu0 = {"engine": thread_cpu(engine_ident), "http": thread_cpu(idents["http"])}
+    http0 = thread_cpu(idents["http"])
     t0 = time.perf_counter()
-    subprocess.run([*bench, "--num-prompts", str(ns.prompts), "--max-concurrency", str(ns.concurrency)], check=True)
+    client = [*bench, "--num-prompts", str(ns.prompts), "--max-concurrency", str(ns.concurrency), "--label", ns.label]
+    subprocess.run(client + (["--json", ns.client_json] if ns.client_json else []), check=True)
     wall = time.perf_counter() - t0
-    cpu = {k: thread_cpu(engine_ident if k == "engine" else idents["http"]) - v for k, v in cpu0.items()}
+    http_s = thread_cpu(idents["http"]) - http0
     stats = llm.get_stats()
     if cuda:
         torch.cuda.synchronize()
-    decode_stats = [s for s in stats if not s["inflightBatchingStats"]["numContextRequests"]]
-    prefill_s = sum(s["iterLatencyMS"] for s in stats if s["inflightBatchingStats"]["numContextRequests"]) / 1e3
-    n = max(1, len(steps))
-    gpu_ms = [a.elapsed_time(b) for _, a, b, _ in steps] if cuda else []
-    model_cpu_s = model_cpu[0]
+
+    def gpu_ms(step: tuple) -> float:
+        return step[2].elapsed_time(step[3]) if cuda else float("nan")
+
+    decode = [st for st in steps if st[0]]
+    prefill = [st for st in steps if not st[0]]
+    walls = {True: [], False: []}
+    for st in stats:
+        walls[not st["inflightBatchingStats"]["numContextRequests"]].append(st["iterLatencyMS"])
     figures = {
-        "decode_steps": len(steps),
-        "mean_batch": statistics.fmean(b for *_, b in steps) if steps else 0,
+        "label": ns.label,
         "wall_s": wall,
-        "prefill_step_s": prefill_s,
-        "decode_step_ms_p50": statistics.median(s["iterLatencyMS"] for s in decode_stats) if decode_stats else 0,
-        "gpu_ms_per_decode_step_p50": statistics.median(gpu_ms) if gpu_ms else None,
-        "engine_model_cpu_ms_per_decode_step": statistics.fmean(c for c, *_ in steps) * 1e3 if steps else 0,
-        "engine_cpu_ms_per_step_outside_model": (cpu["engine"] - model_cpu_s) * 1e3 / n,
-        "http_cpu_ms_per_step": cpu["http"] * 1e3 / n,
-        "note": "per decode step; CPU times over the whole run (prefill steps' host work included)",
+        "decode_steps": len(decode),
+        "decode_mean_batch": statistics.fmean(st[4] for st in decode) if decode else 0,
+        "decode_wall_ms_p50": statistics.median(walls[True]) if walls[True] else 0,
+        "decode_gpu_ms_p50": statistics.median(map(gpu_ms, decode)) if decode else 0,
+        "decode_model_cpu_ms_mean": statistics.fmean(st[1] for st in decode) * 1e3 if decode else 0,
+        "decode_wall_s_total": sum(walls[True]) / 1e3,
+        "prefill_steps": len(prefill),
+        "prefill_wall_ms_mean": statistics.fmean(walls[False]) if walls[False] else 0,
+        "prefill_gpu_ms_mean": statistics.fmean(map(gpu_ms, prefill)) if prefill else 0,
+        "prefill_model_cpu_ms_mean": statistics.fmean(st[1] for st in prefill) * 1e3 if prefill else 0,
+        "prefill_decodes_beside_mean": statistics.fmean(st[4] for st in prefill) if prefill else 0,
+        "prefill_wall_s_total": sum(walls[False]) / 1e3,
+        "http_cpu_ms_per_decode_step": http_s * 1e3 / max(1, len(decode)),
     }
     print(json.dumps(figures, indent=2))
     if ns.json:
