@@ -188,7 +188,9 @@ if triton is not None:
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
         start = c * chunk
-        for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
+        # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
+        # the pages past the end get -inf scores from the second pass without bounds.
+        for p0 in range(start, tl.minimum(start + chunk, n_pages), BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = p < n_pages
             blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
@@ -233,7 +235,7 @@ if triton is not None:
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
-                            mask=heads & (p[None, :] < max_pages), other=0.0)  # fmt: skip
+                            mask=heads & (p[None, :] < n_pages), other=0.0)  # fmt: skip
             w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))  # log softmax weights
             w_max = tl.max(w, 0)
             score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
@@ -353,7 +355,9 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
 
 def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
     """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
-    return _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)[0]
+    bounds = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)[0]
+    past = torch.arange(bounds.shape[-1], device=bounds.device) >= num_pages.to(bounds.device)[:, None]
+    return bounds.masked_fill_(past[:, None, :], float("-inf"))  # the kernel bounds only each sequence's pages
 
 
 def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False,  # noqa: ANN001, ANN201
