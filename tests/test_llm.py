@@ -89,6 +89,14 @@ def test_sampling_with_seed_is_reproducible(llama):
     assert a == b and a != c.outputs[0].token_ids
 
 
+def test_unseeded_requests_leave_the_global_generator_alone(llama):
+    torch.manual_seed(0)
+    want = torch.rand(4)
+    torch.manual_seed(0)
+    llama.generate(["unseeded", "twice"], SamplingParams(max_tokens=4, temperature=1.0, ignore_eos=True))
+    assert torch.equal(torch.rand(4), want)  # torch.seed() per request reseeded it
+
+
 def test_stop_token_ids_and_stop_strings(llama):
     full = llama.generate("stop test", GREEDY).outputs[0]
     stop_id = full.token_ids[4]
@@ -168,6 +176,38 @@ def test_streaming_yields_every_token(llama):
     tokens, text, final = asyncio.run(run())
     assert tokens == final.outputs[0].token_ids and text == final.outputs[0].text
     assert tokens == llama.generate("stream", GREEDY).outputs[0].token_ids
+
+
+def test_streams_wake_their_loop_once_a_step_and_a_backlog_comes_in_one_batch(llama):
+    n, tokens = 4, 16
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+
+    async def drain(result):
+        return [ids async for ids, _ in result]
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        real = loop.call_soon_threadsafe
+
+        def counted(*args):
+            nonlocal wakeups
+            wakeups += 1
+            return real(*args)
+
+        loop.call_soon_threadsafe = counted
+        results = [llama.generate_async(f"stream {i}", params, streaming=True) for i in range(n)]
+        streamed = await asyncio.gather(*(drain(r) for r in results[1:]))  # read as the tokens come
+        await asyncio.to_thread(results[0].result)  # finished before anyone reads it: all of it waits
+        backlog = [deltas async for deltas in results[0].batches()]
+        return wakeups, streamed, backlog
+
+    wakeups, streamed, backlog = asyncio.run(run())
+    assert all(sum(ids, []) and len(sum(ids, [])) == tokens for ids in streamed)
+    # A step's deltas for every stream of a loop go in one hand-over: about one wake-up a step, not one per
+    # token of each stream (3 x 16 here).
+    assert wakeups <= tokens + n + 2
+    assert len(backlog) == 1 and sum(len(ids) for ids, _ in backlog[0]) == tokens
 
 
 def test_full_pool_makes_requests_wait_and_oversized_requests_fail(llama_dir):
