@@ -189,3 +189,23 @@ def test_rocket_bench_sizes_steps_to_the_run_not_the_preset(tmp_path):
     ns = parse_args([str(SHIPPED_MODEL), "--config", str(config), "--input-len", "300", "--output-len", "8"])
     assert build_args(str(SHIPPED_MODEL), str(config), ns, batch=4).max_num_tokens == 304
     assert build_args(str(SHIPPED_MODEL), str(config), ns, batch=0).max_num_tokens == 300 + 2048  # --max-batch
+
+
+def test_serve_costs_accounts_every_step(tmp_path):
+    """benchmarks/serve_costs.py on the shipped model: every prompt's prefill step and the decode steps between
+    them are counted, with the HTTP thread's CPU time, and the client's JSON is written beside."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "serve_costs.py"
+    out, client = tmp_path / "costs.json", tmp_path / "client.json"
+    cmd = [sys.executable, str(script), str(SHIPPED_MODEL), "--input-len", "64", "--output-len", "16",
+           "--concurrency", "4", "--prompts", "8", "--json", str(out), "--client-json", str(client)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    figures = json.loads(out.read_text())
+    assert figures["prefill_steps"] >= 1 and figures["prefill_decodes_beside_mean"] >= 0
+    # 8 requests of 16 tokens: the first token of each comes from its prefill step, 15 more from decode steps.
+    assert 15 <= figures["decode_steps"] <= 8 * 15 and 1 <= figures["decode_mean_batch"] <= 4
+    assert figures["http_cpu_ms_per_decode_step"] > 0 and figures["decode_wall_ms_p50"] > 0
+    assert json.loads(client.read_text())["runs"][0]["completed"] == 8
