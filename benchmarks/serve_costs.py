@@ -13,7 +13,6 @@ On the CPU the model's time is its wall time in the engine thread (no GPU), e.g.
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,11 +41,9 @@ def main() -> None:
     p.add_argument("--json", help="write the figures here")
     ns = p.parse_args()
 
-    import uvicorn
-
     from rocket_trtllm import LLM
     from rocket_trtllm.llmapi.llm_args import LlmArgs
-    from rocket_trtllm.serve.app import create_app
+    from rocket_trtllm.serve.soak import HTTP_THREAD, local_server
 
     seq_len = ns.input_len + ns.output_len + 64
     overrides = dict(max_seq_len=seq_len, max_num_tokens=ns.input_len + 256, load_format=ns.load_format)
@@ -75,32 +72,24 @@ def main() -> None:
         return out
 
     engine.runner.run = timed_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(llm, "m"), host="127.0.0.1", port=port, log_level="warning"))
-    idents: dict[str, int] = {}
+    with local_server(llm, "m") as base_url:
+        http = next(t.ident for t in threading.enumerate() if t.name == HTTP_THREAD)
 
-    def serve() -> None:
-        idents["http"] = threading.get_ident()
-        server.run()
+        def client(output_len: int, prompts: int, *extra: str) -> None:
+            subprocess.run([sys.executable, "-m", "rocket_trtllm.bench", "serve", "--base-url", base_url,
+                            "--input-len", str(ns.input_len), "--output-len", str(output_len),
+                            "--request-rate", "inf", "--num-prompts", str(prompts), *extra],
+                           check=True, capture_output=not extra)  # fmt: skip
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
-    bench = [sys.executable, "-m", "rocket_trtllm.bench", "serve", "--base-url", f"http://127.0.0.1:{port}/v1",
-             "--input-len", str(ns.input_len), "--output-len", str(ns.output_len), "--request-rate", "inf"]  # fmt: skip
-    warm = [*bench[:-4], "--output-len", "32", *bench[-2:], "--num-prompts", "4"]
-    subprocess.run(warm, check=True, capture_output=True)  # compiles the kernels, captures the first graphs
-    llm.get_stats()
-    steps.clear()
-    http0 = thread_cpu(idents["http"])
-    t0 = time.perf_counter()
-    client = [*bench, "--num-prompts", str(ns.prompts), "--max-concurrency", str(ns.concurrency), "--label", ns.label]
-    subprocess.run(client + (["--json", ns.client_json] if ns.client_json else []), check=True)
-    wall = time.perf_counter() - t0
-    http_s = thread_cpu(idents["http"]) - http0
+        client(32, 4)  # warm-up: compiles the kernels, captures the first graphs
+        llm.get_stats()
+        steps.clear()
+        http0 = thread_cpu(http)
+        t0 = time.perf_counter()
+        extra = ["--max-concurrency", str(ns.concurrency), "--label", ns.label]
+        client(ns.output_len, ns.prompts, *extra, *(["--json", ns.client_json] if ns.client_json else []))
+        wall = time.perf_counter() - t0
+        http_s = thread_cpu(http) - http0
     stats = llm.get_stats()
     if cuda:
         torch.cuda.synchronize()
@@ -134,8 +123,6 @@ def main() -> None:
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump(figures, f, indent=2)
-    server.should_exit = True
-    thread.join(timeout=10)
     llm.shutdown()
 
 

@@ -201,6 +201,9 @@ def problems(report: dict[str, Any]) -> list[str]:
     return problems
 
 
+HTTP_THREAD = "rocket-serve-http"  # the local server's thread (benchmarks/serve_costs.py times it)
+
+
 @contextlib.contextmanager
 def local_server(llm: Any, name: str, **options: Any) -> Iterator[str]:
     """rocket-serve's app for `llm` (create_app's `options`) on a free loopback port, in a thread of this
@@ -215,7 +218,7 @@ def local_server(llm: Any, name: str, **options: Any) -> Iterator[str]:
     config = uvicorn.Config(create_app(llm, name, **options), host="127.0.0.1", port=port,
                             log_level="error")  # fmt: skip
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, daemon=True, name=HTTP_THREAD)
     thread.start()
     while not server.started:
         time.sleep(0.05)
