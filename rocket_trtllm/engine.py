@@ -228,8 +228,7 @@ class LLMEngine:
         seq.keeps_history = self.backend.keeps_history
         self.scheduler.check_fits(seq)
         seq.generator = torch.Generator(self.device)
-        # An unseeded request draws its seed from the OS: torch.seed() would reseed the process's global generators
-        # (and on a GPU machine record a stack trace for each device's lazy seeding, ~1 ms a request).
+        # An unseeded request draws its seed from the OS: torch.seed() would reseed the process's global generators.
         seq.generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         return seq
 

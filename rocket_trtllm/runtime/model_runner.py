@@ -180,7 +180,7 @@ class ModelRunner:
             self._pinned[key] = torch.empty((bucket, 4 + width), dtype=torch.int32, pin_memory=True)
         host = self._pinned[key]
         pad = [scratch] * width
-        # One tensor built from lists (per-element writes cost ~20 us a row: 2 ms a step at batch 82).
+        # One tensor built from lists: per-element writes took 2.3x as long (1.0 against 0.4 ms at batch 82, CPU).
         rows = feed.rows if feed is not None else itertools.repeat(0)
         host[:n] = torch.tensor(
             [[s.last_token, s.num_tokens - 1, s.cache_len + 1, r, *s.block_table, *pad[: width - len(s.block_table)]]
