@@ -52,6 +52,25 @@ class Unquantized:
             return _gemv(x, weight, None, bias)
         return F.linear(x, weight, bias)
 
+    def fuses(self, x: torch.Tensor) -> bool:
+        """Whether a product of x runs as the decode GEMV, which also takes the work around it (`apply_fused`)."""
+        return _decode_sized(x) and gemv.triton is not None
+
+    def apply_fused(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        scale: Optional[torch.Tensor],
+        *,
+        norm: Optional[tuple[torch.Tensor, float]] = None,
+        silu: bool = False,
+        residual: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """`apply` for an x that `fuses`, with the input's RMSNorm (weight, eps) or SiLU-and-multiply and the
+        output's residual add (in place) inside the GEMV (`kernels.gemv.gemv`)."""
+        return gemv.gemv(x, weight, scale, bias, norm=norm, silu=silu, residual=residual)
+
 
 class Fp8(Unquantized):
     name = "fp8"
