@@ -24,7 +24,7 @@ from .runtime.attention import AttentionBackend
 from .runtime.distributed import SINGLE, Communicator
 from .runtime.kv_cache import KVCachePool, ModelShape
 from .runtime.model_runner import Feed, ModelRunner
-from .runtime.sampler import sample
+from .runtime.sampler import greedy_tokens, sample
 from .runtime.scheduler import Batch, Scheduler
 from .runtime.sequence import Sequence
 from .sampling_params import SamplingParams
@@ -493,7 +493,7 @@ class _Inflight:
 
     @classmethod
     def launch(cls, seqs: list[Sequence], logits: torch.Tensor, start: float, buffers: list) -> "_Inflight":
-        tokens = logits.argmax(dim=-1)
+        tokens = greedy_tokens(logits)
         if not tokens.is_cuda:
             return cls(seqs, tokens, tokens, None, start)
         # Pinned, so the copy does not wait for the stream; two buffers in turn (the previous step's is read

@@ -89,3 +89,16 @@ def test_fp8_row_quantization_matches_reference(n):
         (q, s), (want_q, want_s) = layer_ops.quantize_fp8_rows(x), layer_ops.quantize_fp8_rows_ref(x)
         torch.testing.assert_close(s, want_s)
         torch.testing.assert_close(q.float(), want_q.float(), rtol=0.125, atol=0)
+
+
+@pytest.mark.parametrize("rows,n", [(1, 10000), (3, 4096), (2, 77)])
+def test_argmax_matches_torch_with_ties(rows, n):
+    """Greedy decoding's argmax over chunks of the row against torch's, ties going to the first index as torch's
+    do: the row's maximum planted twice, in different chunks, and once more in the last (ragged) chunk."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(rows, n, generator=gen)
+    for r in range(rows):
+        spots = torch.randperm(n, generator=gen)[:2].tolist() + [n - 1]
+        x[r, spots] = 5.0 + r
+    got = layer_ops.argmax_rows(x)
+    assert got.dtype == torch.int64 and torch.equal(got, x.argmax(-1))

@@ -2,12 +2,20 @@
 
 import torch
 
+from ..kernels import layer_ops
 from .sequence import Sequence
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """logits: [rows, vocab] -> each row's argmax [rows] (int64, on logits' device)."""
+    if logits.is_cuda and layer_ops.triton is not None and logits.shape[0] > 0:
+        return layer_ops.argmax_rows(logits)
+    return logits.argmax(dim=-1)
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """logits: [len(seqs), vocab] float32 -> one token id per sequence."""
-    greedy = logits.argmax(dim=-1).tolist()
+    greedy = greedy_tokens(logits).tolist()
     tokens = []
     for i, seq in enumerate(seqs):
         p = seq.sampling_params
