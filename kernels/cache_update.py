@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def store_token_ref(
@@ -63,8 +63,9 @@ if triton is not None:
     def _store_token_kernel(
         k_ptr, v_ptr, kc_ptr, vc_ptr, tables_ptr, lens_ptr, lo_ptr, hi_ptr, k_scale, v_scale,
         sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_blk, skt_h, skt_p,
-        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr,
+        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, D)
@@ -107,5 +108,5 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
         k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
-        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
+        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn, **pdl(k),
     )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import layer_ops
-from ._triton import require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 MAX_ROWS = 16  # the rows one program's dot covers; more rows go to the tiled GEMM
 
@@ -85,8 +85,9 @@ if triton is not None:
         x_ptr, w_ptr, s_ptr, b_ptr, g_ptr, out_ptr, M, N, K, sx, sw, so, eps,
         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
         NORM: tl.constexpr, SILU: tl.constexpr, ADD: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
         if DOT:
@@ -177,6 +178,6 @@ def gemv(
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, DOT=tile.dot,
         NORM=norm is not None, SILU=silu, ADD=residual is not None,
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
-        num_warps=tile.warps, num_stages=tile.stages,
+        num_warps=tile.warps, num_stages=tile.stages, **pdl(x),
     )  # fmt: skip
     return out

@@ -13,7 +13,7 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 
 import torch
 
-from ._triton import require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def kt_head_bounds_ref(
@@ -157,8 +157,9 @@ if triton is not None:
         q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value,
         sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
+        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         c = tl.program_id(2)
@@ -213,8 +214,9 @@ if triton is not None:
         bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_P: tl.constexpr, NEWEST: tl.constexpr,
-        PER_HEAD: tl.constexpr,
+        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         g = tl.arange(0, G_PAD)
@@ -247,8 +249,9 @@ if triton is not None:
     @triton.jit
     def _select_kernel(
         scores_ptr, pages_ptr, out_ptr, s_b, s_h, o_b, o_h, k, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
-        ONE_BLOCK: tl.constexpr,
+        ONE_BLOCK: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         # One program per (sequence, KV head): the k best of its first n scores, by bisection on the
         # threshold over the scores' bits read as order-preserving integers, scanning only the n pages
         # the sequence has (torch.topk scans the whole table width with a multi-pass radix select).
@@ -355,7 +358,7 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head,
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -383,6 +386,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
         G=q_heads // kv_heads, G_PAD=max(2, triton.next_power_of_2(q_heads // kv_heads)),
         C_PAD=max(2, triton.next_power_of_2(n_chunks)), BLOCK_P=_BLOCK_P, NEWEST=newest, PER_HEAD=per_head,
+        **pdl(bounds),
     )  # fmt: skip
     return out
 
@@ -406,6 +410,7 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
     _select_kernel[(batch, kv_heads)](
         scores, num_pages, out, scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), k,
         BLOCK=block, K_PAD=triton.next_power_of_2(k), ONE_BLOCK=max_pages <= block, num_warps=SELECT_WARPS,
+        **pdl(scores),
     )  # fmt: skip
     return out
 

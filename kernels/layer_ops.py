@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -45,7 +45,8 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, sx, so, n, eps, BLOCK: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, sx, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)
         i = tl.arange(0, BLOCK)
         ok = i < n
@@ -57,7 +58,8 @@ if triton is not None:
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sx, sd, so, n, eps, BLOCK: tl.constexpr):
+    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sx, sd, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)
         i = tl.arange(0, BLOCK)
         ok = i < n
@@ -73,8 +75,9 @@ if triton is not None:
     @triton.jit
     def _rotary_kernel(
         x_ptr, out_ptr, cos_ptr, sin_ptr, sx_t, sx_h, so_t, so_h, sc_t, heads,
-        HALF: tl.constexpr, H_PAD: tl.constexpr,
+        HALF: tl.constexpr, H_PAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         t = tl.program_id(0)
         h = tl.arange(0, H_PAD)[:, None]
         d = tl.arange(0, HALF)[None, :]
@@ -90,7 +93,8 @@ if triton is not None:
         tl.store(out_ptr + t * so_t + h * so_h + HALF + d, (x2 * c2 + x1 * s2).to(dtype), mask=ok)
 
     @triton.jit
-    def _silu_mul_kernel(x_ptr, out_ptr, sx, so, n, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(x_ptr, out_ptr, sx, so, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)
         i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = i < n
@@ -116,7 +120,8 @@ def quantize_fp8_rows_ref(x: torch.Tensor, amax: Optional[torch.Tensor] = None) 
 if triton is not None:
 
     @triton.jit
-    def _quantize_fp8_kernel(x_ptr, out_ptr, scale_ptr, sx, so, n, BLOCK: tl.constexpr):
+    def _quantize_fp8_kernel(x_ptr, out_ptr, scale_ptr, sx, so, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)
         amax = tl.zeros([BLOCK], tl.float32)
         for i0 in range(0, n, BLOCK):
@@ -140,7 +145,7 @@ def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty(rows, n, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
     _quantize_fp8_kernel[(rows,)](x, out, scale, x.stride(0), out.stride(0), n,
-                                  BLOCK=min(4096, triton.next_power_of_2(n)))  # fmt: skip
+                                  BLOCK=min(4096, triton.next_power_of_2(n)), **pdl(x))  # fmt: skip
     return out, scale
 
 
@@ -153,7 +158,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), n, eps,
-                                       BLOCK=triton.next_power_of_2(n))  # fmt: skip
+                                       BLOCK=triton.next_power_of_2(n), **pdl(rows))  # fmt: skip
     return out.view(x.shape)
 
 
@@ -167,7 +172,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     delta = delta if delta.stride(-1) == 1 else delta.contiguous()
     out = torch.empty_like(x)
     _add_rms_norm_kernel[(x.shape[0],)](x, delta, weight, out, x.stride(0), delta.stride(0), out.stride(0), n, eps,
-                                        BLOCK=triton.next_power_of_2(n))  # fmt: skip
+                                        BLOCK=triton.next_power_of_2(n), **pdl(x))  # fmt: skip
     return out
 
 
@@ -183,7 +188,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: Optional[
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _rotary_kernel[(tokens,)](x, out, cos, sin, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                              cos.stride(0), heads, HALF=d // 2, H_PAD=triton.next_power_of_2(heads))  # fmt: skip
+                              cos.stride(0), heads, HALF=d // 2, H_PAD=triton.next_power_of_2(heads),
+                              **pdl(x))  # fmt: skip
     return out
 
 
@@ -196,7 +202,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         gate_up = gate_up.contiguous()
     out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(tokens, triton.cdiv(n, block))](gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=block)
+    _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
+        gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=block, **pdl(gate_up)
+    )
     return out
 
 
@@ -206,7 +214,8 @@ ARGMAX_CHUNK = 4096
 if triton is not None:
 
     @triton.jit
-    def _argmax_chunks_kernel(x_ptr, val_ptr, idx_ptr, sx, n, chunks, BLOCK: tl.constexpr):
+    def _argmax_chunks_kernel(x_ptr, val_ptr, idx_ptr, sx, n, chunks, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row, c = tl.program_id(0), tl.program_id(1)
         i = c * BLOCK + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * sx + i, mask=i < n, other=float("-inf")).to(tl.float32)
@@ -215,7 +224,8 @@ if triton is not None:
         tl.store(idx_ptr + row * chunks + c, tl.min(tl.where(x == best, i, n), 0))
 
     @triton.jit
-    def _argmax_rows_kernel(val_ptr, idx_ptr, out_ptr, chunks, n, BLOCK: tl.constexpr):
+    def _argmax_rows_kernel(val_ptr, idx_ptr, out_ptr, chunks, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)
         c = tl.arange(0, BLOCK)
         val = tl.load(val_ptr + row * chunks + c, mask=c < chunks, other=float("-inf"))
@@ -236,6 +246,8 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     val = torch.empty(rows, chunks, dtype=torch.float32, device=x.device)
     idx = torch.empty(rows, chunks, dtype=torch.int32, device=x.device)
     out = torch.empty(rows, dtype=torch.int64, device=x.device)
-    _argmax_chunks_kernel[(rows, chunks)](x, val, idx, x.stride(0), n, chunks, BLOCK=ARGMAX_CHUNK, num_warps=8)
-    _argmax_rows_kernel[(rows,)](val, idx, out, chunks, n, BLOCK=max(16, triton.next_power_of_2(chunks)))
+    _argmax_chunks_kernel[(rows, chunks)](
+        x, val, idx, x.stride(0), n, chunks, BLOCK=ARGMAX_CHUNK, num_warps=8, **pdl(x)
+    )
+    _argmax_rows_kernel[(rows,)](val, idx, out, chunks, n, BLOCK=max(16, triton.next_power_of_2(chunks)), **pdl(val))
     return out

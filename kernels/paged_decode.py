@@ -5,7 +5,7 @@ and the caller folds the per-tensor K scale into `scale` and multiplies the outp
 
 import torch
 
-from ._triton import require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def attend_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
@@ -129,8 +129,9 @@ if triton is not None:
         scale, n_tokens, chunk,
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr,
+        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        gdc(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -182,7 +183,8 @@ if triton is not None:
         tl.store(pl_ptr + row, l_i, mask=g < G)
 
     @triton.jit
-    def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr):
+    def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
         row = tl.program_id(0)  # batch * q_heads + head
         s = tl.arange(0, S_PAD)
         d = tl.arange(0, D)
@@ -228,10 +230,10 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=stages,
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=stages, **pdl(q),
     )  # fmt: skip
     out = torch.empty_like(q)
-    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits))
+    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits), **pdl(po))
     return out
 
 

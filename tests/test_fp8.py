@@ -209,6 +209,15 @@ def test_gemv_on_gpu_at_llama_shapes():
         wide = (w.float() * scale).bfloat16()
         torch.testing.assert_close(Unquantized().apply(x, wide, None, None), gemv_ref(x, wide), rtol=2e-2,
                                    atol=2e-2)  # fmt: skip
+        # The decode layer's fusions: the norm before q/k/v and gate/up; SiLU and the residual add around down.
+        norm = (torch.rand(k, generator=gen).to("cuda", torch.bfloat16) + 0.5, 1e-5)
+        got = Unquantized().apply_fused(x * 30, wide, None, None, norm=norm)
+        torch.testing.assert_close(got, gemv_ref(x * 30, wide, norm=norm), rtol=2e-2, atol=2e-2)
+        gate_up = torch.randn(rows, 2 * k, generator=gen).to("cuda", torch.bfloat16)
+        res = torch.randn(rows, n, generator=gen).to("cuda", torch.bfloat16)
+        want = gemv_ref(gate_up, w, scale, silu=True, residual=res.clone())
+        got = Fp8().apply_fused(gate_up, w, None, scale, silu=True, residual=res)
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],

@@ -50,6 +50,7 @@ def test_fused_decode_layers_match_transformers(tiny_models, arch, monkeypatch):
     forced on the CPU, the GEMV in Triton's interpreter): greedy tokens still equal transformers', one request
     decoding alone (the one-row GEMV) and three together (the dot over rows)."""
     from rocket_trtllm.kernels import gemv
+
     from rocket_trtllm.models import quant
 
     calls = []
