@@ -72,13 +72,15 @@ if triton is not None:
         if SILU:
             gate = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=mask, other=0.0)
             up = tl.load(x_ptr + m[:, None] * sx + K + k[None, :], mask=mask, other=0.0).to(tl.float32)
-            g32 = gate.to(tl.float32)
-            return (g32 / (1.0 + tl.exp(-g32)) * up).to(gate.dtype).to(tl.float32), g32
-        x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=mask, other=0.0)
-        if NORM:
-            x = x.to(tl.float32)
-            return x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :], x
-        return x, x
+            raw = gate.to(tl.float32)
+            x = (raw / (1.0 + tl.exp(-raw)) * up).to(gate.dtype).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=mask, other=0.0)
+            raw = x
+            if NORM:
+                raw = x.to(tl.float32)
+                x = raw * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :]
+        return x, raw
 
     @triton.jit
     def _gemv_kernel(

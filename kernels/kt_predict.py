@@ -185,7 +185,7 @@ if triton is not None:
             scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
         else:
             scale = tl.full([G_PAD], scale_value, tl.float32)
-        n_pages = tl.load(pages_ptr + b)
+        n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
         start = c * chunk
@@ -272,14 +272,14 @@ if triton is not None:
             # A 16-way search: each round counts the keys above 16 thresholds at once (one block reduction of 16
             # counts, where bisection spends one per bit), so 32 bits take 8 rounds. Invariant: count(key >= lo)
             # >= k > count(key > hi).
-            j = tl.arange(0, 16)
+            way = tl.arange(0, 16)
             while lo < hi:
                 step = (hi - lo + 16) // 16
-                t = lo + j * step
+                t = lo + way * step
                 cnt = tl.sum(((key[None, :] >= t[:, None]) & valid[None, :]).to(tl.int32), 1)
-                at = tl.sum((cnt >= k).to(tl.int32), 0) - 1  # the counts fall with j; cnt[0] >= k
+                at = tl.sum((cnt >= k).to(tl.int32), 0) - 1  # the counts fall with way; cnt[0] >= k
                 t_at = lo + at * step
-                exact = tl.sum(tl.where(j == at, cnt, 0), 0) == k  # the keys >= t_at are the answer
+                exact = tl.sum(tl.where(way == at, cnt, 0), 0) == k  # the keys >= t_at are the answer
                 lo = tl.where(exact, t_at - 1, t_at)
                 hi = tl.where(exact, t_at - 1, tl.minimum(hi, t_at + step - 1))
             sel = ((key > lo) & valid).to(tl.int32)

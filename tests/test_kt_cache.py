@@ -313,7 +313,7 @@ def test_page_scores_graph_outlives_other_batch_sizes():
     with torch.cuda.graph(graph):
         out = kt_page_scores(q, lo, hi, tables, pages, 128)
     for batch in range(2, 100):
-        kt_page_scores(q.expand(batch, -1, -1), lo, hi, tables.expand(batch, -1), pages.expand(batch), 128)
+        kt_page_scores(q.expand(batch, -1, -1), lo, hi, tables.expand(batch, -1), pages.repeat(batch), 128)
     junk = torch.full((1, 32), float("nan"), device="cuda")
     junk = [junk.clone() for _ in range(20000)]  # every freed small block handed out again, NaN-filled
     graph.replay()

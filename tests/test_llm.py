@@ -56,8 +56,13 @@ def test_fused_decode_layers_match_transformers(tiny_models, arch, monkeypatch):
     calls = []
     real = gemv.gemv
     monkeypatch.setattr(quant.Unquantized, "fuses", lambda self, x: x.shape[0] <= gemv.MAX_ROWS)
-    monkeypatch.setattr(gemv, "gemv", lambda *a, **kw: calls.append(sorted(k for k, v in kw.items() if v is not None
-                                                                           and v is not False)) or real(*a, **kw))
+    monkeypatch.setattr(
+        gemv,
+        "gemv",
+        lambda *a, **kw: (
+            calls.append(sorted(k for k, v in kw.items() if v is not None and v is not False)) or real(*a, **kw)
+        ),
+    )
     monkeypatch.setattr(gemv, "TILES", {(2, True): gemv.Tile(64, 256, 4, 2, False), (2, False): gemv.Tile(64, 256)})
     with LLM(str(tiny_models[arch]), dtype="float32") as llm:
         single = llm.generate(PROMPTS[0], GREEDY).outputs[0].token_ids
