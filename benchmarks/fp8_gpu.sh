@@ -2,7 +2,8 @@
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
 # cache (bf16 weights); then bf16 at 32k batch 1. The bf16 and RocketKV runs also profile 32 decode steps (--profile).
-# sync: bf16 with the overlap scheduler off; nopdl: bf16 without programmatic dependent launch (ROCKET_PDL=0). VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
+# sync: bf16 with the overlap scheduler off; nopdl: bf16 without programmatic dependent
+# launch (ROCKET_PDL=0); nofuse: bf16 with the decode GEMVs unfused (ROCKET_FUSE=0). VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
 # ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a subset (two runs in one call add to the same
 # results; all of it takes longer than one 10-minute call: RUN_32K=0 there, the 32k run in the next).
 # Everything lands in $OUT/fp8/ and, as one file, $OUT/fp8.tgz (a device call brings back only a few files).
@@ -19,7 +20,8 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 # The pieces one by one: paged decode over an fp8 cache per tile shape, quantization, page selection, and the
 # decode GEMMs (cuBLAS and the Triton GEMV's tiles, bf16 and fp8 weights).
-timeout 300 python3 benchmarks/kernels.py --only ${KERNELS:-fp8} --json "$OUT/kernels-fp8.json" > "$OUT/kernels-fp8.txt" 2>&1
+K=${KERNELS:-fp8}  # none: skip
+[ "$K" = none ] || timeout 300 python3 benchmarks/kernels.py --only $K --json "$OUT/kernels-$K.json" > "$OUT/kernels-$K.txt" 2>&1
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml
@@ -29,10 +31,12 @@ for name in rocket-long-context dense; do  # bf16 with the overlap scheduler off
   (cat configs/$name.yaml; echo "disable_overlap_scheduler: true") > /tmp/$name-sync.yaml
 done
 B="timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 1"
-declare -A FLAGS=([bf16]="auto:" [sync]="sync:" [fp8w]="auto:--fp8" [fp8kv]="fp8:" [nopdl]="auto:")
+declare -A FLAGS=([bf16]="auto:" [sync]="sync:" [fp8w]="auto:--fp8" [fp8kv]="fp8:" [nopdl]="auto:" [nofuse]="auto:")
 for name in ${VARIANTS:-bf16 sync fp8w fp8kv}; do
   IFS=: read -r kv flag <<< "${FLAGS[$name]}"
-  if [ "$name" = nopdl ]; then export ROCKET_PDL=0; else unset ROCKET_PDL; fi  # nopdl: bf16, kernels launched plainly
+  unset ROCKET_PDL ROCKET_FUSE
+  [ "$name" = nopdl ] && export ROCKET_PDL=0  # bf16, kernels launched plainly
+  [ "$name" = nofuse ] && export ROCKET_FUSE=0  # bf16, the norms and SiLU in kernels of their own
   for method in ${METHODS:-rocket-long-context dense}; do
     profile=(); [ "$name" = bf16 ] || [ "$method" = rocket-long-context ] && profile=(--profile "$OUT/profile-128k-$name-$method.txt")
     $B --input-len 131072 --output-len 128 $flag --config /tmp/$method-$kv.yaml "${profile[@]}" \

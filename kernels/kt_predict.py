@@ -269,19 +269,12 @@ if triton is not None:
             key = _order_key(tl.load(row + p, mask=valid, other=0.0))
             lo = tl.min(tl.where(valid, key, 2147483647), 0).to(tl.int64)
             hi = tl.max(tl.where(valid, key, -2147483648), 0).to(tl.int64)
-            # A 16-way search: each round counts the keys above 16 thresholds at once (one block reduction of 16
-            # counts, where bisection spends one per bit), so 32 bits take 8 rounds. Invariant: count(key >= lo)
-            # >= k > count(key > hi).
-            way = tl.arange(0, 16)
             while lo < hi:
-                step = (hi - lo + 16) // 16
-                t = lo + way * step
-                cnt = tl.sum(((key[None, :] >= t[:, None]) & valid[None, :]).to(tl.int32), 1)
-                at = tl.sum((cnt >= k).to(tl.int32), 0) - 1  # the counts fall with way; cnt[0] >= k
-                t_at = lo + at * step
-                exact = tl.sum(tl.where(way == at, cnt, 0), 0) == k  # the keys >= t_at are the answer
-                lo = tl.where(exact, t_at - 1, t_at)
-                hi = tl.where(exact, t_at - 1, tl.minimum(hi, t_at + step - 1))
+                mid = lo + (hi - lo + 1) // 2
+                cnt = tl.sum(((key >= mid) & valid).to(tl.int32), 0)
+                exact = cnt == k
+                lo = tl.where(exact, mid - 1, tl.where(cnt > k, mid, lo))
+                hi = tl.where(exact, mid - 1, tl.where(cnt > k, hi, mid - 1))
             sel = ((key > lo) & valid).to(tl.int32)
             tl.store(out + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
             above = tl.sum(sel, 0)

@@ -100,5 +100,6 @@ def test_argmax_matches_torch_with_ties(rows, n):
     for r in range(rows):
         spots = torch.randperm(n, generator=gen)[:2].tolist() + [n - 1]
         x[r, spots] = 5.0 + r
+    x = x.to(DEVICE)
     got = layer_ops.argmax_rows(x)
     assert got.dtype == torch.int64 and torch.equal(got, x.argmax(-1))

@@ -18,6 +18,7 @@ per-channel `weight_scale`). Any other quantization is refused by name, never lo
 """
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +30,7 @@ from ..errors import ConfigError
 from ..kernels import gemv, layer_ops
 
 FP8 = torch.float8_e4m3fn
+FUSE = os.environ.get("ROCKET_FUSE", "1") != "0"
 FP8_MAX = torch.finfo(FP8).max  # 448
 
 
@@ -53,8 +55,9 @@ class Unquantized:
         return F.linear(x, weight, bias)
 
     def fuses(self, x: torch.Tensor) -> bool:
-        """Whether a product of x runs as the decode GEMV, which also takes the work around it (`apply_fused`)."""
-        return _decode_sized(x) and gemv.triton is not None
+        """Whether a product of x runs as the decode GEMV, which also takes the work around it (`apply_fused`);
+        ROCKET_FUSE=0 keeps that work in kernels of its own (for benchmarks)."""
+        return FUSE and _decode_sized(x) and gemv.triton is not None
 
     def apply_fused(
         self,
