@@ -3,7 +3,7 @@
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
 # cache (bf16 weights); then bf16 at 32k batch 1. The bf16 and RocketKV runs also profile 32 decode steps (--profile).
 # sync: bf16 with the overlap scheduler off; nopdl: bf16 without programmatic dependent
-# launch (ROCKET_PDL=0); nofuse: bf16 with the decode GEMVs unfused (ROCKET_FUSE=0). VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
+# launch (ROCKET_PDL=0). VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
 # ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a subset (two runs in one call add to the same
 # results; all of it takes longer than one 10-minute call: RUN_32K=0 there, the 32k run in the next).
 # Everything lands in $OUT/fp8/ and, as one file, $OUT/fp8.tgz (a device call brings back only a few files).
@@ -14,7 +14,6 @@ source benchmarks/device_env.sh || exit 1
 if [ "${TESTS:-1}" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/test_fp8.py tests/test_paged_decode.py tests/test_kt_cache.py \
     tests/test_layer_ops.py tests/test_overlap.py "tests/test_llm.py::test_cuda_graph_decode_matches_eager" \
-    "tests/test_llm.py::test_fused_decode_layers_match_transformers" \
     > "$OUT/tests.txt" 2>&1
   tail -3 "$OUT/tests.txt"
 fi
@@ -31,12 +30,11 @@ for name in rocket-long-context dense; do  # bf16 with the overlap scheduler off
   (cat configs/$name.yaml; echo "disable_overlap_scheduler: true") > /tmp/$name-sync.yaml
 done
 B="timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 1"
-declare -A FLAGS=([bf16]="auto:" [sync]="sync:" [fp8w]="auto:--fp8" [fp8kv]="fp8:" [nopdl]="auto:" [nofuse]="auto:")
+declare -A FLAGS=([bf16]="auto:" [sync]="sync:" [fp8w]="auto:--fp8" [fp8kv]="fp8:" [nopdl]="auto:")
 for name in ${VARIANTS:-bf16 sync fp8w fp8kv}; do
   IFS=: read -r kv flag <<< "${FLAGS[$name]}"
-  unset ROCKET_PDL ROCKET_FUSE
+  unset ROCKET_PDL
   [ "$name" = nopdl ] && export ROCKET_PDL=0  # bf16, kernels launched plainly
-  [ "$name" = nofuse ] && export ROCKET_FUSE=0  # bf16, the norms and SiLU in kernels of their own
   for method in ${METHODS:-rocket-long-context dense}; do
     profile=(); [ "$name" = bf16 ] || [ "$method" = rocket-long-context ] && profile=(--profile "$OUT/profile-128k-$name-$method.txt")
     $B --input-len 131072 --output-len 128 $flag --config /tmp/$method-$kv.yaml "${profile[@]}" \

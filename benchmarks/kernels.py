@@ -249,68 +249,6 @@ def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
                   for (w, m), (name, tile, ms) in best.items()}  # fmt: skip
 
 
-# The decode layer's one-row GEMVs with the work around them (kernels.gemv norm / silu / residual), per weight dtype:
-# each kind at every row tile, against what it replaces (the norm's or SiLU's own kernel, then the plain GEMV).
-FUSED = [("qkv + norm", 4096, 6144, "norm", 32), ("o + residual", 4096, 4096, "residual", 32),
-         ("gate_up + norm", 4096, 28672, "norm", 32), ("down + silu + residual", 14336, 4096, "silu", 32),
-         ("lm_head + norm", 4096, 128256, "norm", 1)]  # fmt: skip
-FUSED_TILES = [Tile(2, 1024, 4, 3, False), Tile(4, 512, 4, 3, False), Tile(4, 1024, 4, 3, False),
-               Tile(8, 512, 4, 3, False), Tile(8, 1024, 8, 3, False), Tile(16, 256, 4, 3, False),
-               Tile(16, 512, 8, 3, False)]  # fmt: skip
-
-
-def fused_candidates(kind: str, x, g, delta, res, scale) -> list:  # noqa: ANN001
-    """(label, fn(weight)) for one fused kind: what it replaces, then the fused GEMV at every tile."""
-    fusion = {"norm": dict(norm=(g, 1e-5)), "silu": dict(silu=True, residual=res), "residual": dict(residual=res)}[kind]
-    if kind == "norm":  # the residual add and the norm in one kernel, then the GEMV
-
-        def unfused(w):  # noqa: ANN001, ANN202
-            return gemv(layer_ops.add_rms_norm(x, delta, g, 1e-5), w, scale)
-    elif kind == "silu":
-
-        def unfused(w):  # noqa: ANN001, ANN202
-            return gemv(layer_ops.silu_mul(x), w, scale)
-    else:  # the add happens in the next norm's kernel
-
-        def unfused(w):  # noqa: ANN001, ANN202
-            return gemv(x, w, scale)
-
-    def fused(tile: Tile):  # noqa: ANN202
-        return lambda w: gemv(x, w, scale, None, tile, **fusion)
-
-    return [("unfused", unfused)] + [(f"fused {t.block_n}x{t.block_k} w{t.warps} s{t.stages}", fused(t))
-                                     for t in FUSED_TILES]  # fmt: skip
-
-
-def fused_rows(copy_tbs: float) -> tuple[list[dict], dict]:
-    rows, step = [], {}
-    for wdtype in ("bf16", "fp8"):
-        for name, kdim, ndim, kind, uses in FUSED:
-            if wdtype == "fp8" and name.startswith("lm_head"):
-                continue  # the LM head stays in bf16
-            nbytes = kdim * ndim * (2 if wdtype == "bf16" else 1)
-            copies = max(1, -(-(200 << 20) // nbytes))
-            ws = [torch.randn(ndim, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-            scale = torch.full((ndim, 1), 0.02 / 448 * 4, device="cuda") if wdtype == "fp8" else None
-            if wdtype == "fp8":
-                ws = [(w.float() / scale).clamp(-448, 448).to(FP8) for w in ws]
-            x = torch.randn(1, 2 * kdim if kind == "silu" else kdim, device="cuda", dtype=torch.bfloat16)
-            g = torch.rand(kdim, device="cuda", dtype=torch.bfloat16) + 0.5
-            res = torch.randn(1, ndim, device="cuda", dtype=torch.bfloat16)
-            delta = torch.randn(1, kdim, device="cuda", dtype=torch.bfloat16)
-            cands = fused_candidates(kind, x, g, delta, res, scale)
-            for label, fn in cands:
-                ms = do_bench(graphed_many(fn, ws, 20), warmup=5, rep=40, return_mode="median") / 20
-                tb_s = nbytes / ms / 1e9
-                rows.append(dict(kernel=f"{name}: {label}", batch=1, tokens=f"{kdim}x{ndim}", weights=wdtype, ms=ms,
-                                 mbytes=nbytes / 1e6, tb_s=tb_s, vs_copy=tb_s / copy_tbs))  # fmt: skip
-                step.setdefault((wdtype, label), 0.0)
-                step[wdtype, label] += ms * uses
-            del ws
-            torch.cuda.empty_cache()
-    return rows, {f"{w}: {label}": ms for (w, label), ms in step.items()}
-
-
 def graphed_many(fn, weights: list, calls: int):  # noqa: ANN001, ANN201
     for w in weights:
         fn(w)
@@ -334,7 +272,7 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--only", choices=["fp8", "select", "batched", "fused"],
+    p.add_argument("--only", choices=["fp8", "select", "batched"],
                    help="fp8: FP8, selection, GEMM rows; batched: RocketKV attention at batch 64, 128")  # fmt: skip
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
@@ -347,11 +285,7 @@ def main() -> None:
         rows += batched_rows(copy_tbs)
     if args.only in (None, "fp8"):
         rows += fp8_rows(copy_tbs)
-    fused = {}
-    if args.only in (None, "fused"):
-        more, fused = fused_rows(copy_tbs)
-        rows += more
-    if args.only not in ("batched", "fused"):
+    if args.only != "batched":
         rows += select_rows(copy_tbs)
     if args.only in (None, "fp8"):
         gemms, best = gemm_rows(copy_tbs)
@@ -365,14 +299,10 @@ def main() -> None:
     print("Best GEMV tile per weight dtype and rows, by a decode step's projection time:")
     for key, b in best.items():
         print(f"  {key}: {b['best']} ({b['tile']}) {b['step_ms']:.3f} ms vs {b['baseline_step_ms']:.3f} ms cuBLAS")
-    if fused:
-        print("A decode step's fused GEMVs (or what they replace), per tile, summed over the step's projections:")
-        for key, ms in sorted(fused.items(), key=lambda kv: kv[1]):
-            print(f"  {key}: {ms:.3f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "copy_tb_s": copy_tbs, "rows": rows,
-                       "best_gemv": best, "fused_step_ms": fused}, f, indent=2)  # fmt: skip
+                       "best_gemv": best}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

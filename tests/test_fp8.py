@@ -168,30 +168,6 @@ def test_gemv_matches_its_reference(rows, n, k, bias, fp8, dot):
     torch.testing.assert_close(gemv(x, w, scale, b, tile), gemv_ref(x, w, scale, b), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("fusion", ["norm", "silu", "residual", "norm+residual"])
-@pytest.mark.parametrize("dot", [True, False], ids=["dot", "rows"])
-def test_gemv_fuses_the_norm_the_silu_and_the_residual_add(fusion, dot):
-    """The decode GEMV with the decoder layer's work around it (the input's RMSNorm or SiLU-and-multiply, the
-    output added to the residual in place) against the unfused torch ops, in float32, on ragged sizes."""
-    from rocket_trtllm.kernels.gemv import Tile, gemv, gemv_ref
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator().manual_seed(len(fusion))
-    rows, n, k = (3, 40, 300) if dot else (2, 24, 700)
-    x = torch.randn(rows, 2 * k if "silu" in fusion else k, generator=gen).to(device) * 3
-    w = torch.randn(n, k, generator=gen).to(device)
-    b = torch.randn(n, generator=gen).to(device)
-    norm = (torch.rand(k, generator=gen).to(device) + 0.5, 1e-5) if "norm" in fusion else None
-    tile = Tile(16, 256, 4, 2, dot) if dot else Tile(8, 256, 4, 2, dot)
-    res = torch.randn(rows, n, generator=gen).to(device) if "residual" in fusion else None
-    want = gemv_ref(x, w, None, b, norm=norm, silu="silu" in fusion, residual=None if res is None else res.clone())
-    got = gemv(x, w, None, b, tile, norm=norm, silu="silu" in fusion, residual=res)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    if res is not None:
-        assert got.data_ptr() == res.data_ptr()  # added in place
-    assert not torch.allclose(got, gemv_ref(x[:, :k], w, None, b), atol=1e-2)  # the fusion did something
-
-
 @pytest.mark.gpu
 def test_gemv_on_gpu_at_llama_shapes():
     """bf16 rows at Llama-3.1-8B's projection shapes, through the linear methods as decode calls them: fp8 and
@@ -209,15 +185,6 @@ def test_gemv_on_gpu_at_llama_shapes():
         wide = (w.float() * scale).bfloat16()
         torch.testing.assert_close(Unquantized().apply(x, wide, None, None), gemv_ref(x, wide), rtol=2e-2,
                                    atol=2e-2)  # fmt: skip
-        # The decode layer's fusions: the norm before q/k/v and gate/up; SiLU and the residual add around down.
-        norm = (torch.rand(k, generator=gen).to("cuda", torch.bfloat16) + 0.5, 1e-5)
-        got = Unquantized().apply_fused(x * 30, wide, None, None, norm=norm)
-        torch.testing.assert_close(got, gemv_ref(x * 30, wide, norm=norm), rtol=2e-2, atol=2e-2)
-        gate_up = torch.randn(rows, 2 * k, generator=gen).to("cuda", torch.bfloat16)
-        res = torch.randn(rows, n, generator=gen).to("cuda", torch.bfloat16)
-        want = gemv_ref(gate_up, w, scale, silu=True, residual=res.clone())
-        got = Fp8().apply_fused(gate_up, w, None, scale, silu=True, residual=res)
-        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],

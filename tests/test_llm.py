@@ -44,34 +44,6 @@ def test_greedy_matches_transformers(tiny_models, arch):
         assert_pool_empty(llm)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_fused_decode_layers_match_transformers(tiny_models, arch, monkeypatch):
-    """The decode layer with its norms, SiLU and residual adds inside the GEMVs (on CUDA at up to 16 rows; here
-    forced on the CPU, the GEMV in Triton's interpreter): greedy tokens still equal transformers', one request
-    decoding alone (the one-row GEMV) and three together (the dot over rows)."""
-    from rocket_trtllm.kernels import gemv
-
-    from rocket_trtllm.models import quant
-
-    calls = []
-    real = gemv.gemv
-    monkeypatch.setattr(quant.Unquantized, "fuses", lambda self, x: x.shape[0] <= gemv.MAX_ROWS)
-    monkeypatch.setattr(
-        gemv,
-        "gemv",
-        lambda *a, **kw: (
-            calls.append(sorted(k for k, v in kw.items() if v is not None and v is not False)) or real(*a, **kw)
-        ),
-    )
-    monkeypatch.setattr(gemv, "TILES", {(2, True): gemv.Tile(64, 256, 4, 2, False), (2, False): gemv.Tile(64, 256)})
-    with LLM(str(tiny_models[arch]), dtype="float32") as llm:
-        single = llm.generate(PROMPTS[0], GREEDY).outputs[0].token_ids
-        batched = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
-    prompt_ids = [llm.tokenizer.encode(p) for p in PROMPTS]
-    assert [single, *batched] == [hf_greedy(tiny_models[arch], ids, 12) for ids in prompt_ids[:1] + prompt_ids]
-    assert ["norm"] in calls and ["residual"] in calls and ["residual", "silu"] in calls  # the fused path ran
-
-
 def test_long_prompt_slices_match_transformers(tiny_models, monkeypatch):
     """A long prompt's o_proj and MLP run in token slices (here every prompt is long: 5-token slices), its attention
     output written over its queries; greedy tokens still equal transformers', and RocketKV's stage 1 (which reads

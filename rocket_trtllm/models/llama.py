@@ -150,28 +150,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def fused(self, x: torch.Tensor) -> bool:
-        """Whether this step's layer runs as `forward_fused`: decode-sized on CUDA, one rank (under tensor
-        parallelism the row-parallel outputs are summed over ranks before the residual add)."""
-        return self.self_attn.method.fuses(x) and not self.self_attn.o_proj.comm.parallel
-
-    def forward_fused(self, x, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
-        """A decode step's layer as four GEMVs and the attention: the norms, the SiLU and both residual adds run
-        inside the GEMVs (five launches fewer, ~6 us a layer at batch 1 on an H100); x is updated in place."""
-        attn, mlp, method = self.self_attn, self.mlp, self.self_attn.method
-        ln1, ln2 = self.input_layernorm, self.post_attention_layernorm
-        qkv = method.apply_fused(x, attn.qkv_weight, attn.qkv_bias, attn.qkv_scale, norm=(ln1.weight, ln1.eps))
-        out = attn(qkv, cos, sin, backend, meta)
-        o = attn.o_proj
-        method.apply_fused(out, o.weight, o.bias, o.weight_scale, residual=x)
-        gate_up = method.apply_fused(x, mlp.gate_up_weight, None, mlp.gate_up_scale, norm=(ln2.weight, ln2.eps))
-        down = mlp.down_proj
-        method.apply_fused(gate_up, down.weight, down.bias, down.weight_scale, silu=True, residual=x)
-        return x
-
     def forward(self, x, pending, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
-        if pending is None and self.fused(x):
-            return self.forward_fused(x, cos, sin, backend, meta), None
         # The normed input lives only for the projection, and the residual adds in place: at 128k
         # tokens each [tokens, hidden] tensor is 1 GB of prefill peak. Decode and short prompts return the MLP's
         # output as `pending`, which the next layer's input norm adds to the residual in its own kernel.
@@ -244,11 +223,8 @@ class CausalLM(nn.Module):
         pending = None  # the last MLP output not yet added to the residual stream
         for layer in self.model.layers:
             x, pending = layer(x, pending, cos, sin, backend, meta)
-        norm = self.model.norm
-        if meta.num_contexts == 0 and self.model.layers[0].fused(x):  # every row's logits; the norm in the GEMV
-            return self.lm_head(x, norm=(norm.weight, norm.eps)).float()
         x = x[logit_idx]
-        x = norm(x) if pending is None else norm.add_and_norm(x, pending[logit_idx])
+        x = self.model.norm(x) if pending is None else self.model.norm.add_and_norm(x, pending[logit_idx])
         return self.lm_head(x).float()
 
 

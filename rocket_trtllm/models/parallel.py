@@ -7,7 +7,7 @@ that slice. With one rank (`SINGLE`) they are plain linear and embedding layers.
 """
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -165,14 +165,8 @@ class ParallelLMHead(nn.Linear):
         super().__init__(dim, shard.length, bias=False)
         self.comm, self.shards, self.vocab_size = comm, {"weight": shard}, vocab_size
 
-    def forward(self, x: torch.Tensor, norm: Optional[tuple[torch.Tensor, float]] = None) -> torch.Tensor:
-        """Logits of x, or with `norm` (weight, eps) of x's RMSNorm, computed inside the decode GEMV (only for an
-        x the unquantized method `fuses`)."""
-        method = METHODS["none"]  # unquantized (at decode, the GEMV)
-        if norm is not None:
-            logits = method.apply_fused(x, self.weight, None, None, norm=norm)
-        else:
-            logits = method.apply(x, self.weight, None, None)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = METHODS["none"].apply(x, self.weight, None, None)  # unquantized (at decode, the GEMV)
         return self.comm.all_gather(logits)[:, : self.vocab_size] if self.comm.parallel else logits
 
 

@@ -18,7 +18,6 @@ per-channel `weight_scale`). Any other quantization is refused by name, never lo
 """
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +29,6 @@ from ..errors import ConfigError
 from ..kernels import gemv, layer_ops
 
 FP8 = torch.float8_e4m3fn
-FUSE = os.environ.get("ROCKET_FUSE", "1") != "0"
 FP8_MAX = torch.finfo(FP8).max  # 448
 
 
@@ -53,26 +51,6 @@ class Unquantized:
         if _decode_sized(x) and weight.dtype == torch.bfloat16:
             return _gemv(x, weight, None, bias)
         return F.linear(x, weight, bias)
-
-    def fuses(self, x: torch.Tensor) -> bool:
-        """Whether a product of x runs as the decode GEMV, which also takes the work around it (`apply_fused`);
-        ROCKET_FUSE=0 keeps that work in kernels of its own (for benchmarks)."""
-        return FUSE and _decode_sized(x) and gemv.triton is not None
-
-    def apply_fused(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        scale: Optional[torch.Tensor],
-        *,
-        norm: Optional[tuple[torch.Tensor, float]] = None,
-        silu: bool = False,
-        residual: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """`apply` for an x that `fuses`, with the input's RMSNorm (weight, eps) or SiLU-and-multiply and the
-        output's residual add (in place) inside the GEMV (`kernels.gemv.gemv`)."""
-        return gemv.gemv(x, weight, scale, bias, norm=norm, silu=silu, residual=residual)
 
 
 class Fp8(Unquantized):
