@@ -173,6 +173,16 @@ def select_rows(copy_tbs: float) -> list[dict]:
         kt_module.SELECT_WARPS = default_warps
         row("select 65 pages (torch.topk)", partial(torch.topk, scores, 65, -1, sorted=False), scores.numel() * 4,
             **shape)  # fmt: skip
+    # RocketKV's sparse attention at batch 1 (65 pages of 4 tokens a KV head): split over programs and combined,
+    # or one program per KV head writing the output (SPLIT_MIN_TOKENS past the 260 tokens).
+    k, v, tables, lens, q = paged_inputs(1, 2304)
+    sel = torch.rand(1, KV_HEADS, 2304 // 4, device="cuda").argsort(-1)[..., :65].contiguous()
+    default_min = decode_module.SPLIT_MIN_TOKENS
+    for label, least in (("splits + combine", default_min), ("one split", 1 << 20)):
+        decode_module.SPLIT_MIN_TOKENS = least
+        row(f"sparse_decode 65 pages x 4, {label}", partial(sparse_decode, q, k, v, tables, sel, lens, 4, D**-0.5),
+            2 * KV_HEADS * 65 * 4 * D * 2, batch=1, tokens=2304)  # fmt: skip
+    decode_module.SPLIT_MIN_TOKENS = default_min
     # Many sequences (the decode-heavy serving run's ~82, the 32k largest batch's 124): today's selection against
     # the one of the 2026-11-23 serving run (every row searched in passes over its pages, one warp).
     for batch in (82, 124):

@@ -129,7 +129,7 @@ if triton is not None:
         scale, n_tokens, chunk,
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -178,9 +178,13 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
         row = (b * q_heads + h * G + g) * n_splits + s
-        tl.store(po_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
-        tl.store(pm_ptr + row, m_i, mask=g < G)
-        tl.store(pl_ptr + row, l_i, mask=g < G)
+        if DIRECT:  # one split: the output itself (po_ptr is the [batch, q_heads, D] output), no combine kernel
+            out = acc / l_i[:, None]
+            tl.store(po_ptr + row[:, None] * D + d[None, :], out.to(po_ptr.dtype.element_ty), mask=g[:, None] < G)
+        else:
+            tl.store(po_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
+            tl.store(pm_ptr + row, m_i, mask=g < G)
+            tl.store(pl_ptr + row, l_i, mask=g < G)
 
     @triton.jit
     def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
@@ -197,10 +201,15 @@ if triton is not None:
         tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
 
+# Fewest tokens a split reads: below it a sequence is read by fewer programs, each reading more tiles (at one
+# split the output is written without the combine kernel).
+SPLIT_MIN_TOKENS = 64
+
+
 def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
     # Enough programs to fill the GPU about twice (132 SMs on an H100), never a split without tokens.
     target = -(-264 // max(1, batch * kv_heads))
-    return max(1, min(target, -(-n_tokens // block_n), 64))
+    return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), 64))
 
 
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
@@ -217,21 +226,28 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
-    po = torch.empty(batch * q_heads * splits, d, device=q.device, dtype=torch.float32)
-    pm = torch.empty(batch * q_heads * splits, device=q.device, dtype=torch.float32)
-    pl = torch.empty_like(pm)
     sparse = pages is not None
     if not sparse:
         pages = cache_lens  # an unused placeholder
     q = q.contiguous()
+    if splits == 1:
+        out = po = torch.empty_like(q)
+        pm = pl = q  # unused
+    else:
+        po = torch.empty(batch * q_heads * splits, d, device=q.device, dtype=torch.float32)
+        pm = torch.empty(batch * q_heads * splits, device=q.device, dtype=torch.float32)
+        pl = torch.empty_like(pm)
     _decode_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, cache_lens, pages, po, pm, pl,
         scale, n_tokens, chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=stages, **pdl(q),
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, num_warps=4,
+        num_stages=stages, **pdl(q),
     )  # fmt: skip
+    if splits == 1:
+        return out
     out = torch.empty_like(q)
     _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits), **pdl(po))
     return out
