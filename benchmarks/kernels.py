@@ -215,15 +215,18 @@ TILES = [Tile(16, 256, 4, 4), Tile(16, 512, 4, 4), Tile(16, 512, 4, 3), Tile(16,
 ROW_TILES = [Tile(2, 1024, 4, 3, False), Tile(4, 512, 4, 3, False), Tile(8, 512, 4, 3, False),
              Tile(8, 1024, 8, 3, False), Tile(16, 256, 4, 3, False), Tile(16, 512, 8, 3, False),
              Tile(32, 256, 8, 2, False)]  # fmt: skip
+MORE_ROW_TILES = [Tile(1, 2048, 4, 3, False), Tile(2, 2048, 4, 2, False), Tile(2, 1024, 8, 3, False),
+                  Tile(2, 512, 4, 4, False), Tile(4, 1024, 4, 3, False), Tile(4, 1024, 8, 2, False)]  # fmt: skip
 
 
-def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
+def gemm_rows(copy_tbs: float, one_row: bool = False) -> tuple[list[dict], dict]:
     """Decode GEMMs at Llama-3.1-8B's shapes: cuBLAS (bf16 F.linear; fp8 quantize + _scaled_mm) against the
     Triton GEMV at every candidate tile. Each timing replays 20 calls in one CUDA graph over enough weight copies
     that they do not stay in L2 (a model's next projection is another weight); returns the rows and, per
-    (weight dtype, rows), the tile with the least time over a decode step's projections."""
-    rows, step = [], {}
-    for m in (1, 4, 16):
+    (weight dtype, rows), the tile with the least time over a decode step's projections. `one_row`: one activation
+    row only, more row tiles, and the best tile of each projection too."""
+    rows, step, per_shape = [], {}, {}
+    for m in (1,) if one_row else (1, 4, 16):
         for wdtype in ("bf16", "fp8"):
             for kdim, ndim, uses in PROJECTIONS:
                 nbytes = kdim * ndim * (2 if wdtype == "bf16" else 1)
@@ -237,7 +240,7 @@ def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
                         else (lambda w, x=x, s=scale: fp8_linear_cuda(x, w, s)))  # fmt: skip
                 shape = dict(batch=m, tokens=f"{kdim}x{ndim}", weights=wdtype)
                 cands = [("cuBLAS" if wdtype == "bf16" else "quantize + _scaled_mm", None, base)]
-                for tile in TILES + (ROW_TILES if m == 1 else []):
+                for tile in ROW_TILES + MORE_ROW_TILES if one_row else TILES + (ROW_TILES if m == 1 else []):
                     fn = partial(gemv, x, scale=scale if wdtype == "fp8" else None, tile=tile)
                     cands.append((f"gemv {tile.block_n}x{tile.block_k} w{tile.warps} s{tile.stages}"
                                   f"{'' if tile.dot else ' rows'}", tile, lambda w, fn=fn: fn(w)))  # fmt: skip
@@ -247,16 +250,20 @@ def gemm_rows(copy_tbs: float) -> tuple[list[dict], dict]:
                                      vs_copy=nbytes / ms / 1e9 / copy_tbs, **shape))  # fmt: skip
                     key = (wdtype, m, name)
                     step[key] = (tile, step.get(key, (tile, 0.0))[1] + ms * uses)
+                    where = f"{wdtype} rows={m} {kdim}x{ndim}"
+                    if tile is not None and (where not in per_shape or ms < per_shape[where]["ms"]):
+                        per_shape[where] = dict(best=name, tile=repr(tile), ms=ms, vs_copy=nbytes / ms / 1e9 / copy_tbs)
                 del ws
                 torch.cuda.empty_cache()
     best = {}
     for (wdtype, m, name), (tile, ms) in step.items():
         if (wdtype, m) not in best or ms < best[wdtype, m][2]:
             best[wdtype, m] = (name, tile, ms)
-    return rows, {f"{w} rows={m}": dict(best=name, tile=repr(tile), step_ms=ms,
-                                          baseline_step_ms=step[(w, m, "cuBLAS" if w == "bf16" else
-                                                                 "quantize + _scaled_mm")][1])
-                  for (w, m), (name, tile, ms) in best.items()}  # fmt: skip
+    summary = {f"{w} rows={m}": dict(best=name, tile=repr(tile), step_ms=ms,
+                                     baseline_step_ms=step[(w, m, "cuBLAS" if w == "bf16" else
+                                                            "quantize + _scaled_mm")][1])
+               for (w, m), (name, tile, ms) in best.items()}  # fmt: skip
+    return rows, {**summary, **(per_shape if one_row else {})}
 
 
 def graphed_many(fn, weights: list, calls: int):  # noqa: ANN001, ANN201
@@ -282,8 +289,9 @@ def graphed(fn):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--only", choices=["fp8", "select", "batched"],
-                   help="fp8: FP8, selection, GEMM rows; batched: RocketKV attention at batch 64, 128")  # fmt: skip
+    p.add_argument("--only", choices=["fp8", "select", "batched", "gemv"],
+                   help="fp8: FP8, selection, GEMM rows; batched: RocketKV attention at batch 64, 128; gemv: one-row "
+                        "GEMV tiles per projection")  # fmt: skip
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows, best = [], {}
@@ -295,8 +303,11 @@ def main() -> None:
         rows += batched_rows(copy_tbs)
     if args.only in (None, "fp8"):
         rows += fp8_rows(copy_tbs)
-    if args.only != "batched":
+    if args.only not in ("batched", "gemv"):
         rows += select_rows(copy_tbs)
+    if args.only == "gemv":  # one row: every row tile, and each projection's best
+        gemms, best = gemm_rows(copy_tbs, one_row=True)
+        rows += gemms
     if args.only in (None, "fp8"):
         gemms, best = gemm_rows(copy_tbs)
         rows += gemms
@@ -308,7 +319,10 @@ def main() -> None:
               f"{r['tb_s']:.2f} | {r['vs_copy']:.2f} |")  # fmt: skip
     print("Best GEMV tile per weight dtype and rows, by a decode step's projection time:")
     for key, b in best.items():
-        print(f"  {key}: {b['best']} ({b['tile']}) {b['step_ms']:.3f} ms vs {b['baseline_step_ms']:.3f} ms cuBLAS")
+        if "step_ms" in b:
+            print(f"  {key}: {b['best']} ({b['tile']}) {b['step_ms']:.3f} ms vs {b['baseline_step_ms']:.3f} ms cuBLAS")
+        else:  # one projection
+            print(f"  {key}: {b['best']} ({b['tile']}) {b['ms'] * 1e3:.1f} us, {b['vs_copy']:.2f} of copy")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "copy_tb_s": copy_tbs, "rows": rows,
