@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
-# cache (bf16 weights); then bf16 at 32k batch 1. The bf16 and RocketKV runs also profile 32 decode steps (--profile).
+# cache (bf16 weights); then bf16 at 32k batch 1 (RUN_32K) and RocketKV's KV dtypes at batch 128 (RUN_BATCH). The bf16 and RocketKV runs also profile 32 decode steps (--profile).
 # sync: bf16 with the overlap scheduler off; nopdl: bf16 without programmatic dependent
 # launch (ROCKET_PDL=0). VARIANTS (default "bf16 sync fp8w fp8kv"), METHODS
 # ("rocket-long-context dense"), TESTS (1) and RUN_32K (1) pick a subset (two runs in one call add to the same
@@ -41,6 +41,16 @@ for name in ${VARIANTS:-bf16 sync fp8w fp8kv}; do
       --json "$OUT/128k-$name-$method.json" 2>&1 | grep -v Loading | tee "$OUT/128k-$name-$method.txt"
   done
 done
-[ "${RUN_32K:-1}" = 1 ] || exit 0
-$B --input-len 32768 --output-len 128 --config configs/rocket-long-context.yaml --compare dense \
-  --profile "$OUT/profile-32k" --json "$OUT/32k-bf16.json" 2>&1 | grep -v Loading | tee "$OUT/32k-bf16.txt"
+if [ "${RUN_32K:-1}" = 1 ]; then
+  $B --input-len 32768 --output-len 128 --config configs/rocket-long-context.yaml --compare dense \
+    --profile "$OUT/profile-32k" --json "$OUT/32k-bf16.json" 2>&1 | grep -v Loading | tee "$OUT/32k-bf16.txt"
+fi
+# RUN_BATCH=1: RocketKV with bf16 and fp8 KV at 128 requests of 8k-token prompts (each keeps 2048 tokens, as at
+# 32k or 128k): there its step reads 128 x 33 MB of K/V, where at batch 1 it reads 33 MB.
+if [ "${RUN_BATCH:-0}" = 1 ]; then
+  for kv in auto fp8; do
+    timeout 200 python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --batch-size 128 \
+      --input-len 8192 --output-len 256 --config /tmp/rocket-long-context-$kv.yaml --json "$OUT/batch128-$kv.json" \
+      2>&1 | grep -v Loading | tee "$OUT/batch128-$kv.txt"
+  done
+fi
