@@ -266,21 +266,7 @@ if triton is not None:
         elif ONE_BLOCK:  # the row held in registers; the search starts from its own range
             p = tl.arange(0, BLOCK)
             valid = p < n
-            key = _order_key(tl.load(row + p, mask=valid, other=0.0))
-            lo = tl.min(tl.where(valid, key, 2147483647), 0).to(tl.int64)
-            hi = tl.max(tl.where(valid, key, -2147483648), 0).to(tl.int64)
-            while lo < hi:
-                mid = lo + (hi - lo + 1) // 2
-                cnt = tl.sum(((key >= mid) & valid).to(tl.int32), 0)
-                exact = cnt == k
-                lo = tl.where(exact, mid - 1, tl.where(cnt > k, mid, lo))
-                hi = tl.where(exact, mid - 1, tl.where(cnt > k, hi, mid - 1))
-            sel = ((key > lo) & valid).to(tl.int32)
-            tl.store(out + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
-            above = tl.sum(sel, 0)
-            tie = ((key == lo) & valid).to(tl.int32)
-            rank = tl.cumsum(tie, 0) - 1
-            tl.store(out + above + rank, p.to(tl.int64), mask=(tie > 0) & (above + rank < k))
+            _select_row(_order_key(tl.load(row + p, mask=valid, other=0.0)), valid, p, out, k)
         else:
             lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always
             hi = tl.full([], 2147483647, tl.int64)  # count(key > hi) < k always
@@ -308,6 +294,67 @@ if triton is not None:
                 rank = ties + tl.cumsum(sel, 0) - 1
                 tl.store(out + above + rank, p.to(tl.int64), mask=(sel > 0) & (above + rank < k))
                 ties += tl.sum(sel, 0)
+
+    @triton.jit
+    def _select_row(key, valid, p, out, k):
+        # The k largest of a row's keys (order-preserving integers) held in registers, by bisection on the threshold
+        # from the row's own key range, then their page numbers written to `out`: every page above the threshold,
+        # then pages equal to it (ties, in page order) up to k.
+        lo = tl.min(tl.where(valid, key, 2147483647), 0).to(tl.int64)
+        hi = tl.max(tl.where(valid, key, -2147483648), 0).to(tl.int64)
+        while lo < hi:
+            mid = lo + (hi - lo + 1) // 2
+            cnt = tl.sum(((key >= mid) & valid).to(tl.int32), 0)
+            exact = cnt == k
+            lo = tl.where(exact, mid - 1, tl.where(cnt > k, mid, lo))
+            hi = tl.where(exact, mid - 1, tl.where(cnt > k, hi, mid - 1))
+        sel = ((key > lo) & valid).to(tl.int32)
+        tl.store(out + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
+        above = tl.sum(sel, 0)
+        tie = ((key == lo) & valid).to(tl.int32)
+        rank = tl.cumsum(tie, 0) - 1
+        tl.store(out + above + rank, p.to(tl.int64), mask=(tie > 0) & (above + rank < k))
+
+    @triton.jit
+    def _score_select_kernel(
+        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
+        sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
+        G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
+        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
+    ):  # fmt: skip
+        gdc(PDL)
+        # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block,
+        # in one program per (sequence, KV head): the group's page scores never leave registers.
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)
+        out = out_ptr + b * o_b + h * o_h
+        if n <= k:  # every page (and some past the end, which the decode kernel masks)
+            j = tl.arange(0, K_PAD)
+            tl.store(out + j, j.to(tl.int64), mask=j < k)
+        else:
+            g = tl.arange(0, G_PAD)
+            heads = g[:, None] < G
+            cs = tl.arange(0, C_PAD)
+            part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
+            ok = heads & (cs[None, :] < n_chunks)
+            pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
+            pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
+            top = tl.max(pm, 1)
+            lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
+            if PER_HEAD:
+                scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+            else:
+                scale = tl.full([G_PAD], scale_value, tl.float32)
+            p = tl.arange(0, BLOCK)
+            valid = p < n
+            bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
+                            mask=heads & valid[None, :], other=0.0)  # fmt: skip
+            w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))  # log softmax weights
+            w_max = tl.max(w, 0)
+            score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
+            score = tl.where(p == n - 1, float("inf"), score)  # the newest page is always read
+            _select_row(_order_key(score), valid, p, out, k)
 
     @triton.jit
     def _order_key(score):
@@ -370,10 +417,13 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
+    return _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt_min.shape[1], newest)
+
+
+def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest):  # noqa: ANN001, ANN202
     batch, q_heads, max_pages = bounds.shape
-    kv_heads = kt_min.shape[1]
     n_chunks = part_m.shape[-1]
-    out = torch.empty(batch, kv_heads, max_pages, device=q.device, dtype=torch.float32)
+    out = torch.empty(batch, kv_heads, max_pages, device=bounds.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
         bounds, part_m, part_l, num_pages, out, *scales,
         bounds.stride(0), bounds.stride(1), out.stride(0), out.stride(1), max_pages, chunk, n_chunks,
@@ -388,6 +438,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
+SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
@@ -409,6 +460,26 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
 
 
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
-    """Triton version of `predict_pages_ref`: the two scoring kernels, then the selection kernel."""
-    scores = kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature, newest=True)
-    return select_pages(scores, num_pages, min(topk + 1, scores.shape[-1]))
+    """Triton version of `predict_pages_ref`: the bounds pass, then the group's scores and the selection in one
+    kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
+    `select_pages`."""
+    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
+        q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
+    )
+    batch, q_heads, max_pages = bounds.shape
+    kv_heads = kt_min.shape[1]
+    k = min(topk + 1, max_pages)
+    if max_pages > SCORE_SELECT_MAX_PAGES:
+        scores = _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest=True)
+        return select_pages(scores, num_pages, k)
+    out = torch.empty(batch, kv_heads, k, device=q.device, dtype=torch.int64)
+    n_chunks = part_m.shape[-1]
+    group = q_heads // kv_heads
+    _score_select_kernel[(batch, kv_heads)](
+        bounds, part_m, part_l, num_pages, out, *scales, bounds.stride(0), bounds.stride(1), out.stride(0),
+        out.stride(1), max_pages, n_chunks, k,
+        G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
+        BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
+        num_warps=SELECT_WARPS, **pdl(bounds),
+    )  # fmt: skip
+    return out

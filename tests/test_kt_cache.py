@@ -196,6 +196,27 @@ def test_triton_official_variant_matches_reference(sign_select, temperature):
     assert chosen(predict_pages(*args, 8, 3, sign_select, temperature).cpu(), pages) == chosen(want, pages)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["scores-in-selection", "scores-then-selection"])
+def test_predict_pages_scores_and_selects_in_one_kernel(fused, monkeypatch):
+    """predict_pages scores the group's pages and selects in one kernel when a row fits a block, or runs the
+    scores pass and then select_pages: the same pages either way, the newest always among them, a row with at most
+    k pages given all of them."""
+    from rocket_trtllm.kernels import kt_predict
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not fused:
+        monkeypatch.setattr(kt_predict, "SCORE_SELECT_MAX_PAGES", 0)
+    q, lo, hi, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))  # pages
+    got = predict_pages(q, lo, hi, tables, pages, 16, topk=5).cpu()
+    scores = kt_page_scores(q, lo, hi, tables, pages, 16, newest=True)
+    want = select_pages(scores, pages, 6).cpu()
+    assert chosen(got, pages.cpu()) == chosen(want, pages.cpu())
+    newest = (pages.cpu() - 1)[:, None]
+    assert (got == newest[:, :, None]).any(-1).all()
+    assert chosen(got, pages.cpu())[1] == [list(range(5))] * got.shape[1]  # 5 pages, k = 6: all of them
+
+
 def test_official_variant_properties():
     """One query head per KV head: the sign-selected bound is the two-sided bound. Every channel kept: SparQ's
     temperature is sqrt(d). Fewer channels: a sharper softmax (|q_hat|_1 < |q|_1)."""
