@@ -210,6 +210,34 @@ if triton is not None:
         tl.store(part_l_ptr + part, total, mask=g < G)
 
     @triton.jit
+    def _head_norms(
+        part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks,
+        G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, PER_HEAD: tl.constexpr,
+    ):  # fmt: skip
+        # Each query head of KV head h: its log-normaliser, merged from the bounds pass's per-chunk partials, and its
+        # softmax scale.
+        g = tl.arange(0, G_PAD)
+        cs = tl.arange(0, C_PAD)
+        part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
+        ok = (g[:, None] < G) & (cs[None, :] < n_chunks)
+        pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
+        pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
+        top = tl.max(pm, 1)
+        lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))
+        if PER_HEAD:
+            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        else:
+            scale = tl.full([G_PAD], scale_value, tl.float32)
+        return lse, scale
+
+    @triton.jit
+    def _group_score(bound, scale, lse, heads):
+        # Pages' scores for a KV head: the log of its query heads' softmax weights summed ([G_PAD, P] bounds -> [P]).
+        w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))
+        w_max = tl.max(w, 0)
+        return w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
+
+    @triton.jit
     def _group_scores_kernel(
         bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, so_b, so_h, max_pages, chunk, n_chunks,
@@ -220,28 +248,16 @@ if triton is not None:
         b = tl.program_id(0)
         h = tl.program_id(1)
         g = tl.arange(0, G_PAD)
-        cs = tl.arange(0, C_PAD)
         heads = g[:, None] < G
-        part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
-        ok = heads & (cs[None, :] < n_chunks)
-        pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
-        pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
-        top = tl.max(pm, 1)
-        lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
-        if PER_HEAD:
-            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
-        else:
-            scale = tl.full([G_PAD], scale_value, tl.float32)
+        lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD, C_PAD,
+                                 PER_HEAD)  # fmt: skip
         n_pages = tl.load(pages_ptr + b)
         start = tl.program_id(2) * chunk
         for p0 in range(start, tl.minimum(start + chunk, max_pages), BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
                             mask=heads & (p[None, :] < n_pages), other=0.0)  # fmt: skip
-            w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))  # log softmax weights
-            w_max = tl.max(w, 0)
-            score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
-            score = tl.where(p < n_pages, score, float("-inf"))
+            score = tl.where(p < n_pages, _group_score(bound, scale, lse, heads), float("-inf"))
             if NEWEST:
                 score = tl.where(p == n_pages - 1, float("inf"), score)
             tl.store(out_ptr + b * so_b + h * so_h + p, score, mask=p < max_pages)
@@ -335,25 +351,13 @@ if triton is not None:
         else:
             g = tl.arange(0, G_PAD)
             heads = g[:, None] < G
-            cs = tl.arange(0, C_PAD)
-            part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
-            ok = heads & (cs[None, :] < n_chunks)
-            pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
-            pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
-            top = tl.max(pm, 1)
-            lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))  # each head's log-normaliser
-            if PER_HEAD:
-                scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
-            else:
-                scale = tl.full([G_PAD], scale_value, tl.float32)
+            lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD,
+                                     C_PAD, PER_HEAD)  # fmt: skip
             p = tl.arange(0, BLOCK)
             valid = p < n
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
                             mask=heads & valid[None, :], other=0.0)  # fmt: skip
-            w = tl.where(heads, bound * scale[:, None] - lse[:, None], float("-inf"))  # log softmax weights
-            w_max = tl.max(w, 0)
-            score = w_max + tl.log(tl.sum(tl.exp(w - w_max[None, :]), 0))
-            score = tl.where(p == n - 1, float("inf"), score)  # the newest page is always read
+            score = tl.where(p == n - 1, float("inf"), _group_score(bound, scale, lse, heads))  # newest: always read
             _select_row(_order_key(score), valid, p, out, k)
 
     @triton.jit
