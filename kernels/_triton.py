@@ -1,6 +1,5 @@
 """Triton when installed; the CPU-only install path keeps every kernel's torch reference."""
 
-import os
 from typing import Any
 
 import torch
@@ -18,13 +17,21 @@ def require_triton() -> None:
 
 
 _PDL_DEVICES: dict[int, bool] = {}
+_PDL = {"enabled": True}
+
+
+def set_pdl(enabled: bool) -> None:
+    """Launch the kernels with programmatic dependent launch where the GPU has it (the default), or plainly (the
+    package sets it from ROCKET_PDL at import; benchmarks compare both). Kernels launched after the change use it;
+    a captured CUDA graph keeps how it was captured."""
+    _PDL["enabled"] = enabled
 
 
 def pdl(t: torch.Tensor) -> dict[str, Any]:
-    """A decode kernel's launch arguments for programmatic dependent launch on t's device (Hopper and later): the
-    kernel's programs start while the kernel before it drains, and wait (`gdc`) before they touch memory. At batch
-    1 a decode step is ~450 launches, most of them a few microseconds long. ROCKET_PDL=0 turns it off."""
-    if not t.is_cuda or os.environ.get("ROCKET_PDL", "1") == "0":
+    """A kernel's launch arguments for programmatic dependent launch on t's device (Hopper and later): the kernel's
+    programs start while the kernel before it drains, and wait (`gdc`) before they touch memory. At batch 1 a
+    decode step is ~450 launches, most of them a few microseconds long."""
+    if not t.is_cuda or not _PDL["enabled"]:
         return {"PDL": False}
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if index not in _PDL_DEVICES:
