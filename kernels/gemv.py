@@ -50,6 +50,19 @@ def gemv_ref(
 if triton is not None:
 
     @triton.jit
+    def _product(x, w, DOT: tl.constexpr, IEEE: tl.constexpr):
+        # One K tile's contribution: a dot over the rows ([BLOCK_M, BLOCK_N]), or the elementwise products of one
+        # row, summed across K at the end ([BLOCK_N, BLOCK_K]).
+        if DOT:
+            if IEEE:  # float32 activations (tests): exact products
+                out = tl.dot(x, tl.trans(w.to(tl.float32)), input_precision="ieee")
+            else:
+                out = tl.dot(x, tl.trans(w.to(x.dtype)))
+        else:
+            out = w.to(tl.float32) * x.to(tl.float32)
+        return out
+
+    @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, sx, sw, so,
         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
@@ -65,17 +78,10 @@ if triton is not None:
         # The first weight tile does not depend on the kernels before: with PDL its load is on the way while they
         # finish (the GEMV's programs start early and wait in `gdc` for the activations).
         k = tl.arange(0, BLOCK_K)
-        first_ok = n_ok[:, None] & (k < K)[None, :]
-        w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=first_ok, other=0.0)
+        w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
         gdc(PDL)
         x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
-        if DOT:
-            if IEEE:  # float32 activations (tests): exact products
-                acc = tl.dot(x, tl.trans(w.to(tl.float32)), input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w.to(x.dtype)))
-        else:
-            part = w.to(tl.float32) * x.to(tl.float32)
+        acc = _product(x, w, DOT, IEEE)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
@@ -85,15 +91,9 @@ if triton is not None:
                 k_ok = k < K
                 w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
                 x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            if DOT:
-                if IEEE:
-                    acc += tl.dot(x, tl.trans(w.to(tl.float32)), input_precision="ieee")
-                else:
-                    acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-            else:
-                part += w.to(tl.float32) * x.to(tl.float32)
+            acc += _product(x, w, DOT, IEEE)
         if not DOT:
-            acc = tl.sum(part, 1)[None, :]
+            acc = tl.sum(acc, 1)[None, :]
         if HAS_SCALE:
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
         if HAS_BIAS:

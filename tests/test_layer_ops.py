@@ -92,14 +92,15 @@ def test_fp8_row_quantization_matches_reference(n):
 
 
 @pytest.mark.parametrize("rows,n", [(1, 10000), (3, 4096), (2, 77)])
-def test_argmax_matches_torch_with_ties(rows, n):
-    """Greedy decoding's argmax over chunks of the row against torch's, ties going to the first index as torch's
-    do: the row's maximum planted twice, in different chunks, and once more in the last (ragged) chunk."""
+def test_argmax_matches_torch_with_ties(rows, n, monkeypatch):
+    """Greedy decoding's argmax over chunks of the row (64-element chunks here) against torch's, ties going to the
+    first index as torch's do: each row's maximum planted three times, in different chunks, the last in the last
+    (ragged) chunk."""
+    monkeypatch.setattr(layer_ops, "ARGMAX_CHUNK", 64)
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(rows, n, generator=gen)
     for r in range(rows):
-        spots = torch.randperm(n, generator=gen)[:2].tolist() + [n - 1]
-        x[r, spots] = 5.0 + r
+        x[r, [n // 3 + r, 2 * n // 3, n - 1]] = 5.0 + r
     x = x.to(DEVICE)
     got = layer_ops.argmax_rows(x)
     assert got.dtype == torch.int64 and torch.equal(got, x.argmax(-1))
