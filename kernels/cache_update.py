@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ._triton import gdc, pdl, require_triton, tl, triton
+from .layer_ops import rotary_ref
 
 
 def store_token_ref(
@@ -23,13 +24,22 @@ def store_token_ref(
     page_size: int = 1,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    q: Optional[torch.Tensor] = None,
+    cos: Optional[torch.Tensor] = None,
+    sin: Optional[torch.Tensor] = None,
 ) -> None:
-    """Write slot `cache_len - 1` of each sequence; with `kt_min`/`kt_max`, recompute that slot's page.
+    """Write slot `cache_len - 1` of each sequence; with `kt_min`/`kt_max`, recompute that slot's page. With
+    `cos`/`sin` ([batch, 1, d], the rotary embedding of each sequence's position), k is rotated before it is
+    stored and q ([batch, q_heads, d]) is rotated in place (the attention backend's RoPE, fused into the write).
 
     k, v: [batch, kv_heads, d]; k_cache, v_cache: [num_blocks, kv_heads, block_size, d];
     block_tables: [batch, max_blocks]; cache_lens: [batch]; kt_min, kt_max: [num_blocks, kv_heads,
     block_size // page_size, d]. The page's min/max cover its slots up to and including the new one.
     """
+    if cos is not None and sin is not None:
+        k = rotary_ref(k, cos, sin)
+        if q is not None:
+            q.copy_(rotary_ref(q, cos, sin))
     slot = cache_lens.long() - 1
     block_size = k_cache.shape[2]
     blocks = torch.gather(block_tables.long(), 1, (slot // block_size)[:, None])[:, 0]
@@ -60,10 +70,24 @@ def to_cache(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
+    def _rotated(x_at, cos_ptr, sin_ptr, mask, D: tl.constexpr):
+        # The head vector(s) at x_at (a pointer, or a column of row pointers) rotated by one position's cos/sin:
+        # x * cos + rotate_half(x) * sin in float32, rounded to x's dtype, as `layer_ops.rotary`.
+        d = tl.arange(0, D)
+        x = tl.load(x_at + d, mask=mask, other=0.0)
+        x_half = tl.load(x_at + (d + D // 2) % D, mask=mask, other=0.0).to(tl.float32)
+        rotated = tl.where(d < D // 2, -x_half, x_half)
+        c = tl.load(cos_ptr + d).to(tl.float32)
+        s = tl.load(sin_ptr + d).to(tl.float32)
+        return (x.to(tl.float32) * c + rotated * s).to(x.dtype)
+
+    @triton.jit
     def _store_token_kernel(
         k_ptr, v_ptr, kc_ptr, vc_ptr, tables_ptr, lens_ptr, lo_ptr, hi_ptr, k_scale, v_scale,
+        q_ptr, cos_ptr, sin_ptr, sq_b, sq_h, sr_b,
         sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_blk, skt_h, skt_p,
-        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr,
+        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr,
+        ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -73,7 +97,14 @@ if triton is not None:
         blk = tl.load(tables_ptr + b * st_b + slot // BS).to(tl.int64)
         within = slot % BS
         base = blk * sc_blk + h * sc_h
-        k_new = tl.load(k_ptr + b * sk_b + h * sk_h + d)
+        if ROPE:  # this KV head's key and, in place, its query group
+            k_new = _rotated(k_ptr + b * sk_b + h * sk_h, cos_ptr + b * sr_b, sin_ptr + b * sr_b, d < D, D)
+            g = tl.arange(0, G_PAD)[:, None]
+            q_at = q_ptr + b * sq_b + (h * G + g) * sq_h
+            q_new = _rotated(q_at, cos_ptr + b * sr_b, sin_ptr + b * sr_b, g < G, D)
+            tl.store(q_at + d[None, :], q_new, mask=g < G)
+        else:
+            k_new = tl.load(k_ptr + b * sk_b + h * sk_h + d)
         v_new = tl.load(v_ptr + b * sv_b + h * sv_h + d)
         if FP8:
             k_new = tl.clamp(k_new.to(tl.float32) / k_scale, -448.0, 448.0)
@@ -95,7 +126,7 @@ if triton is not None:
 
 
 def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, kt_max=None, page_size=1,  # noqa: ANN001, ANN201
-                k_scale=1.0, v_scale=1.0):  # fmt: skip
+                k_scale=1.0, v_scale=1.0, q=None, cos=None, sin=None):  # fmt: skip
     """Triton version of `store_token_ref` (same arguments and effect), one program per sequence and KV head."""
     require_triton()
     batch, kv_heads, d = k.shape
@@ -104,12 +135,20 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
     with_kt = kt_min is not None and kt_max is not None
     if not with_kt:
         kt_min = kt_max = k_cache  # unused placeholders
+    rope = cos is not None and sin is not None
+    if rope and (q is None or q.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1):
+        raise ValueError("store_token's RoPE needs q, cos and sin with contiguous rows (q is rotated in place)")
+    if not rope:
+        q = cos = sin = k  # unused placeholders
+    group = q.shape[1] // kv_heads
     # An fp8 cache's store launches plainly: chained by PDL to the decode kernel after it, dense decode at 128k batch 1
     # took 11.09 against 9.65 ms a step on the H100 (either launch plain restores it; the cause was not found).
     launch = pdl(k) if k_cache.element_size() > 1 else {"PDL": False}
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
+        q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
-        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn, **launch,
+        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
+        ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group), **launch,
     )  # fmt: skip

@@ -202,6 +202,7 @@ def test_predict_pages_scores_and_selects_in_one_kernel(fused, monkeypatch):
     scores pass and then select_pages: the same pages either way, the newest always among them, a row with at most
     k pages given all of them."""
     from rocket_trtllm.kernels import kt_predict
+    from rocket_trtllm.kernels._triton import tickets
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -215,6 +216,10 @@ def test_predict_pages_scores_and_selects_in_one_kernel(fused, monkeypatch):
     newest = (pages.cpu() - 1)[:, None]
     assert (got == newest[:, :, None]).any(-1).all()
     assert chosen(got, pages.cpu())[1] == [list(range(5))] * got.shape[1]  # 5 pages, k = 6: all of them
+    if fused:  # each row's last chunk selected (150 pages are three chunks) and left its counter at zero
+        assert not tickets("kt_predict", q.device, 1).any()
+        again = predict_pages(q, lo, hi, tables, pages, 16, topk=5).cpu()
+        assert chosen(again, pages.cpu()) == chosen(got, pages.cpu())
 
 
 def test_official_variant_properties():
@@ -255,6 +260,49 @@ def test_triton_store_token_matches_reference(kt_dtype, page):
     store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], got[3], page)
     for a, b in zip(got, want):
         assert torch.equal(a.cpu().float(), b.float())
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_triton_store_token_rotates_q_and_k(group):
+    """RoPE inside the K/V write: the key is stored (and its KT page refreshed) rotated, the query group is rotated in
+    place in its strided buffer, as the reference and as the rotary kernel followed by a plain write."""
+    from rocket_trtllm.kernels.cache_update import store_token
+    from rocket_trtllm.kernels.layer_ops import rotary
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(group)
+    kv_heads, d, page = 2, 16, 4
+    k_cache, v_cache = torch.randn(12, kv_heads, 8, d, generator=gen), torch.randn(12, kv_heads, 8, d, generator=gen)
+    kt = torch.randn(2, 12, kv_heads, 8 // page, d, generator=gen)
+    tables = torch.randperm(12, generator=gen)[:9].view(3, 3).int()
+    lens = torch.tensor([1, 12, 23], dtype=torch.int32)
+    qkv = torch.randn(3, (group + 2) * kv_heads * d, generator=gen)  # q, k, v of each token side by side
+    angles = torch.rand(3, 1, d // 2, generator=gen) * 6
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+    def split(t):
+        q, k, v = t.split([group * kv_heads * d, kv_heads * d, kv_heads * d], -1)
+        return q.view(3, -1, d), k.view(3, -1, d), v.view(3, -1, d)
+
+    want_qkv, want = qkv.clone(), [t.clone() for t in (k_cache, v_cache, kt[0], kt[1])]
+    q, k, v = split(want_qkv)
+    store_token_ref(k, v, *want[:2], tables, lens, want[2], want[3], page, q=q, cos=cos, sin=sin)
+    assert not torch.equal(want_qkv, qkv)
+    runs = []
+    for fused in (True, False):
+        t_qkv, t_caches = qkv.clone().to(device), [t.clone().to(device) for t in (k_cache, v_cache, kt[0], kt[1])]
+        q, k, v = split(t_qkv)
+        args = (*t_caches[:2], tables.to(device), lens.to(device), t_caches[2], t_caches[3], page)
+        if fused:
+            store_token(k, v, *args, q=q, cos=cos.to(device), sin=sin.to(device))
+        else:
+            rotary(q, cos.to(device), sin.to(device), out=q)
+            store_token(rotary(k, cos.to(device), sin.to(device)), v, *args)
+        runs.append([t_qkv, *t_caches])
+        for a, b in zip(runs[-1], [want_qkv, *want]):
+            assert torch.allclose(a.cpu(), b, atol=1e-5)
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 @pytest.mark.parametrize("page", [1, 4])

@@ -52,6 +52,7 @@ def test_triton_decode_matches_reference(dtype, group, lens, one_split, monkeypa
     """Against the reference, split over the sequence and combined, or read by one program per KV head that writes
     the output itself."""
     from rocket_trtllm.kernels import paged_decode as module
+    from rocket_trtllm.kernels._triton import tickets
     from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 
     if one_split:
@@ -61,10 +62,14 @@ def test_triton_decode_matches_reference(dtype, group, lens, one_split, monkeypa
     q, k, v, tables, cache_lens, pages = random_case(group, lens, dtype, device, seed=group)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     want = paged_decode_ref(q, k, v, tables, cache_lens, 0.25)
-    assert torch.allclose(paged_decode(q, k, v, tables, cache_lens, 0.25).float(), want.float(), atol=tol)
+    dense = paged_decode(q, k, v, tables, cache_lens, 0.25)
+    assert torch.allclose(dense.float(), want.float(), atol=tol)
     want = sparse_decode_ref(q, k, v, tables, pages, cache_lens, 4, 0.25)
     got = sparse_decode(q, k, v, tables, pages, cache_lens, 4, 0.25)
     assert torch.allclose(got.float(), want.float(), atol=tol)
+    # A split sequence's last split to finish combines, and leaves its counter at zero for the next launch.
+    assert not tickets("decode", q.device, 1).any()
+    assert torch.equal(paged_decode(q, k, v, tables, cache_lens, 0.25), dense)
 
 
 @pytest.mark.gpu

@@ -110,14 +110,8 @@ class Attention(nn.Module):
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if fused_ops(qkv) and not self.qk_norm:  # q and k in one launch, in place in the projection's buffer
-            qk = qkv[:, : (self.num_heads + self.num_kv_heads) * d].view(t, -1, d)
-            layer_ops.rotary(qk, cos, sin, out=qk)
-        elif fused_ops(qkv):  # the norms wrote new q and k
-            q, k = layer_ops.rotary(q, cos, sin, out=q), layer_ops.rotary(k, cos, sin, out=k)
-        else:
-            q, k = layer_ops.rotary_ref(q, cos, sin), layer_ops.rotary_ref(k, cos, sin)
-        return backend.forward(self.layer, q, k, v, meta).reshape(t, -1)
+        # RoPE is the backend's: at decode it rotates q and k inside its K/V write.
+        return backend.forward(self.layer, q, k, v, meta, rope=(cos, sin)).reshape(t, -1)
 
 
 class MLP(nn.Module):

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..kernels import layer_ops
 from ..kernels.cache_update import store_token, store_token_ref, to_cache
 from ..kernels.paged_decode import paged_decode, paged_decode_ref
 from .distributed import SINGLE, Communicator
@@ -80,16 +81,29 @@ class AttentionBackend:
         self.use_kernels = use_kernels
         self.scale = shape.head_dim**-0.5
 
-    # q: [tokens, q_heads, head_dim]; k, v: [tokens, kv_heads, head_dim] -> [tokens, q_heads, head_dim]
+    # q: [tokens, q_heads, head_dim]; k, v: [tokens, kv_heads, head_dim] -> [tokens, q_heads, head_dim].
+    # rope: (cos, sin), each [tokens, 1, head_dim], when q and k come without their rotary embedding: the backend
+    # applies it (q in place), for generation tokens inside the K/V write (one kernel a layer fewer at decode).
     def forward(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         n_ctx = meta.num_context_tokens
         parts = []
         if meta.num_contexts:
-            parts.append(self._context(layer, q[:n_ctx], k[:n_ctx], v[:n_ctx], meta))
+            qc, kc = q[:n_ctx], k[:n_ctx]
+            if rope is not None:
+                for x in (qc, kc):
+                    self._rotate(x, rope[0][:n_ctx], rope[1][:n_ctx])
+            parts.append(self._context(layer, qc, kc, v[:n_ctx], meta))
         if q.shape[0] > n_ctx:
-            self._store_generation(layer, k[n_ctx:], v[n_ctx:], meta)
+            gen_rope = None if rope is None else (rope[0][n_ctx:], rope[1][n_ctx:])
+            self._store_generation(layer, q[n_ctx:], k[n_ctx:], v[n_ctx:], meta, gen_rope)
             parts.append(self.decode(layer, q[n_ctx:], meta))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -142,12 +156,42 @@ class AttentionBackend:
         self.pool.k[layer][blocks, :, slots % bs] = to_cache(k.transpose(0, 1), ks, self.pool.k.dtype)
         self.pool.v[layer][blocks, :, slots % bs] = to_cache(v.transpose(0, 1), vs, self.pool.v.dtype)
 
-    def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
-        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        if self.use_kernels:
+            layer_ops.rotary(x, cos, sin, out=x)
+        else:
+            x.copy_(layer_ops.rotary_ref(x, cos, sin))
+
+    def _store_generation(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request (with `rope`, k rotated
+        # first and q rotated in place)
+        self.store_tokens(layer, q, k, v, meta, rope)
+
+    def store_tokens(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+        kt: tuple = (),
+    ) -> None:
+        """`store_token` (or its reference) into `layer`'s cache with the pool's scales; `kt`: (kt_min, kt_max,
+        page_size) of a KT cache to refresh."""
         store = store_token if self.use_kernels else store_token_ref
         ks, vs = self.pool.scales(layer)
-        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens,
-              k_scale=ks, v_scale=vs)  # fmt: skip
+        cos, sin = rope if rope is not None else (None, None)
+        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens, *kt,
+              k_scale=ks, v_scale=vs, q=q, cos=cos, sin=sin)  # fmt: skip
 
     @classmethod
     def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:

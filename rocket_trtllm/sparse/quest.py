@@ -3,11 +3,10 @@
 RocketKV's backend builds on this class, adding stage 1 and top-r channel selection.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from ..kernels.cache_update import store_token, store_token_ref
 from ..kernels.kt_predict import predict_pages, predict_pages_ref
 from ..kernels.paged_decode import sparse_decode, sparse_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
@@ -59,12 +58,17 @@ class PageSelectionAttention(AttentionBackend):
         s, pages = self.shape, -(-cache_len // self.page_size)
         return attended + pages * 2 * s.num_layers * s.num_kv_heads * s.head_dim * self.kt.kmin.element_size()
 
-    def _store_generation(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
-        store = store_token if self.use_kernels else store_token_ref
-        pool, kt = self.pool, self.kt
-        ks, vs = pool.scales(layer)
-        store(k, v, pool.k[layer], pool.v[layer], meta.gen_block_tables, meta.cache_lens,
-              kt.kmin[layer], kt.kmax[layer], self.page_size, ks, vs)  # fmt: skip
+    def _store_generation(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        # The KT page of each new token refreshed in the same kernel.
+        self.store_tokens(layer, q, k, v, meta, rope, (self.kt.kmin[layer], self.kt.kmax[layer], self.page_size))
 
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         if not meta.static and self._is_dense(meta.max_cache_len):
