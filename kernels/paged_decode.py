@@ -129,8 +129,8 @@ if triton is not None:
         scale, n_tokens, chunk,
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, S_PAD: tl.constexpr,
-        PDL: tl.constexpr,
+        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, COMBINE: tl.constexpr,
+        GP: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -187,34 +187,39 @@ if triton is not None:
             tl.store(po_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
             tl.store(pm_ptr + row, m_i, mask=g < G)
             tl.store(pl_ptr + row, l_i, mask=g < G)
-            # The (sequence, KV head)'s last split to finish merges every split's partials: no combine launch.
-            if last_arrival(tickets_ptr + b * tl.num_programs(1) + h, n_splits):
-                _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, b * q_heads + h * G, n_splits, G, G_PAD, D, S_PAD)
+            # With few splits, the (sequence, KV head)'s last split to finish merges them all (no combine launch).
+            if COMBINE:
+                if last_arrival(tickets_ptr + b * tl.num_programs(1) + h, n_splits):
+                    _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, b * q_heads + h * G, n_splits, G, GP, D, S_PAD)
 
     @triton.jit
-    def _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, first, n_splits, G: tl.constexpr, G_PAD: tl.constexpr,
+    def _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, first, n_splits, G: tl.constexpr, GP: tl.constexpr,
                  D: tl.constexpr, S_PAD: tl.constexpr):  # fmt: skip
-        # Query heads first..first+G-1: their splits' partials (unnormalised output, running max and sum) merged.
-        g = tl.arange(0, G_PAD)
-        s = tl.arange(0, S_PAD)
-        d = tl.arange(0, D)
-        heads = first + g
-        ok = (g[:, None] < G) & (s[None, :] < n_splits)
-        part = heads[:, None] * n_splits + s[None, :]
+        # Query heads first..first+G-1: their splits' partials (unnormalised output, running max and sum) merged,
+        # every partial loaded at once ([GP, S_PAD, D] elements, GP = G rounded up to a power of two).
+        g = tl.arange(0, GP)[:, None]
+        s = tl.arange(0, S_PAD)[None, :]
+        d = tl.arange(0, D)[None, None, :]
+        ok = (g < G) & (s < n_splits)
+        part = (first + g) * n_splits + s  # [GP, S_PAD]
         m = tl.load(pm_ptr + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(po_ptr + part[:, :, None] * D + d, mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
         m_max = tl.max(m, 1)
         w = tl.exp(m - tl.where(m_max == float("-inf"), 0.0, m_max)[:, None])  # a split without tokens weighs 0
         denom = tl.sum(w * tl.load(pl_ptr + part, mask=ok, other=0.0, cache_modifier=".cg"), 1)
-        denom = tl.where(g < G, denom, 1.0)
-        acc = tl.zeros([G_PAD, D], tl.float32)
-        for i in range(n_splits):
-            w_i = tl.sum(tl.where(s[None, :] == i, w, 0.0), 1)
-            o = tl.load(po_ptr + (heads * n_splits + i)[:, None] * D + d[None, :], mask=g[:, None] < G, other=0.0,
-                        cache_modifier=".cg")  # fmt: skip
-            acc += w_i[:, None] * o
-        out = acc / denom[:, None]
-        tl.store(out_ptr + heads[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+        out = tl.sum(w[:, :, None] * o, 1) / tl.where(g < G, denom[:, None], 1.0)
+        tl.store(out_ptr + (first + g) * D + tl.arange(0, D)[None, :], out.to(out_ptr.dtype.element_ty), mask=g < G)
 
+    @triton.jit
+    def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
+        gdc(PDL)
+        _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, tl.program_id(0), S, 1, 1, D, S_PAD)  # one query head a program
+
+
+# Most partial elements (query heads x splits x head_dim) the decode kernel's last split merges itself, all loaded at
+# once (64 float32 registers a thread at 4 warps); past it (a long dense sequence's many splits) a combine kernel
+# with a program per query head does.
+COMBINE_IN_KERNEL_MAX = 8192
 
 # Fewest tokens a split reads: below it a sequence is read by fewer programs, each reading more tiles (at one
 # split the output is written without the combine kernel).
@@ -250,15 +255,19 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     pm = torch.empty(po.shape[0], device=q.device, dtype=torch.float32)
     pl = torch.empty_like(pm)
     counters = tickets("decode", q.device, batch * kv_heads)
+    gp, s_pad = triton.next_power_of_2(group), max(2, triton.next_power_of_2(splits))
+    combine = splits > 1 and gp * s_pad * d <= COMBINE_IN_KERNEL_MAX
     _decode_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, cache_lens, pages, out, po, pm, pl, counters,
         scale, n_tokens, chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1,
-        S_PAD=max(2, triton.next_power_of_2(splits)), num_warps=4, num_stages=stages, **pdl(q),
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, COMBINE=combine,
+        GP=gp, S_PAD=s_pad, num_warps=4, num_stages=stages, **pdl(q),
     )  # fmt: skip
+    if splits > 1 and not combine:
+        _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=s_pad, **pdl(po))
     return out
 
 

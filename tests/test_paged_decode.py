@@ -47,16 +47,18 @@ CASES = [(1, [5, 70]), (4, [1, 17, 130]), (8, [64])]
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("group,lens", CASES)
-@pytest.mark.parametrize("one_split", [False, True], ids=["splits", "one-split"])
-def test_triton_decode_matches_reference(dtype, group, lens, one_split, monkeypatch):
-    """Against the reference, split over the sequence and combined, or read by one program per KV head that writes
-    the output itself."""
+@pytest.mark.parametrize("mode", ["combine-in-kernel", "combine-kernel", "one-split"])
+def test_triton_decode_matches_reference(dtype, group, lens, mode, monkeypatch):
+    """Against the reference, split over the sequence and combined (by the last split to finish, or by a combine
+    kernel), or read by one program per KV head that writes the output itself."""
     from rocket_trtllm.kernels import paged_decode as module
     from rocket_trtllm.kernels._triton import tickets
     from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 
-    if one_split:
+    if mode == "one-split":
         monkeypatch.setattr(module, "SPLIT_MIN_TOKENS", 1 << 20)
+    if mode == "combine-kernel":
+        monkeypatch.setattr(module, "COMBINE_IN_KERNEL_MAX", 0)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v, tables, cache_lens, pages = random_case(group, lens, dtype, device, seed=group)
