@@ -8,7 +8,7 @@ try:
     import triton
     import triton.language as tl
 except ImportError:
-    triton = tl = gdc = last_arrival = None
+    triton = tl = gdc = None
 
 
 def require_triton() -> None:
@@ -17,8 +17,6 @@ def require_triton() -> None:
 
 
 _PDL_DEVICES: dict[int, bool] = {}
-_TICKETS: dict[tuple[str, torch.device], list[torch.Tensor]] = {}
-_MIN_TICKETS = 1 << 16
 _PDL = {"enabled": True}
 
 
@@ -41,29 +39,7 @@ def pdl(t: torch.Tensor) -> dict[str, Any]:
     return {"PDL": True, "launch_pdl": True} if _PDL_DEVICES[index] else {"PDL": False}
 
 
-def tickets(kind: str, device: torch.device, n: int) -> torch.Tensor:
-    """n int32 counters at zero for `last_arrival`, one set per kernel kind and device. The kernels leave them at
-    zero, so a CUDA graph replays with them as captured; a set outgrown is kept (a graph may still point at it)."""
-    sets = _TICKETS.setdefault((kind, torch.device(device)), [])
-    if not sets or sets[-1].numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("ticket counters must be allocated before CUDA graph capture (run the shape eagerly)")
-        sets.append(torch.zeros(max(n, _MIN_TICKETS), dtype=torch.int32, device=device))
-    return sets[-1]
-
-
 if triton is not None:
-
-    @triton.jit
-    def last_arrival(ticket_ptr, n):
-        """Whether this program is the last of the `n` sharing the counter at `ticket_ptr` to get here; if so, what
-        the others stored before they got here is visible to it (read it with `.cg` loads, past the SM's L1), and
-        the counter is back at zero for the next launch."""
-        tl.debug_barrier()  # every thread's stores are in before the program's release
-        last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu") == n - 1
-        if last:
-            tl.store(ticket_ptr, 0)
-        return last
 
     @triton.jit
     def gdc(PDL: tl.constexpr):

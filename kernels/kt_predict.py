@@ -13,7 +13,7 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 
 import torch
 
-from ._triton import gdc, last_arrival, pdl, require_triton, tickets, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def kt_head_bounds_ref(
@@ -155,11 +155,9 @@ if triton is not None:
     @triton.jit
     def _kt_bounds_kernel(
         q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value,
-        sel_ptr, tickets_ptr, sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, sel_b, sel_h,
-        max_pages, chunk, n_chunks, k,
+        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, SELECT: tl.constexpr,
-        SG_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr, PDL: tl.constexpr,
+        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -210,12 +208,6 @@ if triton is not None:
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
         tl.store(part_l_ptr + part, total, mask=g < G)
-        # With SELECT the (sequence, KV head)'s last chunk to finish scores the pages and selects: no second launch.
-        if SELECT:
-            if last_arrival(tickets_ptr + b * tl.num_programs(1) + h, n_chunks):
-                _score_select(out_ptr, part_m_ptr, part_l_ptr, pages_ptr, sel_ptr, scales_ptr, scale_value, b, h,
-                              so_b, so_h, sel_b, sel_h, max_pages, n_chunks, k, G, SG_PAD, C_PAD, BLOCK, K_PAD,
-                              PER_HEAD)  # fmt: skip
 
     @triton.jit
     def _head_norms(
@@ -228,8 +220,8 @@ if triton is not None:
         cs = tl.arange(0, C_PAD)
         part = (b * G * tl.num_programs(1) + h * G + g)[:, None] * n_chunks + cs[None, :]
         ok = (g[:, None] < G) & (cs[None, :] < n_chunks)
-        pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30, cache_modifier=".cg")  # other programs' partials
-        pl = tl.load(part_l_ptr + part, mask=ok, other=0.0, cache_modifier=".cg")
+        pm = tl.load(part_m_ptr + part, mask=ok, other=-1e30)
+        pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
         top = tl.max(pm, 1)
         lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))
         if PER_HEAD:
@@ -340,14 +332,17 @@ if triton is not None:
         tl.store(out + above + rank, p.to(tl.int64), mask=(tie > 0) & (above + rank < k))
 
     @triton.jit
-    def _score_select(
-        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value, b, h,
+    def _score_select_kernel(
+        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
-        PER_HEAD: tl.constexpr,
+        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
-        # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block:
-        # the group's page scores never leave registers.
+        gdc(PDL)
+        # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block,
+        # in one program per (sequence, KV head): the group's page scores never leave registers.
+        b = tl.program_id(0)
+        h = tl.program_id(1)
         n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)
         out = out_ptr + b * o_b + h * o_h
         if n <= k:  # every page (and some past the end, which the decode kernel masks)
@@ -361,7 +356,7 @@ if triton is not None:
             p = tl.arange(0, BLOCK)
             valid = p < n
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
-                            mask=heads & valid[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
+                            mask=heads & valid[None, :], other=0.0)  # fmt: skip
             score = tl.where(p == n - 1, float("inf"), _group_score(bound, scale, lse, heads))  # newest: always read
             _select_row(_order_key(score), valid, p, out, k)
 
@@ -380,10 +375,7 @@ if triton is not None:
 _BLOCK_P = 64  # pages per tile in both passes
 
 
-def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False,  # noqa: ANN001, ANN202
-                   select_k=0):  # fmt: skip
-    # With select_k, each (sequence, KV head)'s last chunk also scores its pages and selects the best select_k
-    # (`_score_select`; rows up to SCORE_SELECT_MAX_PAGES): the pages come back as the last element.
+def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
     require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1):
@@ -405,23 +397,14 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     # per-head tensor, which the kernels then never read).
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
-    if select_k:
-        pages = torch.empty(batch, kv_heads, select_k, device=q.device, dtype=torch.int64)
-        counters = tickets("kt_predict", q.device, batch * kv_heads)
-    else:
-        pages = counters = part_m  # unused
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
-        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, *scales, pages, counters,
+        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
-        bounds.stride(0), bounds.stride(1), pages.stride(0), pages.stride(1), max_pages, chunk, n_chunks, select_k,
+        bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, SELECT=select_k > 0,
-        SG_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
-        BLOCK=max(16, triton.next_power_of_2(max_pages)) if select_k else 16,
-        K_PAD=triton.next_power_of_2(max(select_k, 1)),
-        num_warps=SELECT_WARPS, **pdl(q),
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, **pdl(q),
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk, scales, per_head, pages
+    return bounds, part_m, part_l, chunk, scales, per_head
 
 
 def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
@@ -435,7 +418,7 @@ def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
                    newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk, scales, per_head, _ = _launch_bounds(
+    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
     return _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt_min.shape[1], newest)
@@ -481,15 +464,26 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
 
 
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
-    """Triton version of `predict_pages_ref`: one kernel when a row's pages fit one block (RocketKV's ~600 kept
-    pages; each row's last chunk of the bounds pass scores and selects), else the bounds pass, the scores pass and
+    """Triton version of `predict_pages_ref`: the bounds pass, then the group's scores and the selection in one
+    kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
     `select_pages`."""
-    max_pages = block_tables.shape[1] * kt_min.shape[2]
-    k = min(topk + 1, max_pages)
-    if max_pages <= SCORE_SELECT_MAX_PAGES:
-        return _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature, k)[-1]
-    bounds, part_m, part_l, chunk, scales, per_head, _ = _launch_bounds(
+    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
-    scores = _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt_min.shape[1], newest=True)
-    return select_pages(scores, num_pages, k)
+    batch, q_heads, max_pages = bounds.shape
+    kv_heads = kt_min.shape[1]
+    k = min(topk + 1, max_pages)
+    if max_pages > SCORE_SELECT_MAX_PAGES:
+        scores = _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest=True)
+        return select_pages(scores, num_pages, k)
+    out = torch.empty(batch, kv_heads, k, device=q.device, dtype=torch.int64)
+    n_chunks = part_m.shape[-1]
+    group = q_heads // kv_heads
+    _score_select_kernel[(batch, kv_heads)](
+        bounds, part_m, part_l, num_pages, out, *scales, bounds.stride(0), bounds.stride(1), out.stride(0),
+        out.stride(1), max_pages, n_chunks, k,
+        G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
+        BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
+        num_warps=SELECT_WARPS, **pdl(bounds),
+    )  # fmt: skip
+    return out

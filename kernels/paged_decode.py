@@ -5,7 +5,7 @@ and the caller folds the per-tensor K scale into `scale` and multiplies the outp
 
 import torch
 
-from ._triton import gdc, last_arrival, pdl, require_triton, tickets, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 
 
 def attend_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
@@ -125,12 +125,11 @@ if triton is not None:
 
     @triton.jit
     def _decode_split_kernel(
-        q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, pages_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr, tickets_ptr,
+        q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, pages_ptr, po_ptr, pm_ptr, pl_ptr,
         scale, n_tokens, chunk,
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, COMBINE: tl.constexpr,
-        GP: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr,
+        SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -178,48 +177,29 @@ if triton is not None:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
-        heads = b * q_heads + h * G + g
-        if DIRECT:  # one split: the output itself, no partials
+        row = (b * q_heads + h * G + g) * n_splits + s
+        if DIRECT:  # one split: the output itself (po_ptr is the [batch, q_heads, D] output), no combine kernel
             out = acc / l_i[:, None]
-            tl.store(out_ptr + heads[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+            tl.store(po_ptr + row[:, None] * D + d[None, :], out.to(po_ptr.dtype.element_ty), mask=g[:, None] < G)
         else:
-            row = heads * n_splits + s
             tl.store(po_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
             tl.store(pm_ptr + row, m_i, mask=g < G)
             tl.store(pl_ptr + row, l_i, mask=g < G)
-            # With few splits, the (sequence, KV head)'s last split to finish merges them all (no combine launch).
-            if COMBINE:
-                if last_arrival(tickets_ptr + b * tl.num_programs(1) + h, n_splits):
-                    _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, b * q_heads + h * G, n_splits, G, GP, D, S_PAD)
-
-    @triton.jit
-    def _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, first, n_splits, G: tl.constexpr, GP: tl.constexpr,
-                 D: tl.constexpr, S_PAD: tl.constexpr):  # fmt: skip
-        # Query heads first..first+G-1: their splits' partials (unnormalised output, running max and sum) merged,
-        # every partial loaded at once ([GP, S_PAD, D] elements, GP = G rounded up to a power of two).
-        g = tl.arange(0, GP)[:, None]
-        s = tl.arange(0, S_PAD)[None, :]
-        d = tl.arange(0, D)[None, None, :]
-        ok = (g < G) & (s < n_splits)
-        part = (first + g) * n_splits + s  # [GP, S_PAD]
-        m = tl.load(pm_ptr + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        o = tl.load(po_ptr + part[:, :, None] * D + d, mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
-        m_max = tl.max(m, 1)
-        w = tl.exp(m - tl.where(m_max == float("-inf"), 0.0, m_max)[:, None])  # a split without tokens weighs 0
-        denom = tl.sum(w * tl.load(pl_ptr + part, mask=ok, other=0.0, cache_modifier=".cg"), 1)
-        out = tl.sum(w[:, :, None] * o, 1) / tl.where(g < G, denom[:, None], 1.0)
-        tl.store(out_ptr + (first + g) * D + tl.arange(0, D)[None, :], out.to(out_ptr.dtype.element_ty), mask=g < G)
 
     @triton.jit
     def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
         gdc(PDL)
-        _combine(po_ptr, pm_ptr, pl_ptr, out_ptr, tl.program_id(0), S, 1, 1, D, S_PAD)  # one query head a program
+        row = tl.program_id(0)  # batch * q_heads + head
+        s = tl.arange(0, S_PAD)
+        d = tl.arange(0, D)
+        m = tl.load(pm_ptr + row * S + s, mask=s < S, other=float("-inf"))
+        l_ = tl.load(pl_ptr + row * S + s, mask=s < S, other=0.0)
+        m_max = tl.max(m, 0)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))
+        o = tl.load(po_ptr + (row * S + s)[:, None] * D + d[None, :], mask=(s < S)[:, None], other=0.0)
+        out = tl.sum(w[:, None] * o, 0) / tl.sum(w * l_, 0)
+        tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
-
-# Most partial elements (query heads x splits x head_dim) the decode kernel's last split merges itself, all loaded at
-# once (64 float32 registers a thread at 4 warps); past it (a long dense sequence's many splits) a combine kernel
-# with a program per query head does.
-COMBINE_IN_KERNEL_MAX = 8192
 
 # Fewest tokens a split reads: below it a sequence is read by fewer programs, each reading more tiles (at one
 # split the output is written without the combine kernel).
@@ -250,24 +230,26 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     if not sparse:
         pages = cache_lens  # an unused placeholder
     q = q.contiguous()
-    out = torch.empty_like(q)
-    po = torch.empty(batch * q_heads * splits if splits > 1 else 1, d, device=q.device, dtype=torch.float32)
-    pm = torch.empty(po.shape[0], device=q.device, dtype=torch.float32)
-    pl = torch.empty_like(pm)
-    counters = tickets("decode", q.device, batch * kv_heads)
-    gp, s_pad = triton.next_power_of_2(group), max(2, triton.next_power_of_2(splits))
-    combine = splits > 1 and gp * s_pad * d <= COMBINE_IN_KERNEL_MAX
+    if splits == 1:
+        out = po = torch.empty_like(q)
+        pm = pl = q  # unused
+    else:
+        po = torch.empty(batch * q_heads * splits, d, device=q.device, dtype=torch.float32)
+        pm = torch.empty(batch * q_heads * splits, device=q.device, dtype=torch.float32)
+        pl = torch.empty_like(pm)
     _decode_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, cache_lens, pages, out, po, pm, pl, counters,
+        q, k_cache, v_cache, block_tables, cache_lens, pages, po, pm, pl,
         scale, n_tokens, chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, COMBINE=combine,
-        GP=gp, S_PAD=s_pad, num_warps=4, num_stages=stages, **pdl(q),
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, num_warps=4,
+        num_stages=stages, **pdl(q),
     )  # fmt: skip
-    if splits > 1 and not combine:
-        _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=s_pad, **pdl(po))
+    if splits == 1:
+        return out
+    out = torch.empty_like(q)
+    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits), **pdl(po))
     return out
 
 
