@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..kernels import layer_ops
-from ..kernels.prefetch import prefetch_l2
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from ..runtime.distributed import SINGLE, Communicator
 from ..runtime.kv_cache import ModelShape
@@ -28,8 +27,6 @@ from .quant import METHODS, Unquantized
 from .rope import RotaryEmbedding, rope_parameters
 
 MLP_CHUNK_TOKENS = 8192
-O_PROJ_PREFETCH_MAX_TOKENS = 0  # the experiment ran with 8 (on) and 0 (off)
-O_PROJ_PREFETCH_BYTES = 0  # 0: the whole weight; 16777216: its first 16 MiB
 
 
 def fused_ops(x: torch.Tensor) -> bool:
@@ -113,8 +110,6 @@ class Attention(nn.Module):
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if t <= O_PROJ_PREFETCH_MAX_TOKENS:
-            prefetch_l2(self.o_proj.weight, O_PROJ_PREFETCH_BYTES)
         # RoPE is the backend's: at decode it rotates q and k inside its K/V write.
         return backend.forward(self.layer, q, k, v, meta, rope=(cos, sin)).reshape(t, -1)
 
