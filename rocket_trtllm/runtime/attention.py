@@ -171,27 +171,17 @@ class AttentionBackend:
         meta: AttentionMetadata,
         rope: Optional[tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
-        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request (with `rope`, k rotated
-        # first and q rotated in place)
-        self.store_tokens(layer, q, k, v, meta, rope)
-
-    def store_tokens(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        meta: AttentionMetadata,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-        kt: tuple = (),
-    ) -> None:
-        """`store_token` (or its reference) into `layer`'s cache with the pool's scales; `kt`: (kt_min, kt_max,
-        page_size) of a KT cache to refresh."""
+        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request, with the pool's scales
+        # and the KT page refreshed (`kt_pages`); with `rope`, k rotated first and q rotated in place
         store = store_token if self.use_kernels else store_token_ref
         ks, vs = self.pool.scales(layer)
         cos, sin = rope if rope is not None else (None, None)
-        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens, *kt,
-              k_scale=ks, v_scale=vs, q=q, cos=cos, sin=sin)  # fmt: skip
+        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens,
+              *self.kt_pages(layer), k_scale=ks, v_scale=vs, q=q, cos=cos, sin=sin)  # fmt: skip
+
+    def kt_pages(self, layer: int) -> tuple:
+        """(kt_min, kt_max, page_size) of a KT cache each decode step's K/V write refreshes; none here."""
+        return ()
 
     @classmethod
     def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:

@@ -3,7 +3,7 @@
 RocketKV's backend builds on this class, adding stage 1 and top-r channel selection.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -58,17 +58,8 @@ class PageSelectionAttention(AttentionBackend):
         s, pages = self.shape, -(-cache_len // self.page_size)
         return attended + pages * 2 * s.num_layers * s.num_kv_heads * s.head_dim * self.kt.kmin.element_size()
 
-    def _store_generation(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        meta: AttentionMetadata,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
-        # The KT page of each new token refreshed in the same kernel.
-        self.store_tokens(layer, q, k, v, meta, rope, (self.kt.kmin[layer], self.kt.kmax[layer], self.page_size))
+    def kt_pages(self, layer: int) -> tuple:
+        return self.kt.kmin[layer], self.kt.kmax[layer], self.page_size
 
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         if not meta.static and self._is_dense(meta.max_cache_len):
