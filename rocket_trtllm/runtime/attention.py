@@ -101,10 +101,14 @@ class AttentionBackend:
                 for x in (qc, kc):
                     self._rotate(x, rope[0][:n_ctx], rope[1][:n_ctx])
             parts.append(self._context(layer, qc, kc, v[:n_ctx], meta))
-        if q.shape[0] > n_ctx:
-            gen_rope = None if rope is None else (rope[0][n_ctx:], rope[1][n_ctx:])
-            self._store_generation(layer, q[n_ctx:], k[n_ctx:], v[n_ctx:], meta, gen_rope)
-            parts.append(self.decode(layer, q[n_ctx:], meta))
+        if q.shape[0] > n_ctx:  # each generation token's K/V into slot cache_len - 1, its KT page refreshed
+            qg = q[n_ctx:]
+            cos, sin = (rope[0][n_ctx:], rope[1][n_ctx:]) if rope is not None else (None, None)
+            store = store_token if self.use_kernels else store_token_ref
+            ks, vs = self.pool.scales(layer)
+            store(k[n_ctx:], v[n_ctx:], self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables,
+                  meta.cache_lens, *self.kt_pages(layer), k_scale=ks, v_scale=vs, q=qg, cos=cos, sin=sin)  # fmt: skip
+            parts.append(self.decode(layer, qg, meta))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _context(
@@ -161,23 +165,6 @@ class AttentionBackend:
             layer_ops.rotary(x, cos, sin, out=x)
         else:
             x.copy_(layer_ops.rotary_ref(x, cos, sin))
-
-    def _store_generation(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        meta: AttentionMetadata,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
-        # k, v: [batch, kv_heads, head_dim] -> slot cache_len - 1 of each generation request, with the pool's scales
-        # and the KT page refreshed (`kt_pages`); with `rope`, k rotated first and q rotated in place
-        store = store_token if self.use_kernels else store_token_ref
-        ks, vs = self.pool.scales(layer)
-        cos, sin = rope if rope is not None else (None, None)
-        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens,
-              *self.kt_pages(layer), k_scale=ks, v_scale=vs, q=q, cos=cos, sin=sin)  # fmt: skip
 
     def kt_pages(self, layer: int) -> tuple:
         """(kt_min, kt_max, page_size) of a KT cache each decode step's K/V write refreshes; none here."""
