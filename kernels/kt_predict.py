@@ -370,8 +370,9 @@ if triton is not None:
         gdc(PDL)
         # `_score_select_kernel` for a few rows, without its serial search: program (b, h, s) ranks the M pages
         # s*M.. of its row against all the row's pages (rank: how many score higher, or the same on a lower page)
-        # and writes those ranked below k at out[rank]. No round waits on the one before; a row's scores are
-        # recomputed by each of its programs from the bounds pass's output (in L2).
+        # and writes those ranked below k at out[rank]. No round waits on the one before; each of a row's programs
+        # recomputes the row's scores from the bounds pass's output (in L2), every one in the same tile shape so
+        # that all programs get the same bits for a page (a float sum's order follows the tile's layout).
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -385,21 +386,25 @@ if triton is not None:
             g = tl.arange(0, G_PAD)
             heads = g[:, None] < G
             row = bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h
-            pm = s * M + tl.arange(0, M)
-            mine = pm < n
-            bound = tl.load(row + pm[None, :], mask=heads & mine[None, :], other=0.0)
             lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD,
                                      C_PAD, PER_HEAD)  # fmt: skip
-            km = _order_key(tl.where(pm == n - 1, float("inf"), _group_score(bound, scale, lse, heads)))
+            pm = s * M + tl.arange(0, M)
+            kt, pt, _ = _tile_keys(row, s * M // T * T, n, scale, lse, heads, T)  # the tile holding this program's
+            km = tl.sum(tl.where(pt[None, :] == pm[:, None], kt[None, :], 0), 1)  # pages: their keys picked out
             rank = tl.zeros([M], tl.int32)
             for j0 in tl.static_range(0, BLOCK, T):  # unrolled: every tile's load is issued up front
-                pj = j0 + tl.arange(0, T)
-                valid = pj < n
-                bound = tl.load(row + pj[None, :], mask=heads & valid[None, :], other=0.0)
-                kj = _order_key(tl.where(pj == n - 1, float("inf"), _group_score(bound, scale, lse, heads)))
+                kj, pj, valid = _tile_keys(row, j0, n, scale, lse, heads, T)
                 ahead = (kj[None, :] > km[:, None]) | ((kj[None, :] == km[:, None]) & (pj[None, :] < pm[:, None]))
                 rank += tl.sum((ahead & valid[None, :]).to(tl.int32), 1)
-            tl.store(out + rank, pm.to(tl.int64), mask=mine & (rank < k))
+            tl.store(out + rank, pm.to(tl.int64), mask=(pm < n) & (rank < k))
+
+    @triton.jit
+    def _tile_keys(row, j0, n, scale, lse, heads, T: tl.constexpr):
+        # The order keys of a row's pages j0..j0+T (the newest at +inf), their page numbers, and which exist.
+        pj = j0 + tl.arange(0, T)
+        valid = pj < n
+        bound = tl.load(row + pj[None, :], mask=heads & valid[None, :], other=0.0)
+        return _order_key(tl.where(pj == n - 1, float("inf"), _group_score(bound, scale, lse, heads))), pj, valid
 
     @triton.jit
     def _order_key(score):
@@ -488,9 +493,9 @@ SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects 
 # pages^2 comparisons spread over its programs) instead of one program a row bisecting in ~20 serial rounds; past
 # it the programs of the serial search already fill the GPU and the comparisons would cost more than they save.
 RANK_SELECT_MAX_ROWS = 128
-RANK_SELECT_PAGES = 64  # pages a program ranks
-RANK_SELECT_TILE = 256  # pages it compares them with at once
-RANK_SELECT_WARPS = 8
+RANK_SELECT_PAGES = 16  # pages a program ranks
+RANK_SELECT_TILE = 1024  # pages it compares them with at once
+RANK_SELECT_WARPS = 4
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
