@@ -8,7 +8,7 @@ try:
     import triton
     import triton.language as tl
 except ImportError:
-    triton = tl = gdc = None
+    triton = tl = gdc = gdc_early = gdc_wait = None
 
 
 def require_triton() -> None:
@@ -47,3 +47,16 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def gdc_early(PDL: tl.constexpr):
+        """With PDL, for a kernel that loads what no kernel of the step writes (weights, block tables, lengths)
+        before it waits: let the next kernel start its programs; the kernel calls `gdc_wait` later itself."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def gdc_wait(PDL: tl.constexpr):
+        """With PDL: wait for the kernel before (its writes visible)."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()

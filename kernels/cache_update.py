@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import require_triton, tl, triton
+from ._triton import gdc_early, pdl, require_triton, tl, triton
 from .layer_ops import rotary_ref
 
 
@@ -58,6 +58,7 @@ def store_token_ref(
 
 
 FP8_MAX = 448.0
+STORE_TRIGGERS = 1  # the store lets its dependent kernel start early (see store_token)
 
 
 def to_cache(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -87,8 +88,9 @@ if triton is not None:
         q_ptr, cos_ptr, sin_ptr, sq_b, sq_h, sr_b,
         sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_blk, skt_h, skt_p,
         D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr,
-        ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+        ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, TRIGGER: tl.constexpr,
     ):  # fmt: skip
+        gdc_early(TRIGGER)
         b = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, D)
@@ -142,12 +144,13 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
     group = q.shape[1] // kv_heads
     # Launched plainly, never with programmatic dependent launch: with it, an fp8 cache's dense decode at 128k batch 1
     # took 11.09 against 9.65 ms a step on the H100, and RocketKV's step with RoPE in this kernel 6.05 against 5.91 ms
-    # (BENCHMARKS.md; the cause was not found).
+    # (BENCHMARKS.md; the cause was not found). It still lets the next kernel start its programs early (TRIGGER),
+    # which then read what this kernel does not write (the KT pages bar the newest, block tables) before they wait.
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
         D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
-        ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group),
+        ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group), TRIGGER=bool(STORE_TRIGGERS) and pdl(k)["PDL"],
     )  # fmt: skip

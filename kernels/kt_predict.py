@@ -13,7 +13,7 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 
 import torch
 
-from ._triton import gdc, pdl, require_triton, tl, triton
+from ._triton import gdc, gdc_early, gdc_wait, pdl, require_triton, tl, triton
 
 
 def kt_head_bounds_ref(
@@ -158,13 +158,22 @@ if triton is not None:
         sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
         BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
+        EARLY: tl.constexpr,
     ):  # fmt: skip
-        gdc(PDL)
+        gdc(PDL and not EARLY)
+        gdc_early(PDL and EARLY)
         b = tl.program_id(0)
         h = tl.program_id(1)
         c = tl.program_id(2)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
+        # The chunk's first tile of KT pages, read (with EARLY) while the kernel before runs: the step writes only
+        # each sequence's newest page, which the loop reads again after the wait.
+        n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
+        start = c * chunk
+        end = tl.minimum(start + chunk, n_pages)
+        hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, start, end, s_blk, s_h, s_p, st_b, D, PPB, BLOCK_P)
+        gdc_wait(PDL and EARLY)
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
         q = q.to(tl.float32)
         if TOPR < D:
@@ -185,29 +194,43 @@ if triton is not None:
             scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
         else:
             scale = tl.full([G_PAD], scale_value, tl.float32)
-        n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
-        start = c * chunk
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
         # the pages past the end get -inf scores from the second pass without bounds.
-        for p0 in range(start, tl.minimum(start + chunk, n_pages), BLOCK_P):
+        for p0 in range(start, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = p < n_pages
-            blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
-            off = blk * s_blk + h * s_h + (p % PPB) * s_p
-            hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(DOT)
-            lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(DOT)
-            bound = tl.dot(qp, tl.trans(hi), input_precision="ieee") + tl.dot(qn, tl.trans(lo), input_precision="ieee")
+            newest = (p == n_pages - 1)[:, None]  # written by this step's K/V + KT store: read after the wait
+            hi = tl.where(newest, tl.load(hi_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), hi)
+            lo = tl.where(newest, tl.load(lo_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), lo)
+            bound = tl.dot(qp, tl.trans(hi.to(DOT)), input_precision="ieee")
+            bound += tl.dot(qn, tl.trans(lo.to(DOT)), input_precision="ieee")
             bound = tl.where(ok[None, :], bound, float("-inf"))
             row = (h * G + g)[:, None] * so_h
             tl.store(out_ptr + b * so_b + row + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < max_pages))
             m_new = tl.maximum(m, tl.max(bound * scale[:, None], 1))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale[:, None] - m_new[:, None]), 1)
             m = m_new
+            hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_blk, s_h, s_p, st_b, D, PPB,
+                                   BLOCK_P)  # fmt: skip
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
         tl.store(part_l_ptr + part, total, mask=g < G)
+
+    @triton.jit
+    def _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0, end, s_blk, s_h, s_p, st_b, D: tl.constexpr, PPB: tl.constexpr,
+                 BLOCK_P: tl.constexpr):  # fmt: skip
+        # KV head h's KT max and min rows of pages p0..p0+BLOCK_P (those before `end`; zeros past it) as stored, and
+        # the rows' offsets.
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = p < end
+        d = tl.arange(0, D)
+        blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
+        off = blk * s_blk + h * s_h + (p % PPB) * s_p
+        hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
+        return hi, lo, off
 
     @triton.jit
     def _head_norms(
@@ -419,6 +442,7 @@ if triton is not None:
 
 
 _BLOCK_P = 64  # pages per tile in both passes
+BOUNDS_EARLY = 1  # the bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL)
 
 
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
@@ -448,7 +472,7 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, **pdl(q),
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=BOUNDS_EARLY, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -490,9 +514,10 @@ SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 # Up to this many (sequence, KV head) rows, the selection ranks pages in parallel (`_rank_select_kernel`: a row's
-# pages^2 comparisons spread over its programs) instead of one program a row bisecting in ~20 serial rounds; past
-# it the programs of the serial search already fill the GPU and the comparisons would cost more than they save.
-RANK_SELECT_MAX_ROWS = 128
+# pages^2 comparisons spread over its programs) instead of one program a row bisecting in ~20 serial rounds. On the
+# H100 at 576 pages: RocketKV's 32k batch-1 step 5.84 against 5.90 ms; at 4 and 16 sequences (32 and 128 rows) the
+# prediction took 26 and 83 us against the search's 16 and 22 (BENCHMARKS.md).
+RANK_SELECT_MAX_ROWS = 8
 RANK_SELECT_PAGES = 16  # pages a program ranks
 RANK_SELECT_TILE = 1024  # pages it compares them with at once
 RANK_SELECT_WARPS = 4

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import gdc, pdl, require_triton, tl, triton
+from ._triton import gdc, gdc_early, gdc_wait, pdl, require_triton, tl, triton
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -45,31 +45,41 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, sx, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
-        gdc(PDL)
+    def _rms_norm_kernel(
+        x_ptr, w_ptr, out_ptr, sx, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr
+    ):
+        gdc(PDL and not EARLY)
+        gdc_early(PDL and EARLY)
         row = tl.program_id(0)
         i = tl.arange(0, BLOCK)
         ok = i < n
+        w = tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)  # a weight: read while the kernel before runs
+        gdc_wait(PDL and EARLY)
         x = tl.load(x_ptr + row * sx + i, mask=ok, other=0.0)
         xf = x.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
         # As the reference: normalise in float32, round to x's dtype, then scale by the weight.
-        y = (xf * rstd).to(x.dtype).to(tl.float32) * tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        y = (xf * rstd).to(x.dtype).to(tl.float32) * w
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, sx, sd, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
-        gdc(PDL)
+    def _add_rms_norm_kernel(
+        x_ptr, d_ptr, w_ptr, out_ptr, sx, sd, so, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr
+    ):
+        gdc(PDL and not EARLY)
+        gdc_early(PDL and EARLY)
         row = tl.program_id(0)
         i = tl.arange(0, BLOCK)
         ok = i < n
+        w = tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)  # a weight: read while the kernel before runs
+        gdc_wait(PDL and EARLY)
         x = tl.load(x_ptr + row * sx + i, mask=ok, other=0.0)
         d = tl.load(d_ptr + row * sd + i, mask=ok, other=0.0)
         s = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch's add rounds it
         tl.store(x_ptr + row * sx + i, s, mask=ok)
         sf = s.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, 0) / n + eps)
-        y = (sf * rstd).to(x.dtype).to(tl.float32) * tl.load(w_ptr + i, mask=ok, other=0.0).to(tl.float32)
+        y = (sf * rstd).to(x.dtype).to(tl.float32) * w
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
@@ -103,6 +113,8 @@ if triton is not None:
         y = gate / (1.0 + tl.exp(-gate)) * up
         tl.store(out_ptr + row * so + i, y.to(out_ptr.dtype.element_ty), mask=ok)
 
+
+NORM_EARLY = 1  # the RMSNorms read their weight before they wait for the kernel before (PDL)
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest value
 
@@ -158,7 +170,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), n, eps,
-                                       BLOCK=triton.next_power_of_2(n), **pdl(rows))  # fmt: skip
+                                       BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, **pdl(rows))  # fmt: skip
     return out.view(x.shape)
 
 
@@ -172,7 +184,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     delta = delta if delta.stride(-1) == 1 else delta.contiguous()
     out = torch.empty_like(x)
     _add_rms_norm_kernel[(x.shape[0],)](x, delta, weight, out, x.stride(0), delta.stride(0), out.stride(0), n, eps,
-                                        BLOCK=triton.next_power_of_2(n), **pdl(x))  # fmt: skip
+                                        BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, **pdl(x))  # fmt: skip
     return out
 
 
