@@ -144,13 +144,15 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
     group = q.shape[1] // kv_heads
     # Launched plainly, never with programmatic dependent launch: with it, an fp8 cache's dense decode at 128k batch 1
     # took 11.09 against 9.65 ms a step on the H100, and RocketKV's step with RoPE in this kernel 6.05 against 5.91 ms
-    # (BENCHMARKS.md; the cause was not found). It still lets the next kernel start its programs early (TRIGGER),
-    # which then read what this kernel does not write (the KT pages bar the newest, block tables) before they wait.
+    # (BENCHMARKS.md; the cause was not found). With a KT cache it still lets the next kernel (the KT bounds pass) start
+    # its programs early (TRIGGER), to read what this kernel does not write (the KT pages bar the newest) before they
+    # wait; letting dense decode start early made dense's step slower (11.28 against 11.12 ms at 128k).
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
         D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
-        ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group), TRIGGER=bool(STORE_TRIGGERS) and pdl(k)["PDL"],
+        ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group),
+        TRIGGER=bool(STORE_TRIGGERS) and with_kt and pdl(k)["PDL"],
     )  # fmt: skip

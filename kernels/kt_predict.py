@@ -201,9 +201,10 @@ if triton is not None:
         for p0 in range(start, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             ok = p < n_pages
-            newest = (p == n_pages - 1)[:, None]  # written by this step's K/V + KT store: read after the wait
-            hi = tl.where(newest, tl.load(hi_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), hi)
-            lo = tl.where(newest, tl.load(lo_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), lo)
+            if EARLY:  # the newest page, written by this step's K/V + KT store: read again after the wait
+                newest = (p == n_pages - 1)[:, None]
+                hi = tl.where(newest, tl.load(hi_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), hi)
+                lo = tl.where(newest, tl.load(lo_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), lo)
             bound = tl.dot(qp, tl.trans(hi.to(DOT)), input_precision="ieee")
             bound += tl.dot(qn, tl.trans(lo.to(DOT)), input_precision="ieee")
             bound = tl.where(ok[None, :], bound, float("-inf"))
