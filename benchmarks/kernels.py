@@ -4,7 +4,7 @@ the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token qua
 torch's top-k, the decode GEMMs (cuBLAS against the Triton GEMV at every candidate tile, bf16 and fp8), and
 RocketKV's scoring and sparse attention at batch 64 and 128 per tile shape.
 
-    python benchmarks/kernels.py --json out.json      # --only fp8|select|batched|gemv|rank for a part
+    python benchmarks/kernels.py --json out.json      # --only fp8|select|batched|gemv for a part
 """
 
 import argparse
@@ -127,9 +127,8 @@ def batched_rows(copy_tbs: float) -> list[dict]:
     return rows
 
 
-def timed_row(rows: list, copy_tbs: float, name: str, fn, nbytes: int, calls: int = 1, **extra) -> None:  # noqa: ANN001
-    """fn's time in a CUDA graph (`calls` of it in a row, the time per call)."""
-    ms = do_bench(graphed(fn, calls), warmup=25, rep=200, return_mode="median") / calls
+def timed_row(rows: list, copy_tbs: float, name: str, fn, nbytes: int, **extra) -> None:  # noqa: ANN001
+    ms = do_bench(graphed(fn), warmup=25, rep=200, return_mode="median")
     rows.append(dict(kernel=name, ms=ms, mbytes=nbytes / 1e6, tb_s=nbytes / ms / 1e9,
                      vs_copy=nbytes / ms / 1e9 / copy_tbs, **extra))  # fmt: skip
 
@@ -194,45 +193,6 @@ def select_rows(copy_tbs: float) -> list[dict]:
             row("select 65 pages (triton)", partial(select_pages, scores, num, 65), scores.numel() * 4, **shape)
             row("select 65 pages (triton, passes, 1 warp)", partial(select_in_passes, scores, num, 65),
                 scores.numel() * 4, **shape)  # fmt: skip
-    return rows
-
-
-RANK_VARIANTS = [(16, 1024, 4), (32, 1024, 8), (32, 512, 4), (16, 512, 4), (64, 256, 8)]  # (pages, tile, warps)
-
-
-def rank_rows(copy_tbs: float) -> list[dict]:
-    """RocketKV's page prediction after eviction (576 pages of 4 tokens in a 1024-page graph table, top-r 128,
-    65 pages kept) at a few sequences: the bounds pass, then the scores and the selection ranked in parallel
-    (`_rank_select_kernel`, per pages a program, tile, warps) or searched one program a row; 20 predictions in a
-    CUDA graph, time per prediction."""
-    rows = []
-    row = partial(timed_row, rows, copy_tbs)
-    defaults = {a: getattr(kt_module, a) for a in ("RANK_SELECT_MAX_ROWS", "RANK_SELECT_PAGES", "RANK_SELECT_TILE",
-                                                   "RANK_SELECT_WARPS")}  # fmt: skip
-    for batch in (1, 4, 16):
-        blocks = batch * 4096 // BS
-        q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
-        lo = torch.randn(blocks, KV_HEADS, BS // 4, D, device="cuda").to(torch.float8_e5m2)
-        hi = (lo.float() + 1).to(torch.float8_e5m2)
-        tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
-        n_pages = torch.full((batch,), 576, device="cuda", dtype=torch.int32)
-        kt_bytes = 2 * batch * KV_HEADS * 576 * D
-        kt_module.RANK_SELECT_MAX_ROWS = 0
-        want = predict_pages(q, lo, hi, tables, n_pages, 128, 64).sort(-1).values
-        for variant in [None, *RANK_VARIANTS]:
-            if variant is None:
-                kt_module.RANK_SELECT_MAX_ROWS = 0
-            else:
-                kt_module.RANK_SELECT_MAX_ROWS = 1 << 20
-                kt_module.RANK_SELECT_PAGES, kt_module.RANK_SELECT_TILE, kt_module.RANK_SELECT_WARPS = variant
-            fn = partial(predict_pages, q, lo, hi, tables, n_pages, 128, 64)
-            label = "search" if variant is None else "rank {} pages, tile {}, {} warps".format(*variant)
-            differ = (fn().sort(-1).values != want).any(-1).sum().item()
-            if differ:  # rows whose pages differ from the search's (a near tie, or a bug)
-                label += f", {differ} rows differ"
-            row(f"predict 65 of 576 pages (graph), {label}", fn, kt_bytes, calls=20, batch=batch, tokens=2304)
-        for attr, value in defaults.items():
-            setattr(kt_module, attr, value)
     return rows
 
 
@@ -317,23 +277,21 @@ def graphed_many(fn, weights: list, calls: int):  # noqa: ANN001, ANN201
     return graph.replay
 
 
-def graphed(fn, calls: int = 1):
-    """fn captured `calls` times in a row in one CUDA graph; the graph's replay (time it, divide by `calls`)."""
+def graphed(fn):
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+        fn()
     return graph.replay
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--only", choices=["fp8", "select", "batched", "gemv", "rank"],
+    p.add_argument("--only", choices=["fp8", "select", "batched", "gemv"],
                    help="fp8: FP8, selection, GEMM rows; batched: RocketKV attention at batch 64, 128; gemv: one-row "
-                        "GEMV tiles per projection; rank: page prediction, ranked or searched")  # fmt: skip
+                        "GEMV tiles per projection")  # fmt: skip
     args = p.parse_args()
     copy_tbs = copy_bandwidth()
     rows, best = [], {}
@@ -345,10 +303,8 @@ def main() -> None:
         rows += batched_rows(copy_tbs)
     if args.only in (None, "fp8"):
         rows += fp8_rows(copy_tbs)
-    if args.only not in ("batched", "gemv", "rank"):
+    if args.only not in ("batched", "gemv"):
         rows += select_rows(copy_tbs)
-    if args.only in (None, "rank"):
-        rows += rank_rows(copy_tbs)
     if args.only == "gemv":  # one row: every row tile, and each projection's best
         gemms, best = gemm_rows(copy_tbs, one_row=True)
         rows += gemms

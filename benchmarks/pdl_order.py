@@ -25,8 +25,6 @@ KERNELS = [
           PDL=True, EARLY=0)),
     (kt_predict._score_select_kernel, {"out_ptr": "*i64"},
      dict(G=4, G_PAD=4, C_PAD=16, BLOCK=1024, K_PAD=128, PER_HEAD=False, PDL=True)),
-    (kt_predict._rank_select_kernel, {"out_ptr": "*i64"},
-     dict(G=4, G_PAD=4, C_PAD=16, BLOCK=1024, M=64, T=256, K_PAD=128, PER_HEAD=False, PDL=True)),
     (kt_predict._group_scores_kernel, {"bounds_ptr": "*fp32", "out_ptr": "*fp32"},
      dict(G=4, G_PAD=4, C_PAD=16, BLOCK_P=64, NEWEST=True, PER_HEAD=False, PDL=True)),
     (kt_predict._select_kernel, {"scores_ptr": "*fp32", "out_ptr": "*i64"},

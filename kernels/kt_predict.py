@@ -385,52 +385,6 @@ if triton is not None:
             _select_row(_order_key(score), valid, p, out, k)
 
     @triton.jit
-    def _rank_select_kernel(
-        bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
-        sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
-        G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, M: tl.constexpr,
-        T: tl.constexpr, K_PAD: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
-    ):  # fmt: skip
-        gdc(PDL)
-        # `_score_select_kernel` for a few rows, without its serial search: program (b, h, s) ranks the M pages
-        # s*M.. of its row against all the row's pages (rank: how many score higher, or the same on a lower page)
-        # and writes those ranked below k at out[rank]. No round waits on the one before; each of a row's programs
-        # recomputes the row's scores from the bounds pass's output (in L2), every one in the same tile shape so
-        # that all programs get the same bits for a page (a float sum's order follows the tile's layout).
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-        s = tl.program_id(2)
-        n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)
-        out = out_ptr + b * o_b + h * o_h
-        if n <= k:  # every page (and some past the end, which the decode kernel masks)
-            if s == 0:
-                j = tl.arange(0, K_PAD)
-                tl.store(out + j, j.to(tl.int64), mask=j < k)
-        elif s * M < n:
-            g = tl.arange(0, G_PAD)
-            heads = g[:, None] < G
-            row = bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h
-            lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD,
-                                     C_PAD, PER_HEAD)  # fmt: skip
-            pm = s * M + tl.arange(0, M)
-            kt, pt, _ = _tile_keys(row, s * M // T * T, n, scale, lse, heads, T)  # the tile holding this program's
-            km = tl.sum(tl.where(pt[None, :] == pm[:, None], kt[None, :], 0), 1)  # pages: their keys picked out
-            rank = tl.zeros([M], tl.int32)
-            for j0 in tl.static_range(0, BLOCK, T):  # unrolled: every tile's load is issued up front
-                kj, pj, valid = _tile_keys(row, j0, n, scale, lse, heads, T)
-                ahead = (kj[None, :] > km[:, None]) | ((kj[None, :] == km[:, None]) & (pj[None, :] < pm[:, None]))
-                rank += tl.sum((ahead & valid[None, :]).to(tl.int32), 1)
-            tl.store(out + rank, pm.to(tl.int64), mask=(pm < n) & (rank < k))
-
-    @triton.jit
-    def _tile_keys(row, j0, n, scale, lse, heads, T: tl.constexpr):
-        # The order keys of a row's pages j0..j0+T (the newest at +inf), their page numbers, and which exist.
-        pj = j0 + tl.arange(0, T)
-        valid = pj < n
-        bound = tl.load(row + pj[None, :], mask=heads & valid[None, :], other=0.0)
-        return _order_key(tl.where(pj == n - 1, float("inf"), _group_score(bound, scale, lse, heads))), pj, valid
-
-    @triton.jit
     def _order_key(score):
         # float32 -> int32 with the floats' order (a negative float's magnitude bits flipped)
         bits = score.to(tl.int32, bitcast=True)
@@ -514,14 +468,6 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
-# Up to this many (sequence, KV head) rows, the selection ranks pages in parallel (`_rank_select_kernel`: a row's
-# pages^2 comparisons spread over its programs) instead of one program a row bisecting in ~20 serial rounds. On the
-# H100 at 576 pages: RocketKV's 32k batch-1 step 5.84 against 5.90 ms; at 4 and 16 sequences (32 and 128 rows) the
-# prediction took 26 and 83 us against the search's 16 and 22 (BENCHMARKS.md).
-RANK_SELECT_MAX_ROWS = 8
-RANK_SELECT_PAGES = 16  # pages a program ranks
-RANK_SELECT_TILE = 1024  # pages it compares them with at once
-RANK_SELECT_WARPS = 4
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
@@ -544,8 +490,8 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
 
 def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
     """Triton version of `predict_pages_ref`: the bounds pass, then the group's scores and the selection in one
-    kernel when a row's pages fit one block (RocketKV's ~600 kept pages; ranked in parallel for a few rows, by a
-    search per row for many), else the scores pass and `select_pages`."""
+    kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
+    `select_pages`."""
     bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
         q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
     )
@@ -558,16 +504,11 @@ def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_s
     out = torch.empty(batch, kv_heads, k, device=q.device, dtype=torch.int64)
     n_chunks = part_m.shape[-1]
     group = q_heads // kv_heads
-    block = max(16, triton.next_power_of_2(max_pages))
-    args = (bounds, part_m, part_l, num_pages, out, *scales, bounds.stride(0), bounds.stride(1), out.stride(0),
-            out.stride(1), max_pages, n_chunks, k)  # fmt: skip
-    shape = dict(G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
-                 BLOCK=block, K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head, **pdl(bounds))  # fmt: skip
-    if batch * kv_heads <= RANK_SELECT_MAX_ROWS:
-        m = min(RANK_SELECT_PAGES, block)
-        _rank_select_kernel[(batch, kv_heads, triton.cdiv(max_pages, m))](
-            *args, M=m, T=min(RANK_SELECT_TILE, block), num_warps=RANK_SELECT_WARPS, **shape
-        )
-    else:
-        _score_select_kernel[(batch, kv_heads)](*args, num_warps=SELECT_WARPS, **shape)
+    _score_select_kernel[(batch, kv_heads)](
+        bounds, part_m, part_l, num_pages, out, *scales, bounds.stride(0), bounds.stride(1), out.stride(0),
+        out.stride(1), max_pages, n_chunks, k,
+        G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
+        BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
+        num_warps=SELECT_WARPS, **pdl(bounds),
+    )  # fmt: skip
     return out

@@ -196,21 +196,19 @@ def test_triton_official_variant_matches_reference(sign_select, temperature):
     assert chosen(predict_pages(*args, 8, 3, sign_select, temperature).cpu(), pages) == chosen(want, pages)
 
 
-@pytest.mark.parametrize("path", ["rank", "search", "scores-then-selection"])
+@pytest.mark.parametrize("path", ["scores-in-selection", "scores-then-selection", "bounds-tile-after-wait"])
 def test_predict_pages_scores_and_selects_in_one_kernel(path, monkeypatch):
-    """predict_pages scores the group's pages and selects in one kernel when a row fits a block (ranking every
-    page in parallel for a few rows, or a search per row), or runs the scores pass and then select_pages: the same
-    pages every way, the newest always among them, a row with at most k pages given all of them."""
+    """predict_pages scores the group's pages and selects in one kernel when a row fits a block, or runs the
+    scores pass and then select_pages: the same pages either way, the newest always among them, a row with at most
+    k pages given all of them; the same with the bounds pass reading its first KT tile after the wait."""
     from rocket_trtllm.kernels import kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if path == "search":
-        monkeypatch.setattr(kt_predict, "RANK_SELECT_MAX_ROWS", 0)
     if path == "scores-then-selection":
         monkeypatch.setattr(kt_predict, "SCORE_SELECT_MAX_PAGES", 0)
-    monkeypatch.setattr(kt_predict, "RANK_SELECT_PAGES", 32)  # several programs a row, several tiles each
-    monkeypatch.setattr(kt_predict, "RANK_SELECT_TILE", 64)
+    if path == "bounds-tile-after-wait":
+        monkeypatch.setattr(kt_predict, "BOUNDS_EARLY", 0)
     q, lo, hi, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))  # pages
     got = predict_pages(q, lo, hi, tables, pages, 16, topk=5).cpu()
     scores = kt_page_scores(q, lo, hi, tables, pages, 16, newest=True)
@@ -221,17 +219,12 @@ def test_predict_pages_scores_and_selects_in_one_kernel(path, monkeypatch):
     assert chosen(got, pages.cpu())[1] == [list(range(5))] * got.shape[1]  # 5 pages, k = 6: all of them
 
 
-@pytest.mark.parametrize("path", ["rank", "search"])
-def test_predict_pages_breaks_ties_by_page(path, monkeypatch):
+def test_predict_pages_breaks_ties_by_page():
     """Pages with the same KT min/max score the same: the selection takes the newest page and then the lowest
-    pages, k distinct pages of the sequence whichever kernel selects."""
-    from rocket_trtllm.kernels import kt_predict
+    pages, k distinct pages of the sequence."""
     from rocket_trtllm.kernels.kt_predict import predict_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if path == "search":
-        monkeypatch.setattr(kt_predict, "RANK_SELECT_MAX_ROWS", 0)
-    monkeypatch.setattr(kt_predict, "RANK_SELECT_PAGES", 16)
     q, lo, hi, tables, pages = kt_case(torch.float32, device, seed=1, blocks=64, lens=(90, 47))
     lo, hi = (t[:1, :, :1].expand_as(t).contiguous() for t in (lo, hi))  # every page alike
     got = predict_pages(q, lo, hi, tables, pages, 16, topk=7).cpu()
