@@ -16,6 +16,7 @@ import torch
 from ._triton import gdc, pdl, require_triton, tl, triton
 
 MAX_ROWS = 16  # the rows one program's dot covers; more rows go to the tiled GEMM
+PREFETCH_TILES = 1  # weight tiles a program loads before it waits for the kernel before (1 or 2)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ if triton is not None:
         x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, sx, sw, so,
         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+        PRE2: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
@@ -75,14 +77,20 @@ if triton is not None:
         else:  # one activation row per program (grid axis 1)
             m = tl.program_id(1) + tl.arange(0, 1)
         m_ok = m < M
-        # The first weight tile does not depend on the kernels before: with PDL its load is on the way while they
-        # finish (the GEMV's programs start early and wait in `gdc` for the activations).
+        # The first weight tile (two with PRE2) does not depend on the kernels before: with PDL its load is on the way
+        # while they finish (the GEMV's programs start early and wait in `gdc` for the activations).
         k = tl.arange(0, BLOCK_K)
         w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+        if PRE2:
+            k2 = BLOCK_K + k
+            w2 = tl.load(w_ptr + n[:, None] * sw + k2[None, :], mask=n_ok[:, None] & (k2 < K)[None, :], other=0.0)
         gdc(PDL)
         x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
         acc = _product(x, w, DOT, IEEE)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
+        if PRE2:
+            x = tl.load(x_ptr + m[:, None] * sx + k2[None, :], mask=m_ok[:, None] & (k2 < K)[None, :], other=0.0)
+            acc += _product(x, w2, DOT, IEEE)
+        for k0 in range((1 + PRE2) * BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
                 w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None], other=0.0)
@@ -127,6 +135,6 @@ def gemv(
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, DOT=tile.dot,
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
-        num_warps=tile.warps, num_stages=tile.stages, **pdl(x),
+        num_warps=tile.warps, num_stages=tile.stages, PRE2=PREFETCH_TILES == 2, **pdl(x),
     )  # fmt: skip
     return out
