@@ -18,8 +18,8 @@ BF16 = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "x_ptr": "*bf16", 
         "pages_ptr": "*i32", "scale": "fp32", "scale_value": "fp32", "eps": "fp32"}  # fmt: skip
 KERNELS = [
     (paged_decode._decode_split_kernel, {"pages_ptr": "*i64"},
-     dict(G=4, G_PAD=16, D=128, BS=32, BLOCK_N=64, SPARSE=True, PS=4, IEEE=False, DIRECT=False, PDL=True)),
-    (paged_decode._combine_kernel, {"po_ptr": "*fp32"}, dict(D=128, S_PAD=8, PDL=True)),
+     dict(G=4, G_PAD=16, D=128, BS=32, BLOCK_N=64, SPARSE=True, PS=4, IEEE=False, DIRECT=False, PDL=True, FIRST=False)),
+    (paged_decode._combine_kernel, {"po_ptr": "*fp32"}, dict(D=128, S_PAD=8, PDL=True, FIRST=False)),
     (kt_predict._kt_bounds_kernel, {},
      dict(G=4, G_PAD=16, D=128, TOPR=128, PPB=8, BLOCK_P=64, DOT=kt_predict.tl.float16, SIGN=False, PER_HEAD=False,
           PDL=True, EARLY=0)),

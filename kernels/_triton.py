@@ -40,19 +40,17 @@ def pdl(t: torch.Tensor) -> dict[str, Any]:
 
 
 if triton is not None:
-    # With PDL, a kernel lets the next one start its programs before it waits for the one before (instead of after):
-    # a chain of small kernels then has all its programs resident at once, the GEMV after it loading its first
-    # weight tile while the chain runs.
-    GDC_TRIGGER_FIRST = tl.constexpr(1)
 
     @triton.jit
-    def gdc(PDL: tl.constexpr):
-        """With PDL: wait for the kernel before (its writes visible), and let the next one start its programs."""
+    def gdc(PDL: tl.constexpr, FIRST: tl.constexpr = False):
+        """With PDL: wait for the kernel before (its writes visible), then let the next one start its programs; with
+        FIRST, let it start before the wait (the next kernel's programs are then resident while this one's wait
+        and run: a GEMV after it loads its first weight tiles meanwhile)."""
         if PDL:
-            if GDC_TRIGGER_FIRST:
+            if FIRST:
                 tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
-            if not GDC_TRIGGER_FIRST:
+            if not FIRST:
                 tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit

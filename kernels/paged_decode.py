@@ -130,8 +130,9 @@ if triton is not None:
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
         SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
+        FIRST: tl.constexpr,
     ):  # fmt: skip
-        gdc(PDL)
+        gdc(PDL, FIRST)
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -187,8 +188,10 @@ if triton is not None:
             tl.store(pl_ptr + row, l_i, mask=g < G)
 
     @triton.jit
-    def _combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
-        gdc(PDL)
+    def _combine_kernel(
+        po_ptr, pm_ptr, pl_ptr, out_ptr, S, D: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr, FIRST: tl.constexpr
+    ):
+        gdc(PDL, FIRST)
         row = tl.program_id(0)  # batch * q_heads + head
         s = tl.arange(0, S_PAD)
         d = tl.arange(0, D)
@@ -212,6 +215,12 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
     return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), 64))
 
 
+# With PDL, dense attention (a bandwidth-bound read of the whole cache) lets the kernel after it start before it
+# waits, and so on to the output projection, whose first weight tiles then load during the attention: dense's 32k
+# batch-1 step 6.81 against 6.93 ms on the H100 (with every kernel so; BENCHMARKS.md). Sparse attention does not:
+# there the same made RocketKV's step 5.93 against 5.82 ms (the chain is latency-bound, and the weight loads slow it).
+DENSE_TRIGGER_FIRST = 1
+
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
@@ -227,6 +236,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
     sparse = pages is not None
+    first = not sparse and bool(DENSE_TRIGGER_FIRST)
     if not sparse:
         pages = cache_lens  # an unused placeholder
     q = q.contiguous()
@@ -244,12 +254,13 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
         SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, num_warps=4,
-        num_stages=stages, **pdl(q),
+        num_stages=stages, FIRST=first, **pdl(q),
     )  # fmt: skip
     if splits == 1:
         return out
     out = torch.empty_like(q)
-    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits), **pdl(po))
+    _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits),
+                                        FIRST=first, **pdl(po))  # fmt: skip
     return out
 
 
