@@ -1,8 +1,7 @@
 """Compile the decode step's PDL kernels for sm90 (no GPU needed) and check in their PTX that no global load comes
 before `griddepcontrol.wait` (a load hoisted above the wait would read the kernel before's output early). The GEMV
-is left out: it loads its first weight tile before the wait on purpose; so do the kernels with a switch for it (the
-RMSNorms their weight, the KT bounds pass its first tile of pages, the selection the page counts, sparse attention
-the block table row), checked with it off and counted with it on.
+is left out: it loads its first weight tile before the wait on purpose; so do the kernels with an EARLY switch (the
+RMSNorms their weight, the KT bounds pass its first tile of pages), checked with it off and counted with it on.
 
     python benchmarks/pdl_order.py
 """
@@ -19,26 +18,24 @@ BF16 = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "x_ptr": "*bf16", 
         "pages_ptr": "*i32", "scale": "fp32", "scale_value": "fp32", "eps": "fp32"}  # fmt: skip
 KERNELS = [
     (paged_decode._decode_split_kernel, {"pages_ptr": "*i64"},
-     dict(G=4, G_PAD=16, D=128, BS=32, BLOCK_N=64, SPARSE=True, PS=4, IEEE=False, DIRECT=False, PDL=True, FIRST=False,
-          TABLE_PAD=0), {"TABLE_PAD": 128}),
+     dict(G=4, G_PAD=16, D=128, BS=32, BLOCK_N=64, SPARSE=True, PS=4, IEEE=False, DIRECT=False, PDL=True, FIRST=False)),
     (paged_decode._combine_kernel, {"po_ptr": "*fp32"}, dict(D=128, S_PAD=8, PDL=True, FIRST=False)),
     (kt_predict._kt_bounds_kernel, {},
      dict(G=4, G_PAD=16, D=128, TOPR=128, PPB=8, BLOCK_P=64, DOT=kt_predict.tl.float16, SIGN=False, PER_HEAD=False,
-          PDL=True, EARLY=0), {"EARLY": 1}),
+          PDL=True, EARLY=0)),
     (kt_predict._score_select_kernel, {"out_ptr": "*i64"},
-     dict(G=4, G_PAD=4, C_PAD=16, BLOCK=1024, K_PAD=128, PER_HEAD=False, PDL=True, EARLY=0),
-     {"EARLY": 1}),
+     dict(G=4, G_PAD=4, C_PAD=16, BLOCK=1024, K_PAD=128, PER_HEAD=False, PDL=True)),
     (kt_predict._group_scores_kernel, {"bounds_ptr": "*fp32", "out_ptr": "*fp32"},
      dict(G=4, G_PAD=4, C_PAD=16, BLOCK_P=64, NEWEST=True, PER_HEAD=False, PDL=True)),
     (kt_predict._select_kernel, {"scores_ptr": "*fp32", "out_ptr": "*i64"},
      dict(BLOCK=1024, K_PAD=128, ONE_BLOCK=True, PDL=True)),
-    (layer_ops._add_rms_norm_kernel, {}, dict(BLOCK=4096, PDL=True, EARLY=0), {"EARLY": 1}),
+    (layer_ops._add_rms_norm_kernel, {}, dict(BLOCK=4096, PDL=True, EARLY=0)),
     (layer_ops._quantize_fp8_kernel, {"out_ptr": "*fp8e4nv"}, dict(BLOCK=1024, PDL=True)),
     (layer_ops._argmax_chunks_kernel, {"x_ptr": "*fp32", "val_ptr": "*fp32", "idx_ptr": "*i32"},
      dict(BLOCK=4096, PDL=True)),
     (layer_ops._argmax_rows_kernel, {"val_ptr": "*fp32", "idx_ptr": "*i32", "out_ptr": "*i64"},
      dict(BLOCK=64, PDL=True)),
-    (layer_ops._rms_norm_kernel, {}, dict(BLOCK=4096, PDL=True, EARLY=0), {"EARLY": 1}),
+    (layer_ops._rms_norm_kernel, {}, dict(BLOCK=4096, PDL=True, EARLY=0)),
     (layer_ops._silu_mul_kernel, {}, dict(BLOCK=1024, PDL=True)),
     (layer_ops._rotary_kernel, {}, dict(HALF=64, H_PAD=64, PDL=True)),
 ]  # fmt: skip
@@ -54,7 +51,7 @@ def ptx(fn, types: dict, consts: dict) -> str:
 
 def main() -> None:
     bad = 0
-    for fn, types, consts, *early in KERNELS:
+    for fn, types, consts in KERNELS:
         lines = [line.strip() for line in ptx(fn, types, consts).splitlines()]
         wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), None)
         load = next((i for i, line in enumerate(lines) if "ld.global" in line), None)
@@ -62,11 +59,11 @@ def main() -> None:
         bad += not ok
         verdict = "ok" if ok else "LOAD FIRST"
         print(f"{fn.fn.__name__:24s} wait at PTX line {wait}, first global load at {load}: {verdict}")
-        if early:  # as launched: what it reads before the wait on purpose (weights, tables, KT pages, lengths)
-            lines = [line.strip() for line in ptx(fn, types, {**consts, **early[0]}).splitlines()]
+        if "EARLY" in consts:  # as launched: what it reads before the wait on purpose (weights, tables, KT pages)
+            lines = [line.strip() for line in ptx(fn, types, {**consts, "EARLY": 1}).splitlines()]
             wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
-            loads = sum("ld.global" in line for line in lines[:wait])
-            print(f"{'':24s} with {early[0]}: {loads} global loads before the wait (its static inputs)")
+            early = sum("ld.global" in line for line in lines[:wait])
+            print(f"{'':24s} with EARLY=1: {early} global loads before the wait (its static inputs)")
     raise SystemExit(bad)
 
 

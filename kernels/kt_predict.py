@@ -360,16 +360,14 @@ if triton is not None:
         bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
-        PER_HEAD: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
-        gdc(PDL and not EARLY)
-        gdc_early(PDL and EARLY)
+        gdc(PDL)
         # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block,
         # in one program per (sequence, KV head): the group's page scores never leave registers.
         b = tl.program_id(0)
         h = tl.program_id(1)
-        n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)  # with EARLY read before the wait
-        gdc_wait(PDL and EARLY)
+        n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)
         out = out_ptr + b * o_b + h * o_h
         if n <= k:  # every page (and some past the end, which the decode kernel masks)
             j = tl.arange(0, K_PAD)
@@ -399,9 +397,7 @@ if triton is not None:
 
 
 _BLOCK_P = 64  # pages per tile in both passes
-# With PDL, the bounds pass reads its first tile of KT pages, and the scores + selection kernel the page counts,
-# before they wait for the kernel before.
-BOUNDS_EARLY = 1
+BOUNDS_EARLY = 1  # the bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL)
 
 
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
@@ -513,6 +509,6 @@ def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_s
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        EARLY=BOUNDS_EARLY, num_warps=SELECT_WARPS, **pdl(bounds),
+        num_warps=SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

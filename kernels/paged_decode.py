@@ -126,15 +126,12 @@ if triton is not None:
     @triton.jit
     def _decode_split_kernel(
         q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, pages_ptr, po_ptr, pm_ptr, pl_ptr,
-        scale, n_tokens, chunk, max_blocks,
+        scale, n_tokens, chunk,
         sq_b, sq_h, sk_blk, sk_h, sk_t, st_b, sp_b, sp_h,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
         SPARSE: tl.constexpr, PS: tl.constexpr, IEEE: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
-        FIRST: tl.constexpr, TABLE_PAD: tl.constexpr,
+        FIRST: tl.constexpr,
     ):  # fmt: skip
-        if TABLE_PAD:  # the sequence's whole block table row, read before the wait (no kernel of the step writes it)
-            cols = tl.arange(0, TABLE_PAD)
-            table = tl.load(tables_ptr + tl.program_id(0) * st_b + cols, mask=cols < max_blocks, other=0)
         gdc(PDL, FIRST)
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -162,10 +159,7 @@ if triton is not None:
             else:
                 t = n
                 ok = inside
-            if TABLE_PAD:  # each token's block picked from the row in registers
-                blk = tl.sum(tl.where((t // BS)[:, None] == cols[None, :], table[None, :], 0), 1).to(tl.int64)
-            else:
-                blk = tl.load(tables_ptr + b * st_b + t // BS, mask=ok, other=0).to(tl.int64)
+            blk = tl.load(tables_ptr + b * st_b + t // BS, mask=ok, other=0).to(tl.int64)
             off = blk * sk_blk + h * sk_h + (t % BS) * sk_t
             k = tl.load(k_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)  # fp8 KV too
             if IEEE:
@@ -226,9 +220,6 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
 # batch-1 step 6.81 against 6.93 ms on the H100 (with every kernel so; BENCHMARKS.md). Sparse attention does not:
 # there the same made RocketKV's step 5.93 against 5.82 ms (the chain is latency-bound, and the weight loads slow it).
 DENSE_TRIGGER_FIRST = 1
-# Widest block tables sparse attention reads whole before its wait (PDL), picking each token's block from registers
-# instead of a load after the page's (RocketKV after eviction: 72 blocks of 32 tokens in a 128-block graph table).
-SPARSE_TABLE_MAX_BLOCKS = 256
 
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
@@ -246,8 +237,6 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     splits = -(-n_tokens // chunk)
     sparse = pages is not None
     first = not sparse and bool(DENSE_TRIGGER_FIRST)
-    width = block_tables.shape[1]
-    table_pad = triton.next_power_of_2(width) if sparse and 0 < width <= SPARSE_TABLE_MAX_BLOCKS else 0
     if not sparse:
         pages = cache_lens  # an unused placeholder
     q = q.contiguous()
@@ -260,12 +249,12 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         pl = torch.empty_like(pm)
     _decode_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, cache_lens, pages, po, pm, pl,
-        scale, n_tokens, chunk, block_tables.shape[1],
+        scale, n_tokens, chunk,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
         SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, num_warps=4,
-        num_stages=stages, FIRST=first, TABLE_PAD=table_pad, **pdl(q),
+        num_stages=stages, FIRST=first, **pdl(q),
     )  # fmt: skip
     if splits == 1:
         return out
