@@ -58,7 +58,9 @@ def store_token_ref(
 
 
 FP8_MAX = 448.0
-STORE_TRIGGERS = 1  # the store lets its dependent kernel start early (see store_token)
+# The store lets its dependent kernel start early (see store_token): RocketKV's 32k batch-1 step 5.90 against 5.94 ms
+# on the H100 (BENCHMARKS.md).
+STORE_TRIGGERS = 1
 
 
 def to_cache(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -146,7 +148,8 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
     # took 11.09 against 9.65 ms a step on the H100, and RocketKV's step with RoPE in this kernel 6.05 against 5.91 ms
     # (BENCHMARKS.md; the cause was not found). With a KT cache it still lets the next kernel (the KT bounds pass) start
     # its programs early (TRIGGER), to read what this kernel does not write (the KT pages bar the newest) before they
-    # wait; letting dense decode start early made dense's step slower (11.28 against 11.12 ms at 128k).
+    # wait; letting dense decode start early made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two
+    # machines).
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),

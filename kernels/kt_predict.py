@@ -397,7 +397,9 @@ if triton is not None:
 
 
 _BLOCK_P = 64  # pages per tile in both passes
-BOUNDS_EARLY = 1  # the bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL)
+# The bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL): with the store letting
+# it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md).
+BOUNDS_EARLY = 1
 
 
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202

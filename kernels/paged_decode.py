@@ -217,8 +217,8 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
 
 # With PDL, dense attention (a bandwidth-bound read of the whole cache) lets the kernel after it start before it
 # waits, and so on to the output projection, whose first weight tiles then load during the attention: dense's 32k
-# batch-1 step 6.81 against 6.93 ms on the H100 (with every kernel so; BENCHMARKS.md). Sparse attention does not:
-# there the same made RocketKV's step 5.93 against 5.82 ms (the chain is latency-bound, and the weight loads slow it).
+# batch-1 step 6.83 against 6.91 ms on the H100 (BENCHMARKS.md). Sparse attention does not: every kernel so made
+# RocketKV's step 5.93 against 5.82 ms (its chain is latency-bound, and the weight loads slow it).
 DENSE_TRIGGER_FIRST = 1
 
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
