@@ -8,7 +8,7 @@ try:
     import triton
     import triton.language as tl
 except ImportError:
-    triton = tl = gdc = gdc_early = gdc_wait = None
+    triton = tl = gdc = gdc_wait = None
 
 
 def require_triton() -> None:
@@ -42,23 +42,19 @@ def pdl(t: torch.Tensor) -> dict[str, Any]:
 if triton is not None:
 
     @triton.jit
-    def gdc(PDL: tl.constexpr, FIRST: tl.constexpr = False):
-        """With PDL: wait for the kernel before (its writes visible), then let the next one start its programs; with
-        FIRST, let it start before the wait (the next kernel's programs are then resident while this one's wait
-        and run: a GEMV after it loads its first weight tiles meanwhile)."""
+    def gdc(PDL: tl.constexpr, FIRST: tl.constexpr = False, WAIT: tl.constexpr = True):
+        """With PDL: wait for the kernel before (its writes visible), then let the next one start its programs.
+        FIRST: let it start before the wait (the next kernel's programs are then resident while this one waits and
+        runs: a GEMV after it loads its first weight tiles meanwhile). WAIT=False (with FIRST): do not wait yet, for a
+        kernel that first reads what no kernel of the step writes (weights, block tables) and then calls
+        `gdc_wait` itself."""
         if PDL:
             if FIRST:
                 tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
+            if WAIT:
+                tl.extra.cuda.gdc_wait()
             if not FIRST:
                 tl.extra.cuda.gdc_launch_dependents()
-
-    @triton.jit
-    def gdc_early(PDL: tl.constexpr):
-        """With PDL, for a kernel that loads what no kernel of the step writes (weights, block tables, lengths)
-        before it waits: let the next kernel start its programs; the kernel calls `gdc_wait` later itself."""
-        if PDL:
-            tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def gdc_wait(PDL: tl.constexpr):

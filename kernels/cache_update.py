@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._triton import gdc_early, pdl, require_triton, tl, triton
+from ._triton import gdc, pdl, require_triton, tl, triton
 from .layer_ops import rotary_ref
 
 
@@ -92,7 +92,7 @@ if triton is not None:
         D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr,
         ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, TRIGGER: tl.constexpr,
     ):  # fmt: skip
-        gdc_early(TRIGGER)
+        gdc(TRIGGER, FIRST=True, WAIT=False)  # launched plainly: only lets the next kernel start
         b = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, D)

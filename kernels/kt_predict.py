@@ -13,7 +13,7 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 
 import torch
 
-from ._triton import gdc, gdc_early, gdc_wait, pdl, require_triton, tl, triton
+from ._triton import gdc, gdc_wait, pdl, require_triton, tl, triton
 
 
 def kt_head_bounds_ref(
@@ -160,8 +160,7 @@ if triton is not None:
         BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
         EARLY: tl.constexpr,
     ):  # fmt: skip
-        gdc(PDL and not EARLY)
-        gdc_early(PDL and EARLY)
+        gdc(PDL, FIRST=EARLY, WAIT=not EARLY)
         b = tl.program_id(0)
         h = tl.program_id(1)
         c = tl.program_id(2)
@@ -398,7 +397,9 @@ if triton is not None:
 
 _BLOCK_P = 64  # pages per tile in both passes
 # The bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL): with the store letting
-# it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md).
+# it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md). Safe because the kernel
+# before it is always the K/V store, which launches plainly (everything before the store has finished when the pass
+# starts) and writes only each sequence's newest KT page, which the pass reads again after its wait.
 BOUNDS_EARLY = 1
 
 
