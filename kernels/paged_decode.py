@@ -224,6 +224,8 @@ DENSE_TRIGGER_FIRST = 1
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
+# Sparse attention over an fp8 cache: tokens per tile (A/B: 128 as dense's, or 64 as bf16's, with 2 stages).
+SPARSE_FP8_TOKENS = 128
 
 
 def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
@@ -231,6 +233,8 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
     block_n, stages = TILES[k_cache.element_size()]
+    if pages is not None and k_cache.element_size() == 1 and SPARSE_FP8_TOKENS != block_n:
+        block_n, stages = SPARSE_FP8_TOKENS, 2
     splits = _num_splits(batch, kv_heads, n_tokens, block_n)
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
