@@ -470,6 +470,9 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
+# Scores and selection with at most this many rows (sequence, KV head) take 8 warps a row: RocketKV's 32k batch-1 step
+# 5.780 against 5.790 ms on the H100 (BENCHMARKS.md); larger batches keep SELECT_WARPS.
+SELECT_WIDE_MAX_ROWS = 64
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 
 
@@ -512,6 +515,6 @@ def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_s
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        num_warps=SELECT_WARPS, **pdl(bounds),
+        num_warps=8 if batch * kv_heads <= SELECT_WIDE_MAX_ROWS else SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

@@ -54,7 +54,7 @@ def test_long_prompt_slices_match_transformers(tiny_models, monkeypatch):
     prompt = list(range(3, 60))
     with LLM(str(tiny_models["llama"]), dtype="float32", sparse_attention_config=rocket) as llm:
         whole = llm.generate(prompt, GREEDY).outputs[0].token_ids
-    monkeypatch.setattr(llama, "MLP_CHUNK_TOKENS", 5)
+    monkeypatch.setattr(llama, "CHUNK_TOKENS", 5)
     for arch in ("llama", "qwen2"):
         with LLM(str(tiny_models[arch]), dtype="float32") as llm:
             out = llm.generate(PROMPTS, GREEDY)
@@ -62,6 +62,20 @@ def test_long_prompt_slices_match_transformers(tiny_models, monkeypatch):
                                                              for o in out]  # fmt: skip
     with LLM(str(tiny_models["llama"]), dtype="float32", sparse_attention_config=rocket) as llm:
         assert llm.generate(prompt, GREEDY).outputs[0].token_ids == whole
+
+
+def test_chunked_steps_mixing_prompts_and_generation_match_transformers(tiny_models, monkeypatch):
+    """Two requests at most in flight: the third prompt arrives while the second decodes, so a step holds a prompt
+    and a generation token, and (at 5-token slices) the prompt goes through each layer in chunks beside it."""
+    from rocket_trtllm.models import llama
+
+    monkeypatch.setattr(llama, "CHUNK_TOKENS", 5)
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (3, 12, 12)]
+    with LLM(str(tiny_models["llama"]), dtype="float32", max_batch_size=2) as llm:
+        out = llm.generate(PROMPTS, params)
+        assert_pool_empty(llm)
+    for o, p in zip(out, params):
+        assert o.outputs[0].token_ids == hf_greedy(tiny_models["llama"], o.prompt_token_ids, p.max_tokens)
 
 
 def test_batched_equals_one_by_one(llama):

@@ -26,7 +26,9 @@ from .parallel import (
 from .quant import METHODS, Unquantized
 from .rope import RotaryEmbedding, rope_parameters
 
-MLP_CHUNK_TOKENS = 8192
+# A step with more tokens goes through each layer in slices of this many: a long prompt's projections, attention
+# and MLP never hold all its tokens' activations at once (at 128k tokens each [tokens, hidden] tensor is 1 GiB).
+CHUNK_TOKENS = 8192
 
 
 def fused_ops(x: torch.Tensor) -> bool:
@@ -95,6 +97,15 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(x, self.qkv_weight, self.qkv_bias, self.qkv_scale)
 
+    # qkv: from `project` -> q [tokens, heads, head_dim], k and v [tokens, kv_heads, head_dim] (q/k normed for Qwen3)
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t, d = qkv.shape[0], self.head_dim
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+        q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
     # qkv: from `project`; cos, sin: [tokens, 1, head_dim] -> attention output [tokens, heads * head_dim]
     # (before o_proj, which the layer applies once it has dropped qkv)
     def forward(
@@ -105,13 +116,8 @@ class Attention(nn.Module):
         backend: AttentionBackend,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        t, d = qkv.shape[0], self.head_dim
-        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
-        q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
         # RoPE is the backend's: at decode it rotates q and k inside its K/V write.
-        return backend.forward(self.layer, q, k, v, meta, rope=(cos, sin)).reshape(t, -1)
+        return backend.forward(self.layer, *self.split_heads(qkv), meta, rope=(cos, sin)).reshape(qkv.shape[0], -1)
 
 
 class MLP(nn.Module):
@@ -145,25 +151,44 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, pending, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
-        # The normed input lives only for the projection, and the residual adds in place: at 128k
-        # tokens each [tokens, hidden] tensor is 1 GB of prefill peak. Decode and short prompts return the MLP's
-        # output as `pending`, which the next layer's input norm adds to the residual in its own kernel.
-        short = x.shape[0] <= MLP_CHUNK_TOKENS
+        # Decode and short prompts return the MLP's output as `pending`, which the next layer's input norm adds to the
+        # residual stream in its own kernel; a step of more than CHUNK_TOKENS tokens goes through in slices, its
+        # residual adds in place.
+        if x.shape[0] > CHUNK_TOKENS:
+            self._attend_in_chunks(x, cos, sin, backend, meta)
+            for part in x.split(CHUNK_TOKENS):
+                part += self.mlp(self.post_attention_layernorm(part))
+            return x, None
         normed = self.input_layernorm(x) if pending is None else self.input_layernorm.add_and_norm(x, pending)
         qkv = self.self_attn.project(normed)
         del normed
         out = self.self_attn(qkv, cos, sin, backend, meta)  # a prompt's output is written over its queries in qkv
         del qkv
-        if short:  # the attention's residual add inside the norm's kernel too
-            return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
-        # A long prompt's o_proj and MLP run in slices: their [tokens, hidden] and [tokens, intermediate]
-        # outputs would dominate the prefill's peak memory (1 GB and 11 GB for Llama-3.1-8B at 128k tokens).
-        for part, attended in zip(x.split(MLP_CHUNK_TOKENS), out.split(MLP_CHUNK_TOKENS)):
-            part += self.self_attn.o_proj(attended)
-        del out
-        for part in x.split(MLP_CHUNK_TOKENS):
-            part += self.mlp(self.post_attention_layernorm(part))
-        return x, None
+        # the attention's residual add inside the norm's kernel too
+        return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
+
+    def _attend_in_chunks(self, x, cos, sin, backend, meta):  # noqa: ANN001, ANN202
+        # x += attention(x), CHUNK_TOKENS tokens of a prompt at a time: each slice's norm, fused q/k/v projection,
+        # attention over the prompt so far (the backend keeps its K/V) and o_proj; then the step's generation tokens.
+        attn = self.self_attn
+
+        def project(rows: slice) -> tuple[torch.Tensor, ...]:
+            return attn.split_heads(attn.project(self.input_layernorm(x[rows])))
+
+        start = 0
+        for i, n in enumerate(meta.context_lens):
+            prompt = backend.begin_prompt(attn.layer, meta, i)
+            for s in range(start, start + n, CHUNK_TOKENS):
+                rows = slice(s, min(s + CHUNK_TOKENS, start + n))
+                out = backend.prompt_chunk(prompt, *project(rows), rope=(cos[rows], sin[rows]))
+                x[rows] += attn.o_proj(out.flatten(1))
+            backend.end_prompt(prompt, meta)
+            start += n
+        backend.after_context(attn.layer, meta)
+        if x.shape[0] > start:
+            rows = slice(start, None)
+            out = backend.generate(attn.layer, *project(rows), meta, rope=(cos[rows], sin[rows]))
+            x[rows] += attn.o_proj(out.flatten(1))
 
 
 class Backbone(nn.Module):
