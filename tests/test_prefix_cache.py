@@ -129,23 +129,18 @@ def test_rocket_mt_with_a_covering_budget_equals_dense(llama_dir):
     assert conversation(llama_dir, True, covering)[0] == conversation(llama_dir, True, None)[0]
 
 
-def test_prompts_in_chunks_equal_whole_prompts(llama_dir, monkeypatch):
-    """A prompt through each layer in 100-token chunks (after a cached prefix, the history RocketKV-MT keeps, and the
-    window stage 1 reads spread over two chunks) gives the tokens of the whole prompt at once."""
+def test_prompts_in_slices_equal_whole_prompts(llama_dir, monkeypatch):
+    """Prompts through each layer in 100-token slices (the first turn of 404 tokens; the later turns' steps are
+    shorter, after their cached prefix) give the tokens of whole prompts, RocketKV-MT's and dense."""
     from rocket_trtllm.models import llama
-    from rocket_trtllm.runtime import attention
 
     whole = [conversation(llama_dir, True, sparse) for sparse in (MT, None)]
     monkeypatch.setattr(llama, "CHUNK_TOKENS", 100)
-    monkeypatch.setattr(attention, "GROUP_MIN_QUERIES", 50)  # chunks of 100 queries one KV head's group at a time
     assert [conversation(llama_dir, True, sparse) for sparse in (MT, None)] == whole
 
 
-@pytest.mark.parametrize("n, m", [(7, 7), (5, 40), (1, 33), (30, 70)])
-def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m, monkeypatch):
-    from rocket_trtllm.runtime import attention
-
-    monkeypatch.setattr(attention, "GROUP_MIN_QUERIES", 20)  # (30, 70): one group at a time, causal from bottom right
+@pytest.mark.parametrize("n, m", [(7, 7), (5, 40), (1, 33)])
+def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m):
     gen = torch.Generator().manual_seed(n * m)
     q = torch.randn(6, n, 16, generator=gen)
     k, v = torch.randn(2, m, 16, generator=gen), torch.randn(2, m, 16, generator=gen)
@@ -161,7 +156,7 @@ def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m, monkey
 @pytest.mark.gpu
 @pytest.mark.parametrize("n, m", [(2048, 6144), (100, 6144), (4096, 4096)])
 def test_causal_attention_on_the_gpu(n, m):
-    """bf16 on CUDA (SDPA's flash kernels, causal from the bottom right past m = n) against float32 with the mask."""
+    """bf16 on CUDA (SDPA's flash kernels for a whole prompt, the masked ones after a prefix) against float32."""
     gen = torch.Generator().manual_seed(n)
     q = torch.randn(32, n, 128, generator=gen)
     k, v = torch.randn(8, m, 128, generator=gen), torch.randn(8, m, 128, generator=gen)

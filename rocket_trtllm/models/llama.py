@@ -152,43 +152,34 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, pending, cos, sin, backend, meta):  # noqa: ANN001, ANN201 (shapes as in Attention)
         # Decode and short prompts return the MLP's output as `pending`, which the next layer's input norm adds to the
-        # residual stream in its own kernel; a step of more than CHUNK_TOKENS tokens goes through in slices, its
-        # residual adds in place.
-        if x.shape[0] > CHUNK_TOKENS:
-            self._attend_in_chunks(x, cos, sin, backend, meta)
-            for part in x.split(CHUNK_TOKENS):
-                part += self.mlp(self.post_attention_layernorm(part))
-            return x, None
-        normed = self.input_layernorm(x) if pending is None else self.input_layernorm.add_and_norm(x, pending)
-        qkv = self.self_attn.project(normed)
-        del normed
-        out = self.self_attn(qkv, cos, sin, backend, meta)  # a prompt's output is written over its queries in qkv
-        del qkv
-        # the attention's residual add inside the norm's kernel too
-        return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
+        # residual stream in its own kernel. A step of more than CHUNK_TOKENS tokens goes through in slices but for
+        # the attention itself, its residual adds in place.
+        if x.shape[0] <= CHUNK_TOKENS:
+            normed = self.input_layernorm(x) if pending is None else self.input_layernorm.add_and_norm(x, pending)
+            out = self.self_attn(self.self_attn.project(normed), cos, sin, backend, meta)
+            # the attention's residual add inside the norm's kernel too
+            return x, self.mlp(self.post_attention_layernorm.add_and_norm(x, self.self_attn.o_proj(out)))
+        out = self.self_attn(self._project_in_slices(x), cos, sin, backend, meta)  # written over its queries
+        for part, attended in zip(x.split(CHUNK_TOKENS), out.split(CHUNK_TOKENS)):
+            part += self.self_attn.o_proj(attended)
+        del out
+        for part in x.split(CHUNK_TOKENS):
+            part += self.mlp(self.post_attention_layernorm(part))
+        return x, None
 
-    def _attend_in_chunks(self, x, cos, sin, backend, meta):  # noqa: ANN001, ANN202
-        # x += attention(x), CHUNK_TOKENS tokens of a prompt at a time: each slice's norm, fused q/k/v projection,
-        # attention over the prompt so far (the backend keeps its K/V) and o_proj; then the step's generation tokens.
+    def _project_in_slices(self, x: torch.Tensor) -> torch.Tensor:
+        # The fused q/k/v projection of every token, each slice's normed input made only for its own projection (a
+        # whole normed input is 1 GiB of a 128k prompt's peak). Attention itself takes the whole prompt: SDPA's
+        # Hopper kernel (cuDNN) runs only square causal masks, and a prompt's chunks after its first would need the
+        # bottom-right one, 1.9x the time (BENCHMARKS.md).
         attn = self.self_attn
-
-        def project(rows: slice) -> tuple[torch.Tensor, ...]:
-            return attn.split_heads(attn.project(self.input_layernorm(x[rows])))
-
-        start = 0
-        for i, n in enumerate(meta.context_lens):
-            prompt = backend.begin_prompt(attn.layer, meta, i)
-            for s in range(start, start + n, CHUNK_TOKENS):
-                rows = slice(s, min(s + CHUNK_TOKENS, start + n))
-                out = backend.prompt_chunk(prompt, *project(rows), rope=(cos[rows], sin[rows]))
-                x[rows] += attn.o_proj(out.flatten(1))
-            backend.end_prompt(prompt, meta)
-            start += n
-        backend.after_context(attn.layer, meta)
-        if x.shape[0] > start:
-            rows = slice(start, None)
-            out = backend.generate(attn.layer, *project(rows), meta, rope=(cos[rows], sin[rows]))
-            x[rows] += attn.o_proj(out.flatten(1))
+        qkv = None
+        for rows in range(0, x.shape[0], CHUNK_TOKENS):
+            part = attn.project(self.input_layernorm(x[rows : rows + CHUNK_TOKENS]))
+            if qkv is None:
+                qkv = part.new_empty(x.shape[0], part.shape[1])
+            qkv[rows : rows + part.shape[0]] = part
+        return qkv
 
 
 class Backbone(nn.Module):

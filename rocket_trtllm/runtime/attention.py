@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from ..kernels import layer_ops
 from ..kernels.cache_update import store_token, store_token_ref, to_cache
@@ -49,29 +48,6 @@ class AttentionMetadata:
     @property
     def gen_block_tables(self) -> torch.Tensor:
         return self.block_tables[self.num_contexts :]
-
-
-@dataclass
-class Prompt:
-    """One context request's prompt while its chunks go through a layer (`AttentionBackend.begin_prompt`)."""
-
-    layer: int
-    n: int  # tokens computed this step (past the cached prefix)
-    cached: int  # prompt tokens already cached (prefix cache)
-    table: torch.Tensor  # the request's block table
-    history: Optional[torch.Tensor] = None  # where a history-keeping method holds the whole prompt
-    filled: int = -1  # tokens of K/V so far, the cached prefix included
-    k: Optional[torch.Tensor] = None  # [kv_heads, cached + n, d] once chunks arrive
-    v: Optional[torch.Tensor] = None
-    window: Optional[torch.Tensor] = None  # [q_heads, w, d]: the prompt's last w queries (stage 1's window)
-
-    def __post_init__(self) -> None:
-        if self.filled < 0:
-            self.filled = self.cached
-
-
-def _rows(rope: Optional[tuple[torch.Tensor, torch.Tensor]], rows: slice) -> Optional[tuple[torch.Tensor, ...]]:
-    return None if rope is None else (rope[0][rows], rope[1][rows])
 
 
 class AttentionBackend:
@@ -118,108 +94,52 @@ class AttentionBackend:
         rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         n_ctx = meta.num_context_tokens
-        if meta.num_contexts:  # each prompt in one piece (a long prompt's layer goes through `prompt_chunk` itself)
-            start = 0
-            for i, n in enumerate(meta.context_lens):
-                prompt = self.begin_prompt(layer, meta, i)
-                part = slice(start, start + n)
-                self.prompt_chunk(prompt, q[part], k[part], v[part], _rows(rope, part))
-                self.end_prompt(prompt, meta)
-                start += n
-            self.after_context(layer, meta)
-        if q.shape[0] == n_ctx:
-            return q  # each prompt's output is written over its queries
-        out = self.generate(layer, q[n_ctx:], k[n_ctx:], v[n_ctx:], meta, _rows(rope, slice(n_ctx, None)))
-        return out if not n_ctx else torch.cat([q[:n_ctx], out])
+        parts = []
+        if meta.num_contexts:
+            qc, kc = q[:n_ctx], k[:n_ctx]
+            if rope is not None:
+                for x in (qc, kc):
+                    self._rotate(x, rope[0][:n_ctx], rope[1][:n_ctx])
+            parts.append(self._context(layer, qc, kc, v[:n_ctx], meta))
+        if q.shape[0] > n_ctx:  # each generation token's K/V into slot cache_len - 1, its KT page refreshed
+            qg = q[n_ctx:]
+            cos, sin = (rope[0][n_ctx:], rope[1][n_ctx:]) if rope is not None else (None, None)
+            store = store_token if self.use_kernels else store_token_ref
+            ks, vs = self.pool.scales(layer)
+            store(k[n_ctx:], v[n_ctx:], self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables,
+                  meta.cache_lens, *self.kt_pages(layer), k_scale=ks, v_scale=vs, q=qg, cos=cos, sin=sin)  # fmt: skip
+            parts.append(self.decode(layer, qg, meta))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def generate(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        meta: AttentionMetadata,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    def _context(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        """The generation tokens (one a request, after the step's prompts): each token's K/V into slot
-        cache_len - 1 (RoPE applied there, the KT page refreshed), then `decode`."""
-        cos, sin = rope if rope is not None else (None, None)
-        store = store_token if self.use_kernels else store_token_ref
-        ks, vs = self.pool.scales(layer)
-        store(k, v, self.pool.k[layer], self.pool.v[layer], meta.gen_block_tables, meta.cache_lens,
-              *self.kt_pages(layer), k_scale=ks, v_scale=vs, q=q, cos=cos, sin=sin)  # fmt: skip
-        return self.decode(layer, q, meta)
-
-    # A prompt goes through a layer as one or more chunks of consecutive tokens: `begin_prompt`, `prompt_chunk` for
-    # each chunk in order, `end_prompt` (which stores what the cache keeps); `after_context` once every prompt of the
-    # step is stored. A long prompt's layer runs its projections chunk by chunk too, so q, the fused projection and
-    # the attention output never exist for all its tokens at once.
-    def begin_prompt(self, layer: int, meta: AttentionMetadata, index: int) -> "Prompt":
-        """The state of the step's `index`-th context request as its chunks go through `layer`."""
-        history = meta.history_tables[index] if meta.history_tables is not None else None
-        return Prompt(layer, meta.context_lens[index], meta.cached_lens[index] if meta.cached_lens else 0,
-                      meta.block_tables[index], history)  # fmt: skip
-
-    def prompt_chunk(
-        self,
-        prompt: "Prompt",
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-    ) -> torch.Tensor:
-        """The prompt's next tokens, q: [c, q_heads, d]; k, v: [c, kv_heads, d] (RoPE applied here when `rope`
-        is given, in place) -> their attention output over the prompt so far, written over q."""
-        if rope is not None:
-            for x in (q, k):
-                self._rotate(x, *rope)
-        qi, ki, vi = (t.transpose(0, 1) for t in (q, k, v))  # [heads, c, d]
-        done = prompt.filled - prompt.cached
-        w = min(prompt.n, self.prompt_query_window)
-        if prompt.window is None:
-            prompt.window = qi.new_empty(qi.shape[0], w, qi.shape[2])
-        first = prompt.n - w  # the window's first query
-        lo, hi = max(done, first), done + qi.shape[1]  # the window's queries in this chunk
-        if lo < hi:  # copied out before the output overwrites them
-            prompt.window[:, lo - first : hi - first] = qi[:, lo - done : hi - done]
-        kf, vf = self._append(prompt, ki, vi)
-        causal_attention(qi, kf, vf, self.scale, out=qi)
-        return q
-
-    def _append(self, prompt: "Prompt", k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The chunk's K/V after the prompt's so far ([kv_heads, c, d] each) -> everything up to the chunk's end. A
-        # prompt in one piece without a cached prefix needs no copy; chunks fill one buffer for the whole prompt.
-        c = k.shape[1]
-        if prompt.k is None and c == prompt.n and not prompt.cached:
-            prompt.k, prompt.v = k, v
-        else:
-            if prompt.k is None:
-                total = prompt.cached + prompt.n
-                prompt.k = k.new_empty(k.shape[0], total, k.shape[2])
-                prompt.v = v.new_empty(v.shape[0], total, v.shape[2])
-                if prompt.cached:  # the prefix's K/V come from the cache (methods that keep every prompt token)
-                    source = prompt.table if prompt.history is None else prompt.history
-                    kc, vc = self._read_rows(prompt.layer, source, prompt.cached, k.dtype)
-                    prompt.k[:, : prompt.cached], prompt.v[:, : prompt.cached] = kc, vc
-            prompt.k[:, prompt.filled : prompt.filled + c] = k
-            prompt.v[:, prompt.filled : prompt.filled + c] = v
-        prompt.filled += c
-        return prompt.k[:, : prompt.filled], prompt.v[:, : prompt.filled]
-
-    def end_prompt(self, prompt: "Prompt", meta: AttentionMetadata) -> None:
-        """Every chunk is in: store what the cache keeps of the prompt (stage 1 chooses it from its whole K/V)."""
-        if prompt.filled != prompt.cached + prompt.n:
-            raise RuntimeError(f"prompt ended after {prompt.filled - prompt.cached} of its {prompt.n} tokens")
-        layer, cached = prompt.layer, prompt.cached
-        k, v, new = prompt.k, prompt.v, slice(cached, None)
-        if prompt.history is not None:  # the whole prompt stays for later turns; the working set is chosen from it
-            self._store_rows(layer, prompt.history, k[:, new], v[:, new], first=cached)
-            self._store_rows(layer, prompt.table, *self.compress_prompt(layer, prompt.window, k, v))
-        elif cached:
-            self._store_rows(layer, prompt.table, k[:, new], v[:, new], first=cached)
-        else:
-            self._store_rows(layer, prompt.table, *self.compress_prompt(layer, prompt.window, k, v))
-        prompt.k = prompt.v = prompt.window = None
+        # Each query group's output overwrites its own queries once they are read: no second [tokens, heads, d]
+        # tensor (1 GiB at 128k tokens). What stage 1 reads of the queries is copied out first.
+        out = q
+        start = 0
+        for i, n in enumerate(meta.context_lens):
+            qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
+            q_window = qi[:, n - min(n, self.prompt_query_window) :].clone()
+            cached = meta.cached_lens[i] if meta.cached_lens else 0
+            history = meta.history_tables[i] if meta.history_tables is not None else None
+            table = meta.block_tables[i]
+            if cached:  # the prefix's K/V come from the cache (blocks of methods that keep every prompt token)
+                kc, vc = self._read_rows(layer, table if history is None else history, cached, ki.dtype)
+                kf, vf = torch.cat([kc, ki], 1), torch.cat([vc, vi], 1)
+            else:
+                kf, vf = ki, vi
+            causal_attention(qi, kf, vf, self.scale, out=out[start : start + n].transpose(0, 1))
+            if history is not None:  # the whole prompt stays for later turns; the working set is chosen from it
+                self._store_rows(layer, history, ki, vi, first=cached)
+                self._store_rows(layer, table, *self.compress_prompt(layer, q_window, kf, vf))
+            elif cached:
+                self._store_rows(layer, table, ki, vi, first=cached)
+            else:
+                self._store_rows(layer, table, *self.compress_prompt(layer, q_window, ki, vi))
+            start += n
+        self.after_context(layer, meta)
+        return out
 
     def _read_rows(
         self, layer: int, table: torch.Tensor, n: int, dtype: torch.dtype
@@ -307,30 +227,25 @@ class AttentionBackend:
         """A request's blocks are going back to the pool; drop any per-request state."""
 
 
-# Fewest new queries attended one KV head's group at a time after a cached prefix or earlier chunks: fewer go in one
-# call over every head (SDPA's kernels parallelize over heads and query blocks only).
-GROUP_MIN_QUERIES = 1024
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
     """q: [q_heads, n, d]; k, v: [kv_heads, m, d] (m >= n: the queries are the last n of the m tokens, after a
-    cached prefix or a prompt's earlier chunks) -> out: [q_heads, n, d] (any strides; q itself too: a head's output
-    is written once its queries have been read).
+    cached prefix) -> out: [q_heads, n, d] (any strides; q itself too: a head's output is written once its queries
+    have been read).
 
-    One KV head's query group at a time, its K/V repeated over the group, keeps SDPA on its flash kernels (GQA
-    support varies across torch builds) at 1/kv_heads of repeating them all; past m = n the mask is causal from the
-    bottom right (`causal_lower_right`, which flash takes too). A few queries after a long prefix (a conversation's
-    next turn) go in one call over every head instead: a group's few query blocks alone would occupy a handful of
-    the GPU's SMs.
+    A whole prompt: one KV head's query group at a time, its K/V repeated over the group, keeps SDPA on its
+    flash kernels (GQA support varies across torch builds) at 1/kv_heads of repeating them all. After a cached
+    prefix the causal mask is explicit (SDPA's is_causal aligns the queries with the first keys), which rules
+    flash out: then every head goes in one call, as the masked kernels parallelize over heads and query blocks
+    only (a group's few new queries alone would occupy a handful of the GPU's SMs).
     """
     group = q.shape[0] // k.shape[0]
     n, m = q.shape[1], k.shape[1]
-    causal = {"is_causal": True} if m == n else {"attn_mask": causal_lower_right(n, m)}
-    if m > n and n < GROUP_MIN_QUERIES:
+    if m > n:
+        mask = torch.arange(m, device=q.device)[None, :] <= (m - n + torch.arange(n, device=q.device))[:, None]
         kh, vh = (t.repeat_interleave(group, dim=0) for t in (k, v))
-        out.copy_(F.scaled_dot_product_attention(q[None], kh[None], vh[None], scale=scale, **causal)[0])
+        out.copy_(F.scaled_dot_product_attention(q[None], kh[None], vh[None], attn_mask=mask, scale=scale)[0])
         return
     for h in range(k.shape[0]):
         heads = slice(h * group, (h + 1) * group)
         kh, vh = k[h : h + 1].expand(group, -1, -1).contiguous(), v[h : h + 1].expand(group, -1, -1).contiguous()
-        out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], scale=scale, **causal)[0]
+        out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], is_causal=True, scale=scale)[0]
