@@ -84,6 +84,9 @@ def test_rocket_with_block_reuse_is_still_refused(llama_dir):
     assert e.value.path == "kv_cache_config.enable_block_reuse"
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="2 ranks need 2 GPUs on a CUDA machine"
+)
 def test_two_ranks_share_the_cache_decisions(llama_dir):
     batches = [[DOC + QUESTIONS[0]], [DOC + q for q in QUESTIONS[1:]]]
     kv = KvCacheConfig(tokens_per_block=16)
