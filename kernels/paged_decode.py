@@ -226,6 +226,7 @@ DENSE_TRIGGER_FIRST = 1
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
 # Sparse attention over an fp8 cache: tokens per tile (A/B: 128 as dense's, or 64 as bf16's, with 2 stages).
 SPARSE_FP8_TOKENS = 128
+SPARSE_WARPS = 4  # warps a program of sparse attention (dense: 4)
 
 
 def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
@@ -257,8 +258,8 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1, num_warps=4,
-        num_stages=stages, FIRST=first, **pdl(q),
+        SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1,
+        num_warps=SPARSE_WARPS if sparse else 4, num_stages=stages, FIRST=first, **pdl(q),
     )  # fmt: skip
     if splits == 1:
         return out
