@@ -16,8 +16,8 @@ import torch
 from ._triton import gdc, pdl, require_triton, tl, triton
 
 MAX_ROWS = 16  # the rows one program's dot covers; more rows go to the tiled GEMM
-# Weight tiles a program loads before it waits for the kernel before (1 to 4): with 2, 32k batch 1 on the H100 took
-# 5.79 against 5.82 ms a step (RocketKV) and 6.81 against 6.88 with 1 (dense; BENCHMARKS.md).
+# Weight tiles a program loads before it waits for the kernel before (1 or 2): with 2, 32k batch 1 on the H100 took
+# 5.79 against 5.82 ms a step (RocketKV) and 6.81 against 6.88 (dense; BENCHMARKS.md).
 PREFETCH_TILES = 2
 
 
@@ -66,19 +66,11 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _w_tile(w_ptr, n, n_ok, sw, k, K):
-        return tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
-
-    @triton.jit
-    def _x_tile(x_ptr, m, m_ok, sx, k, K):
-        return tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
-
-    @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, sx, sw, so,
         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
-        PRE: tl.constexpr,
+        PRE2: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
@@ -87,25 +79,20 @@ if triton is not None:
         else:  # one activation row per program (grid axis 1)
             m = tl.program_id(1) + tl.arange(0, 1)
         m_ok = m < M
-        # The first PRE weight tiles do not depend on the kernels before: with PDL their loads are on the way while
-        # they finish (the GEMV's programs start early and wait in `gdc` for the activations).
+        # The first weight tile (two with PRE2) does not depend on the kernels before: with PDL its load is on the way
+        # while they finish (the GEMV's programs start early and wait in `gdc` for the activations).
         k = tl.arange(0, BLOCK_K)
-        w = _w_tile(w_ptr, n, n_ok, sw, k, K)
-        if PRE >= 2:
-            w2 = _w_tile(w_ptr, n, n_ok, sw, BLOCK_K + k, K)
-        if PRE >= 3:
-            w3 = _w_tile(w_ptr, n, n_ok, sw, 2 * BLOCK_K + k, K)
-        if PRE >= 4:
-            w4 = _w_tile(w_ptr, n, n_ok, sw, 3 * BLOCK_K + k, K)
+        w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+        if PRE2:
+            k2 = BLOCK_K + k
+            w2 = tl.load(w_ptr + n[:, None] * sw + k2[None, :], mask=n_ok[:, None] & (k2 < K)[None, :], other=0.0)
         gdc(PDL)
-        acc = _product(_x_tile(x_ptr, m, m_ok, sx, k, K), w, DOT, IEEE)
-        if PRE >= 2:
-            acc += _product(_x_tile(x_ptr, m, m_ok, sx, BLOCK_K + k, K), w2, DOT, IEEE)
-        if PRE >= 3:
-            acc += _product(_x_tile(x_ptr, m, m_ok, sx, 2 * BLOCK_K + k, K), w3, DOT, IEEE)
-        if PRE >= 4:
-            acc += _product(_x_tile(x_ptr, m, m_ok, sx, 3 * BLOCK_K + k, K), w4, DOT, IEEE)
-        for k0 in range(PRE * BLOCK_K, K, BLOCK_K):
+        x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
+        acc = _product(x, w, DOT, IEEE)
+        if PRE2:
+            x = tl.load(x_ptr + m[:, None] * sx + k2[None, :], mask=m_ok[:, None] & (k2 < K)[None, :], other=0.0)
+            acc += _product(x, w2, DOT, IEEE)
+        for k0 in range((1 + PRE2) * BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
                 w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None], other=0.0)
@@ -150,6 +137,6 @@ def gemv(
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, DOT=tile.dot,
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
-        num_warps=tile.warps, num_stages=tile.stages, PRE=PREFETCH_TILES, **pdl(x),
+        num_warps=tile.warps, num_stages=tile.stages, PRE2=PREFETCH_TILES == 2, **pdl(x),
     )  # fmt: skip
     return out

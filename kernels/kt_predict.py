@@ -401,7 +401,6 @@ _BLOCK_P = 64  # pages per tile in both passes
 # before it is always the K/V store, which launches plainly (everything before the store has finished when the pass
 # starts) and writes only each sequence's newest KT page, which the pass reads again after its wait.
 BOUNDS_EARLY = 1
-BOUNDS_WARPS = 4  # the bounds pass's warps a program
 
 
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
@@ -431,8 +430,8 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=BOUNDS_EARLY, num_warps=BOUNDS_WARPS,
-        **pdl(q),
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=BOUNDS_EARLY,
+        num_warps=BOUNDS_FEW_WARPS if batch * kv_heads <= FEW_ROWS else 4, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -472,10 +471,13 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
-# Scores and selection with at most this many rows (sequence, KV head) take 8 warps a row: RocketKV's 32k batch-1 step
-# 5.780 against 5.790 ms on the H100 (BENCHMARKS.md); larger batches keep SELECT_WARPS.
-SELECT_WIDE_MAX_ROWS = 64
-SELECT_WIDE_WARPS = 8
+# With at most FEW_ROWS (sequence, KV head) rows (batch 8 of 8 KV heads) most of the GPU idles and more warps a program
+# shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's step took 5.780 against 5.790 ms with 8 warps
+# for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for the bounds pass (2: 5.87; BENCHMARKS.md).
+# Larger batches keep 4.
+FEW_ROWS = 64
+SELECT_FEW_WARPS = 8
+BOUNDS_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 
 
@@ -518,6 +520,6 @@ def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_s
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        num_warps=SELECT_WIDE_WARPS if batch * kv_heads <= SELECT_WIDE_MAX_ROWS else SELECT_WARPS, **pdl(bounds),
+        num_warps=SELECT_FEW_WARPS if batch * kv_heads <= FEW_ROWS else SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

@@ -224,9 +224,10 @@ DENSE_TRIGGER_FIRST = 1
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
-# Sparse attention over an fp8 cache: tokens per tile (A/B: 128 as dense's, or 64 as bf16's, with 2 stages).
-SPARSE_FP8_TOKENS = 128
-SPARSE_WARPS = 4  # warps a program of sparse attention (dense: 4)
+# Sparse attention over at most SPARSE_FEW_ROWS (sequence, KV head) rows takes 2 warps a program (others: 4): RocketKV's
+# 32k batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765; BENCHMARKS.md).
+SPARSE_FEW_ROWS = 64
+SPARSE_FEW_WARPS = 2
 
 
 def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
@@ -234,8 +235,6 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
     block_n, stages = TILES[k_cache.element_size()]
-    if pages is not None and k_cache.element_size() == 1 and SPARSE_FP8_TOKENS != block_n:
-        block_n, stages = SPARSE_FP8_TOKENS, 2
     splits = _num_splits(batch, kv_heads, n_tokens, block_n)
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
@@ -259,7 +258,8 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
         SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1,
-        num_warps=SPARSE_WARPS if sparse else 4, num_stages=stages, FIRST=first, **pdl(q),
+        num_warps=SPARSE_FEW_WARPS if sparse and batch * kv_heads <= SPARSE_FEW_ROWS else 4, num_stages=stages,
+        FIRST=first, **pdl(q),
     )  # fmt: skip
     if splits == 1:
         return out
