@@ -224,8 +224,9 @@ DENSE_TRIGGER_FIRST = 1
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
-# Sparse attention over at most SPARSE_FEW_ROWS (sequence, KV head) rows takes 2 warps a program (others: 4): RocketKV's
-# 32k batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765; BENCHMARKS.md).
+# Sparse attention over a bf16 cache and at most SPARSE_FEW_ROWS (sequence, KV head) rows takes 2 warps a program
+# (others: 4): RocketKV's 32k batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765); over an fp8 cache's
+# 128-token tiles 2 warps made its 128k step 5.90 ms against 5.81 with 4 (BENCHMARKS.md).
 SPARSE_FEW_ROWS = 64
 SPARSE_FEW_WARPS = 2
 
@@ -240,6 +241,8 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
     sparse = pages is not None
+    few = sparse and batch * kv_heads <= SPARSE_FEW_ROWS and k_cache.element_size() == 2
+    warps = SPARSE_FEW_WARPS if few else 4
     first = not sparse and bool(DENSE_TRIGGER_FIRST)
     if not sparse:
         pages = cache_lens  # an unused placeholder
@@ -258,8 +261,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         block_tables.stride(0), pages.stride(0) if sparse else 0, pages.stride(1) if sparse else 0,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
         SPARSE=sparse, PS=page_size, IEEE=q.dtype == torch.float32, DIRECT=splits == 1,
-        num_warps=SPARSE_FEW_WARPS if sparse and batch * kv_heads <= SPARSE_FEW_ROWS else 4, num_stages=stages,
-        FIRST=first, **pdl(q),
+        num_warps=warps, num_stages=stages, FIRST=first, **pdl(q),
     )  # fmt: skip
     if splits == 1:
         return out
