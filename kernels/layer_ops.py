@@ -161,10 +161,6 @@ def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, scale
 
 
-NORM_WARPS = 4  # warps of the RMSNorm kernels' one program a row
-SILU_BLOCK = 1024  # elements a program of SiLU-mul
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Triton version of `rms_norm_ref`, one program per row."""
     require_triton()
@@ -174,8 +170,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), n, eps,
-                                       BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, num_warps=NORM_WARPS,
-                                       **pdl(rows))  # fmt: skip
+                                       BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, **pdl(rows))  # fmt: skip
     return out.view(x.shape)
 
 
@@ -189,8 +184,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     delta = delta if delta.stride(-1) == 1 else delta.contiguous()
     out = torch.empty_like(x)
     _add_rms_norm_kernel[(x.shape[0],)](x, delta, weight, out, x.stride(0), delta.stride(0), out.stride(0), n, eps,
-                                        BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, num_warps=NORM_WARPS,
-                                        **pdl(x))  # fmt: skip
+                                        BLOCK=triton.next_power_of_2(n), EARLY=NORM_EARLY, **pdl(x))  # fmt: skip
     return out
 
 
@@ -219,7 +213,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if gate_up.stride(-1) != 1:
         gate_up = gate_up.contiguous()
     out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
-    block = SILU_BLOCK
+    block = 1024
     _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
         gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=block, **pdl(gate_up)
     )

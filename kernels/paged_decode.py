@@ -229,7 +229,7 @@ TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
 # 128-token tiles 2 warps made its 128k step 5.90 ms against 5.81 with 4 (BENCHMARKS.md).
 SPARSE_FEW_ROWS = 64
 SPARSE_FEW_WARPS = 2
-COMBINE_WARPS = 4
+COMBINE_FEW_WARPS = 1  # its combine's warps there: 5.730 against 5.740 ms with 4
 
 
 def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, scale, n_tokens):
@@ -268,7 +268,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
         return out
     out = torch.empty_like(q)
     _combine_kernel[(batch * q_heads,)](po, pm, pl, out, splits, D=d, S_PAD=triton.next_power_of_2(splits),
-                                        FIRST=first, num_warps=COMBINE_WARPS, **pdl(po))  # fmt: skip
+                                        FIRST=first, num_warps=COMBINE_FEW_WARPS if few else 4, **pdl(po))  # fmt: skip
     return out
 
 
