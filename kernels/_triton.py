@@ -20,6 +20,16 @@ _PDL_DEVICES: dict[int, bool] = {}
 _PDL = {"enabled": True}
 
 
+# At most this many (sequence, KV head) rows (batch 8 of 8 KV heads) a decode kernel's programs leave most of the GPU
+# idle, and the batch-1 chain (K/V store, KT bounds, selection, sparse attention) takes other warp counts
+# (BENCHMARKS.md, sixth session).
+FEW_ROWS = 64
+
+
+def few_rows(batch: int, kv_heads: int) -> bool:
+    return batch * kv_heads <= FEW_ROWS
+
+
 def set_pdl(enabled: bool) -> None:
     """Launch the kernels with programmatic dependent launch where the GPU has it (the default), or plainly (the
     package sets it from ROCKET_PDL at import; benchmarks compare both). Kernels launched after the change use it;

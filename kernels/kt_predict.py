@@ -13,7 +13,7 @@ head whose sign differs), and each head's softmax runs at SparQ's temperature sq
 
 import torch
 
-from ._triton import gdc, gdc_wait, pdl, require_triton, tl, triton
+from ._triton import few_rows, gdc, gdc_wait, pdl, require_triton, tl, triton
 
 
 def kt_head_bounds_ref(
@@ -431,7 +431,7 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
         DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=BOUNDS_EARLY,
-        num_warps=BOUNDS_FEW_WARPS if batch * kv_heads <= FEW_ROWS else 4, **pdl(q),
+        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -471,11 +471,9 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
 SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
-# With at most FEW_ROWS (sequence, KV head) rows (batch 8 of 8 KV heads) most of the GPU idles and more warps a program
-# shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's step took 5.780 against 5.790 ms with 8 warps
-# for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for the bounds pass (2: 5.87; BENCHMARKS.md).
-# Larger batches keep 4.
-FEW_ROWS = 64
+# With few rows (`few_rows`) more warps a program shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's
+# step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for
+# the bounds pass (2: 5.87; BENCHMARKS.md). Larger batches keep 4.
 SELECT_FEW_WARPS = 8
 BOUNDS_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
@@ -520,6 +518,6 @@ def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_s
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        num_warps=SELECT_FEW_WARPS if batch * kv_heads <= FEW_ROWS else SELECT_WARPS, **pdl(bounds),
+        num_warps=SELECT_FEW_WARPS if few_rows(batch, kv_heads) else SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

@@ -5,7 +5,7 @@ and the caller folds the per-tensor K scale into `scale` and multiplies the outp
 
 import torch
 
-from ._triton import gdc, pdl, require_triton, tl, triton
+from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
 
 
 def attend_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
@@ -224,10 +224,9 @@ DENSE_TRIGGER_FIRST = 1
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
 # little in flight to reach the bandwidth, so fp8 reads twice the tokens a tile with a stage more.
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
-# Sparse attention over a bf16 cache and at most SPARSE_FEW_ROWS (sequence, KV head) rows takes 2 warps a program
-# (others: 4): RocketKV's 32k batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765); over an fp8 cache's
-# 128-token tiles 2 warps made its 128k step 5.90 ms against 5.81 with 4 (BENCHMARKS.md).
-SPARSE_FEW_ROWS = 64
+# Sparse attention over a bf16 cache with few rows (`few_rows`) takes 2 warps a program (others: 4): RocketKV's 32k
+# batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765); over an fp8 cache's 128-token tiles 2 warps made
+# its 128k step 5.90 ms against 5.81 with 4 (BENCHMARKS.md).
 SPARSE_FEW_WARPS = 2
 COMBINE_FEW_WARPS = 1  # its combine's warps there: 5.730 against 5.740 ms with 4
 
@@ -242,7 +241,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
     sparse = pages is not None
-    few = sparse and batch * kv_heads <= SPARSE_FEW_ROWS and k_cache.element_size() == 2
+    few = sparse and few_rows(batch, kv_heads) and k_cache.element_size() == 2
     warps = SPARSE_FEW_WARPS if few else 4
     first = not sparse and bool(DENSE_TRIGGER_FIRST)
     if not sparse:

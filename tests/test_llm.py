@@ -66,7 +66,7 @@ def test_long_prompt_slices_match_transformers(tiny_models, monkeypatch):
 
 def test_chunked_steps_mixing_prompts_and_generation_match_transformers(tiny_models, monkeypatch):
     """Two requests at most in flight: the third prompt arrives while the second decodes, so a step holds a prompt
-    and a generation token, and (at 5-token slices) the prompt goes through each layer in chunks beside it."""
+    and a generation token, and (at 5-token slices) the step's norm and projection run in slices."""
     from rocket_trtllm.models import llama
 
     monkeypatch.setattr(llama, "CHUNK_TOKENS", 5)

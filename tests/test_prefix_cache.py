@@ -132,16 +132,6 @@ def test_rocket_mt_with_a_covering_budget_equals_dense(llama_dir):
     assert conversation(llama_dir, True, covering)[0] == conversation(llama_dir, True, None)[0]
 
 
-def test_prompts_in_slices_equal_whole_prompts(llama_dir, monkeypatch):
-    """Prompts through each layer in 100-token slices (the first turn of 404 tokens; the later turns' steps are
-    shorter, after their cached prefix) give the tokens of whole prompts, RocketKV-MT's and dense."""
-    from rocket_trtllm.models import llama
-
-    whole = [conversation(llama_dir, True, sparse) for sparse in (MT, None)]
-    monkeypatch.setattr(llama, "CHUNK_TOKENS", 100)
-    assert [conversation(llama_dir, True, sparse) for sparse in (MT, None)] == whole
-
-
 @pytest.mark.parametrize("n, m", [(7, 7), (5, 40), (1, 33)])
 def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m):
     gen = torch.Generator().manual_seed(n * m)

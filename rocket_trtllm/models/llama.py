@@ -26,8 +26,9 @@ from .parallel import (
 from .quant import METHODS, Unquantized
 from .rope import RotaryEmbedding, rope_parameters
 
-# A step with more tokens goes through each layer in slices of this many: a long prompt's projections, attention
-# and MLP never hold all its tokens' activations at once (at 128k tokens each [tokens, hidden] tensor is 1 GiB).
+# A step with more tokens goes through each layer in slices of this many, attention itself aside: a long prompt's
+# normed inputs, o_proj outputs and MLP activations never exist for all its tokens at once (at 128k tokens each
+# [tokens, hidden] tensor is 1 GiB).
 CHUNK_TOKENS = 8192
 
 
@@ -97,15 +98,6 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(x, self.qkv_weight, self.qkv_bias, self.qkv_scale)
 
-    # qkv: from `project` -> q [tokens, heads, head_dim], k and v [tokens, kv_heads, head_dim] (q/k normed for Qwen3)
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t, d = qkv.shape[0], self.head_dim
-        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
-        q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return q, k, v
-
     # qkv: from `project`; cos, sin: [tokens, 1, head_dim] -> attention output [tokens, heads * head_dim]
     # (before o_proj, which the layer applies once it has dropped qkv)
     def forward(
@@ -116,8 +108,13 @@ class Attention(nn.Module):
         backend: AttentionBackend,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
+        t, d = qkv.shape[0], self.head_dim
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+        q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         # RoPE is the backend's: at decode it rotates q and k inside its K/V write.
-        return backend.forward(self.layer, *self.split_heads(qkv), meta, rope=(cos, sin)).reshape(qkv.shape[0], -1)
+        return backend.forward(self.layer, q, k, v, meta, rope=(cos, sin)).reshape(t, -1)
 
 
 class MLP(nn.Module):
@@ -173,12 +170,9 @@ class DecoderLayer(nn.Module):
         # Hopper kernel (cuDNN) runs only square causal masks, and a prompt's chunks after its first would need the
         # bottom-right one, 1.9x the time (BENCHMARKS.md).
         attn = self.self_attn
-        qkv = None
-        for rows in range(0, x.shape[0], CHUNK_TOKENS):
-            part = attn.project(self.input_layernorm(x[rows : rows + CHUNK_TOKENS]))
-            if qkv is None:
-                qkv = part.new_empty(x.shape[0], part.shape[1])
-            qkv[rows : rows + part.shape[0]] = part
+        qkv = x.new_empty(x.shape[0], attn.qkv_weight.shape[0])
+        for part, rows in zip(qkv.split(CHUNK_TOKENS), x.split(CHUNK_TOKENS)):
+            part.copy_(attn.project(self.input_layernorm(rows)))
         return qkv
 
 
