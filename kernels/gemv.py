@@ -66,24 +66,11 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _load_x(x_ptr, offs, mask, K, GLU: tl.constexpr):
-        # A tile of the activations; GLU: silu(gate) * up of gate|up rows (K each), rounded to their dtype as the
-        # silu_mul kernel's output is.
-        if GLU:
-            gate = tl.load(x_ptr + offs, mask=mask, other=0.0)
-            up = tl.load(x_ptr + K + offs, mask=mask, other=0.0).to(tl.float32)
-            g = gate.to(tl.float32)
-            x = (g / (1.0 + tl.exp(-g)) * up).to(gate.dtype)
-        else:
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        return x
-
-    @triton.jit
     def _gemv_kernel(
         x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, sx, sw, so,
         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
-        PRE2: tl.constexpr, GLU: tl.constexpr,
+        PRE2: tl.constexpr,
     ):  # fmt: skip
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
@@ -100,20 +87,20 @@ if triton is not None:
             k2 = BLOCK_K + k
             w2 = tl.load(w_ptr + n[:, None] * sw + k2[None, :], mask=n_ok[:, None] & (k2 < K)[None, :], other=0.0)
         gdc(PDL)
-        x = _load_x(x_ptr, m[:, None] * sx + k[None, :], m_ok[:, None] & (k < K)[None, :], K, GLU)
+        x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
         acc = _product(x, w, DOT, IEEE)
         if PRE2:
-            x = _load_x(x_ptr, m[:, None] * sx + k2[None, :], m_ok[:, None] & (k2 < K)[None, :], K, GLU)
+            x = tl.load(x_ptr + m[:, None] * sx + k2[None, :], mask=m_ok[:, None] & (k2 < K)[None, :], other=0.0)
             acc += _product(x, w2, DOT, IEEE)
         for k0 in range((1 + PRE2) * BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
                 w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None], other=0.0)
-                x = _load_x(x_ptr, m[:, None] * sx + k[None, :], m_ok[:, None], K, GLU)
+                x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None], other=0.0)
             else:
                 k_ok = k < K
                 w = tl.load(w_ptr + n[:, None] * sw + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                x = _load_x(x_ptr, m[:, None] * sx + k[None, :], m_ok[:, None] & k_ok[None, :], K, GLU)
+                x = tl.load(x_ptr + m[:, None] * sx + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             acc += _product(x, w, DOT, IEEE)
         if not DOT:
             acc = tl.sum(acc, 1)[None, :]
@@ -131,18 +118,14 @@ def gemv(
     scale: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     tile: Optional[Tile] = None,
-    glu: bool = False,
 ) -> torch.Tensor:
     """Triton version of `gemv_ref` for at most MAX_ROWS rows (x [rows, K] contiguous rows; weight [N, K]
-    contiguous rows; scale [N, 1] float32, contiguous); `tile` overrides TILES. glu: x is [rows, 2K], gate then up,
-    and the product takes silu(gate) * up (`layer_ops.silu_mul`) as it reads them."""
+    contiguous rows; scale [N, 1] float32, contiguous); `tile` overrides TILES."""
     require_triton()
-    rows, width = x.shape
-    n, k = weight.shape
+    rows, k = x.shape
+    n = weight.shape[0]
     if rows > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {rows}")
-    if width != (2 * k if glu else k):
-        raise ValueError(f"gemv: x has {width} columns for a weight of {k}{' (glu: twice that)' if glu else ''}")
     if x.stride(-1) != 1:
         x = x.contiguous()
     tile = tile or TILES[min(weight.element_size(), 2), rows == 1]  # float32 weights (tests): bf16's tiles
@@ -154,6 +137,6 @@ def gemv(
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, DOT=tile.dot,
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
-        num_warps=tile.warps, num_stages=tile.stages, PRE2=PREFETCH_TILES == 2, GLU=glu, **pdl(x),
+        num_warps=tile.warps, num_stages=tile.stages, PRE2=PREFETCH_TILES == 2, **pdl(x),
     )  # fmt: skip
     return out

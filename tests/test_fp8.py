@@ -151,29 +151,26 @@ def test_fp8_gemm_matches_its_reference():
 @pytest.mark.parametrize("rows,n,k,bias", [(1, 40, 512, False), (3, 24, 300, True), (16, 16, 1024, False)])
 @pytest.mark.parametrize("fp8", [True, False], ids=["fp8", "wide"])
 @pytest.mark.parametrize("dot", [True, False], ids=["dot", "rows"])
-@pytest.mark.parametrize("prefetch,glu", [(1, False), (2, False), (2, True)],
-                         ids=["one-tile-early", "two-tiles-early", "silu-mul"])  # fmt: skip
-def test_gemv_matches_its_reference(rows, n, k, bias, fp8, dot, prefetch, glu, monkeypatch):
+@pytest.mark.parametrize("prefetch", [1, 2], ids=["one-tile-early", "two-tiles-early"])
+def test_gemv_matches_its_reference(rows, n, k, bias, fp8, dot, prefetch, monkeypatch):
     """The decode GEMM (weight-only FP8, or weights in the activations' dtype) against its float32 reference, in
     float32 (the interpreter's dots are exact there), on ragged sizes: channels past a tile, K past a 512-wide
     one (or within the first of two tiles loaded before the wait), the bias; both inner loops (the dot over 16
-    rows, one row per program); with glu, of silu(gate) * up taken from gate|up rows as it reads them."""
+    rows, one row per program)."""
     from rocket_trtllm.kernels import gemv as gemv_module
     from rocket_trtllm.kernels.gemv import Tile, gemv, gemv_ref
-    from rocket_trtllm.kernels.layer_ops import silu_mul_ref
 
     monkeypatch.setattr(gemv_module, "PREFETCH_TILES", prefetch)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 2 * k if glu else k, generator=gen).to(device)
+    x = torch.randn(rows, k, generator=gen).to(device)
     w = torch.randn(n, k, generator=gen)
     w = ((w * 100).to(FP8) if fp8 else w).to(device)
     scale = (torch.rand(n, 1, generator=gen) / 100).to(device) if fp8 else None
     b = torch.randn(n, generator=gen).to(device) if bias else None
     tile = Tile(16, 512, 4, 2, dot) if dot else Tile(8, 256, 4, 2, dot)
-    want = gemv_ref(silu_mul_ref(x) if glu else x, w, scale, b)
-    torch.testing.assert_close(gemv(x, w, scale, b, tile, glu), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gemv(x, w, scale, b, tile), gemv_ref(x, w, scale, b), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.gpu
@@ -181,7 +178,6 @@ def test_gemv_on_gpu_at_llama_shapes():
     """bf16 rows at Llama-3.1-8B's projection shapes, through the linear methods as decode calls them: fp8 and
     bf16 weights."""
     from rocket_trtllm.kernels.gemv import gemv_ref
-    from rocket_trtllm.kernels.layer_ops import silu_mul_ref
 
     from rocket_trtllm.models.quant import Fp8, Unquantized
 
@@ -194,9 +190,6 @@ def test_gemv_on_gpu_at_llama_shapes():
         wide = (w.float() * scale).bfloat16()
         torch.testing.assert_close(Unquantized().apply(x, wide, None, None), gemv_ref(x, wide), rtol=2e-2,
                                    atol=2e-2)  # fmt: skip
-        gate_up = torch.randn(rows, 2 * k, generator=gen).to("cuda", torch.bfloat16)  # the MLP's down projection
-        torch.testing.assert_close(Unquantized().apply(gate_up, wide, None, None, glu=True),
-                                   gemv_ref(silu_mul_ref(gate_up), wide), rtol=2e-2, atol=2e-2)  # fmt: skip
 
 
 @pytest.mark.parametrize("sparse", [None, RocketSparseAttentionConfig(prompt_budget=1024, topk=64, topr=1.0)],

@@ -133,8 +133,8 @@ class MLP(nn.Module):
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # silu(gate) * up is the down projection's: at decode its GEMV computes it as it reads gate|up.
-        return self.down_proj(self.method.apply(x, self.gate_up_weight, None, self.gate_up_scale), glu=True)
+        silu_mul = layer_ops.silu_mul if fused_ops(x) else layer_ops.silu_mul_ref
+        return self.down_proj(silu_mul(self.method.apply(x, self.gate_up_weight, None, self.gate_up_scale)))
 
 
 class DecoderLayer(nn.Module):

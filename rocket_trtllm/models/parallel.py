@@ -92,9 +92,8 @@ class QuantLinear(nn.Linear):
             self.weight.data = self.weight.data.to(self.method.weight_dtype)
             self.weight_scale.data = self.weight_scale.data.float()
 
-    def forward(self, x: torch.Tensor, glu: bool = False) -> torch.Tensor:
-        """glu: x holds gate then up (twice in_features), and the product is silu(gate) * up's."""
-        return self.method.apply(x, self.weight, self.bias, self.weight_scale, glu=glu)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(x, self.weight, self.bias, self.weight_scale)
 
 
 class ColumnParallelLinear(QuantLinear):
@@ -126,10 +125,10 @@ class RowParallelLinear(QuantLinear):
         self.comm = comm
         self.shards = {"weight": Shard(1, start, length, full)}
 
-    def forward(self, x: torch.Tensor, glu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.comm.parallel:
-            return super().forward(x, glu)
-        out = self.method.apply(x, self.weight, None, self.weight_scale, self.comm.all_reduce_max, glu)
+            return super().forward(x)
+        out = self.method.apply(x, self.weight, None, self.weight_scale, self.comm.all_reduce_max)
         self.comm.all_reduce(out)
         return out if self.bias is None else out.add_(self.bias)
 

@@ -47,12 +47,10 @@ class Unquantized:
         bias: Optional[torch.Tensor],
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
-        glu: bool = False,
     ) -> torch.Tensor:
-        """x @ weight.T (+ bias); glu: x holds gate then up, and the product is silu(gate) * up's."""
-        if _decode_sized(x) and weight.dtype == torch.bfloat16 and (GLU_IN_GEMV or not glu):
-            return _gemv(x, weight, None, bias, glu)
-        return F.linear(silu_mul(x) if glu else x, weight, bias)
+        if _decode_sized(x) and weight.dtype == torch.bfloat16:
+            return _gemv(x, weight, None, bias)
+        return F.linear(x, weight, bias)
 
 
 class Fp8(Unquantized):
@@ -66,12 +64,9 @@ class Fp8(Unquantized):
         bias: Optional[torch.Tensor],
         scale: Optional[torch.Tensor],
         reduce_amax: AmaxReduce = None,
-        glu: bool = False,
     ) -> torch.Tensor:
-        if _decode_sized(x) and (GLU_IN_GEMV or not glu):  # weight-only FP8 (the activations stay bf16)
-            return _gemv(x, weight, scale, bias, glu)
-        if glu:
-            x = silu_mul(x)
+        if _decode_sized(x):  # the weight read is the GEMM; weight-only FP8 (the activations stay bf16)
+            return _gemv(x, weight, scale, bias)
         if x.is_cuda and x.dtype == torch.bfloat16 and _scaled_mm_supported(x.device):  # row-wise scales: bf16 out
             return fp8_linear_cuda(x, weight, scale, bias, reduce_amax)
         return fp8_linear_ref(x, weight, scale, bias, reduce_amax)
@@ -88,27 +83,15 @@ def quantize_per_token(x: torch.Tensor, reduce_amax: AmaxReduce = None) -> tuple
     return layer_ops.quantize_fp8_rows_ref(x, reduce_amax(x.abs().amax(dim=-1, keepdim=True).float()))
 
 
-# The decode GEMV takes the MLP's silu(gate) * up as it reads gate|up (one kernel a layer fewer than a silu_mul kernel
-# before it).
-GLU_IN_GEMV = 1
-
-
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up of gate|up rows: a Triton kernel on CUDA, its torch reference elsewhere."""
-    if gate_up.is_cuda and layer_ops.triton is not None:
-        return layer_ops.silu_mul(gate_up.reshape(-1, gate_up.shape[-1])).reshape(*gate_up.shape[:-1], -1)
-    return layer_ops.silu_mul_ref(gate_up)
-
-
 def _decode_sized(x: torch.Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.bfloat16 and x.numel() <= gemv.MAX_ROWS * x.shape[-1]
 
 
 def _gemv(
-    x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], glu: bool
+    x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor]
 ) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])
-    return gemv.gemv(rows, weight, scale, bias, glu=glu).reshape(*x.shape[:-1], weight.shape[0])
+    return gemv.gemv(rows, weight, scale, bias).reshape(*x.shape[:-1], weight.shape[0])
 
 
 def fp8_linear_ref(
