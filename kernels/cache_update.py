@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
+from .kt_predict import bounds_early
 from .layer_ops import rotary_ref
 
 
@@ -58,8 +59,9 @@ def store_token_ref(
 
 
 FP8_MAX = 448.0
-# The store lets its dependent kernel start early (see store_token): RocketKV's 32k batch-1 step 5.90 against 5.94 ms
-# on the H100 (BENCHMARKS.md).
+# The store lets its dependent kernel start early where the KT bounds pass reads before its wait
+# (`kt_predict.bounds_early`, see store_token): RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100
+# (BENCHMARKS.md).
 STORE_TRIGGERS = 1
 # Warps a program with few rows (`few_rows`; others: 4): RocketKV's 32k batch-1 step 5.70 against 5.74 ms on the H100
 # (2 warps: 5.73; BENCHMARKS.md).
@@ -160,6 +162,6 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
         block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
         D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
         ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group),
-        TRIGGER=bool(STORE_TRIGGERS) and with_kt and pdl(k)["PDL"],
+        TRIGGER=bool(STORE_TRIGGERS) and with_kt and bounds_early(batch, kv_heads) and pdl(k)["PDL"],
         num_warps=STORE_FEW_WARPS if few_rows(batch, kv_heads) else 4,
     )  # fmt: skip

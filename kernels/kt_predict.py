@@ -171,7 +171,8 @@ if triton is not None:
         n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
         start = c * chunk
         end = tl.minimum(start + chunk, n_pages)
-        hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, start, end, s_blk, s_h, s_p, st_b, D, PPB, BLOCK_P)
+        if EARLY:
+            hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, start, end, s_blk, s_h, s_p, st_b, D, PPB, BLOCK_P)
         gdc_wait(PDL and EARLY)
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
         q = q.to(tl.float32)
@@ -204,6 +205,9 @@ if triton is not None:
                 newest = (p == n_pages - 1)[:, None]
                 hi = tl.where(newest, tl.load(hi_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), hi)
                 lo = tl.where(newest, tl.load(lo_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), lo)
+            else:  # the tile loaded where it is used, which Triton's pipelining overlaps with the tiles before
+                hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0, end, s_blk, s_h, s_p, st_b, D, PPB,
+                                       BLOCK_P)  # fmt: skip
             bound = tl.dot(qp, tl.trans(hi.to(DOT)), input_precision="ieee")
             bound += tl.dot(qn, tl.trans(lo.to(DOT)), input_precision="ieee")
             bound = tl.where(ok[None, :], bound, float("-inf"))
@@ -212,8 +216,9 @@ if triton is not None:
             m_new = tl.maximum(m, tl.max(bound * scale[:, None], 1))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale[:, None] - m_new[:, None]), 1)
             m = m_new
-            hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_blk, s_h, s_p, st_b, D, PPB,
-                                   BLOCK_P)  # fmt: skip
+            if EARLY:  # the next tile, loaded by hand (the first one was loaded before the wait)
+                hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_blk, s_h, s_p, st_b, D,
+                                       PPB, BLOCK_P)  # fmt: skip
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
         tl.store(part_l_ptr + part, total, mask=g < G)
@@ -396,11 +401,19 @@ if triton is not None:
 
 
 _BLOCK_P = 64  # pages per tile in both passes
-# The bounds pass reads its first tile of KT pages before it waits for the kernel before (PDL): with the store letting
-# it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md). Safe because the kernel
-# before it is always the K/V store, which launches plainly (everything before the store has finished when the pass
-# starts) and writes only each sequence's newest KT page, which the pass reads again after its wait.
+# With few rows (`few_rows`) the bounds pass reads its first tile of KT pages before it waits for the kernel before
+# (PDL): with the store letting it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100
+# (BENCHMARKS.md). Safe because the kernel before it is always the K/V store, which launches plainly (everything before
+# the store has finished when the pass starts) and writes only each sequence's newest KT page, which the pass reads
+# again after its wait. Not at larger batches: there the pass reads hundreds of MB a step, its hand-prefetched tiles
+# lose to Triton's pipelining, and programs waiting early hold SMs the store needs (RocketKV at 124 requests: 14.21
+# against 11.89 ms a step before it; BENCHMARKS.md, seventh session).
 BOUNDS_EARLY = 1
+
+
+def bounds_early(batch: int, kv_heads: int) -> bool:
+    """Whether the bounds pass reads its first KT tile before its PDL wait (and the K/V store lets it start early)."""
+    return bool(BOUNDS_EARLY) and few_rows(batch, kv_heads)
 
 
 def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
@@ -430,7 +443,7 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
         q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=BOUNDS_EARLY,
+        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
         num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
