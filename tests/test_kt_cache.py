@@ -159,9 +159,15 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2])
 @pytest.mark.parametrize("topr,group,lens", [(16, 4, (13, 40)), (5, 4, (13, 150)), (3, 1, (2, 70))])
-def test_triton_page_scores_match_reference(dtype, topr, group, lens):
+@pytest.mark.parametrize("rows", ["few", "many"])
+def test_triton_page_scores_match_reference(dtype, topr, group, lens, rows, monkeypatch):
+    """Against the references, with the bounds pass as a batch of few rows runs it (its first KT tile read before the
+    PDL wait, the next ones loaded by hand) and as a larger batch does (`FEW_ROWS` 0: each tile loaded in the loop)."""
+    from rocket_trtllm.kernels import _triton
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
+    if rows == "many":
+        monkeypatch.setattr(_triton, "FEW_ROWS", 0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, lo, hi, tables, pages = kt_case(dtype, device, topr, blocks=80, group=group, lens=lens)
     want = kt_head_bounds_ref(q, lo, hi, tables, pages, topr)
