@@ -62,7 +62,7 @@ class LLMEngine:
         self._last_landed = 0.0
         if comm is None and args.tensor_parallel_size > 1:
             self._check_tensor_parallel(args.tensor_parallel_size)
-            self.workers, comm = Workers.start(args, self.device)
+            self.workers, comm = Workers.start(args, self.device, follow_as_worker)
         self.comm = comm or SINGLE
         try:
             self._build()
@@ -478,6 +478,11 @@ class LLMEngine:
                 self.totals["attention_bytes"] / steps / self.token_kv_bytes if steps else 0.0
             ),
         }
+
+
+def follow_as_worker(args: LlmArgs, device: torch.device, comm: Communicator) -> None:
+    """A tensor-parallel worker rank's life (tp_worker.py starts it): its engine, following rank 0's steps."""
+    LLMEngine(args, device, comm).follow()
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Tensor-parallel worker processes. The caller's engine is rank 0: it starts ranks 1..tp-1 itself (one
-process each, spawned), and each builds its slice of the model, its KV pool and its attention backend, then
-runs every step rank 0 broadcasts. Rank 0 alone schedules, allocates blocks, samples and detokenizes.
+process each, spawned), each running the entry the engine hands over (a module-level function, so that the
+spawned process imports it by name): it builds its slice of the model, its KV pool and its attention backend,
+then runs every step rank 0 broadcasts. Rank 0 alone schedules, allocates blocks, samples and detokenizes.
 
 Workers ignore Ctrl-C (rank 0 stops them), exit when rank 0's process goes away, and rank 0 watches them: a
 worker that dies turns the step in flight and every later one into an error naming its rank.
@@ -11,6 +12,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -22,6 +24,8 @@ from .llmapi.llm_args import LlmArgs
 from .runtime.distributed import Communicator
 from .runtime.scheduler import Batch
 
+# What a worker process runs once it has joined the group: build its rank's engine and follow rank 0.
+WorkerEntry = Callable[[LlmArgs, torch.device, Communicator], None]
 POLL_SECONDS = 0.2
 STOP_SECONDS = 10.0
 
@@ -84,8 +88,9 @@ class Workers:
         self._watch.start()
 
     @classmethod
-    def start(cls, args: LlmArgs, device: torch.device) -> tuple["Workers", Communicator]:
-        """Start the workers and join their group as rank 0."""
+    def start(cls, args: LlmArgs, device: torch.device, entry: WorkerEntry) -> tuple["Workers", Communicator]:
+        """Start the workers, each running `entry(args, its device, its communicator)`, and join their group as
+        rank 0."""
         world = args.tensor_parallel_size
         if device.type == "cuda" and torch.cuda.device_count() < world:
             from .errors import ConfigError
@@ -99,7 +104,7 @@ class Workers:
         procs = [
             ctx.Process(
                 target=_main,
-                args=(args, rank, world, init, device.type, os.getpid()),
+                args=(entry, args, rank, world, init, device.type, os.getpid()),
                 name=f"rocket-tp{rank}",
                 daemon=True,
             )  # fmt: skip
@@ -178,7 +183,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)  # rank 0 is gone: nothing will ever send the next step
 
 
-def _main(args: LlmArgs, rank: int, world: int, init: str, device_type: str, parent: int) -> None:
+def _main(entry: WorkerEntry, args: LlmArgs, rank: int, world: int, init: str, device_type: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches rank 0, which stops the workers
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if device_type == "cuda":
@@ -187,7 +192,5 @@ def _main(args: LlmArgs, rank: int, world: int, init: str, device_type: str, par
     else:
         device = torch.device("cpu")
     comm = Communicator.join(rank, world, init, device)
-    from .engine import LLMEngine  # the composition root, imported where the worker composes its rank
-
-    LLMEngine(args, device, comm).follow()
+    entry(args, device, comm)
     comm.close()

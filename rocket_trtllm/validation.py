@@ -47,3 +47,10 @@ def as_config_error(error: ValidationError, prefix: str = "") -> ConfigError:
     if not isinstance(value, dict):
         msg = f"{msg} (got {value!r})"
     return ConfigError(msg, ".".join([prefix, *loc]).strip("."))
+
+
+def check_power_of_two(v: int) -> int:
+    """A field validator's check: `v` is a power of two."""
+    if v < 1 or v & (v - 1):
+        raise ValueError("must be a power of two (1, 2, 4, 8, 16, ...)")
+    return v

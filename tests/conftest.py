@@ -33,10 +33,14 @@ def llama_dir(tiny_models):
 
 @pytest.fixture(scope="session")
 def kjv():
-    """The King James Bible, one verse a line (Debian's bible-kjv; .ci/run installs it)."""
-    from rocket_trtllm.eval.fetch import prose
+    """The King James Bible, one verse a line (Debian's bible-kjv; .ci/run installs it). Without it the tests
+    that read it skip, saying why: README's test command needs nothing installed by hand."""
+    from rocket_trtllm.eval.fetch import FetchError, prose
 
-    return prose()
+    try:
+        return prose()
+    except FetchError as e:
+        pytest.skip(f"needs the King James Bible: {e}")
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ import yaml
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
-from ..sparse.configs import check_power_of_two
 from ..sparse.registry import BaseSparseAttentionConfig, sparse_config_from_dict
-from ..validation import StrictModel
+from ..validation import StrictModel, check_power_of_two
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTN_BACKENDS = ("TRTLLM", "VANILLA")

@@ -1,6 +1,7 @@
 """Checkpoint formats: each opens a path and yields the model's config, tokenizer, end-of-sequence ids and
-named tensors (in Hugging Face names). A Hugging Face safetensors folder and a GGUF file are built in;
-anything else is refused by name."""
+named tensors (in Hugging Face names). A format is a `Checkpoint` subclass that says which paths it `accepts`;
+defining it registers it (the safetensors folder here, the GGUF file in gguf.py, imported by the package).
+Anything no format accepts is refused by name."""
 
 import json
 import math
@@ -15,12 +16,23 @@ from ..errors import ConfigError
 from .parallel import Shard, take
 from .quant import METHODS, Unquantized, kv_cache_fp8, quantization_of
 
+FORMATS: list[type["Checkpoint"]] = []
+
 
 class Checkpoint:
     """What the engine needs of a checkpoint, whatever its format."""
 
     path: Path
     config: Any  # a transformers PretrainedConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        FORMATS.append(cls)
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether `path` is a checkpoint of this format."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:
@@ -59,6 +71,10 @@ class Checkpoint:
 
 class SafetensorsCheckpoint(Checkpoint):
     """A Hugging Face checkpoint folder: config.json, *.safetensors (single or sharded), tokenizer files."""
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        return path.is_dir()
 
     def __init__(self, path: Path) -> None:
         from transformers import AutoConfig
@@ -131,14 +147,11 @@ def eos_ids(*sources: Any) -> set[int]:
 
 
 def open_checkpoint(model: str) -> Checkpoint:
-    """The checkpoint at `model`: a safetensors folder or a `.gguf` file."""
+    """The checkpoint at `model`, opened by the first registered format that accepts it."""
     path = Path(model)
-    if path.is_file() and path.suffix == ".gguf":
-        from .gguf import GGUFCheckpoint
-
-        return GGUFCheckpoint(path)
-    if path.is_dir():
-        return SafetensorsCheckpoint(path)
+    for fmt in FORMATS:
+        if fmt.accepts(path):
+            return fmt(path)
     if path.is_file():
         raise ConfigError(
             f"{model} is a file of a format not loaded here; give a Hugging Face checkpoint folder "

@@ -87,6 +87,10 @@ class GGUFCheckpoint(Checkpoint):
     """A `.gguf` file: one Llama, Mistral (GGUF calls it llama), Qwen2 or Qwen3 model, any quantization the
     gguf package dequantizes."""
 
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        return path.is_file() and path.suffix == ".gguf"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.reader = _reader(path)

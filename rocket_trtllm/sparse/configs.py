@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Union
 from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..validation import check_power_of_two
 from .registry import BaseSparseAttentionConfig
 from .token_budget import kept_tokens, split
 
@@ -13,12 +14,6 @@ if TYPE_CHECKING:
     from ..runtime.kv_cache import ModelShape
 
 KT_CACHE_DTYPES = ("float8_e5m2", "bfloat16", "float16")
-
-
-def check_power_of_two(v: int) -> int:
-    if v < 1 or v & (v - 1):
-        raise ValueError("must be a power of two (1, 2, 4, 8, 16, ...)")
-    return v
 
 
 class EvictionFields(BaseSparseAttentionConfig):

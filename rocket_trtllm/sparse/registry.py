@@ -5,7 +5,7 @@ A new method is one module that defines a config class (a `BaseSparseAttentionCo
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from pydantic import Field, field_validator
 
@@ -13,9 +13,15 @@ from ..errors import ConfigError
 from ..validation import StrictModel
 
 if TYPE_CHECKING:
-    from ..llmapi.llm_args import LlmArgs
     from ..runtime.attention import AttentionBackend
     from ..runtime.kv_cache import ModelShape
+
+
+class RunOptions(Protocol):
+    """What a method's cross-field checks read of the run's other arguments (LlmArgs is one)."""
+
+    kv_cache_config: Any
+    enable_chunked_prefill: bool
 
 
 class BaseSparseAttentionConfig(StrictModel):
@@ -41,7 +47,7 @@ class BaseSparseAttentionConfig(StrictModel):
     def supports_backend(self, backend: str) -> bool:
         return backend == "pytorch"
 
-    def check_llm_args(self, args: "LlmArgs") -> None:
+    def check_llm_args(self, args: RunOptions) -> None:
         """Cross-field rules against the rest of the run's arguments; raises ConfigError."""
         name = type(self).__name__
         if self.evicts_prompt_tokens and args.kv_cache_config.enable_block_reuse:
