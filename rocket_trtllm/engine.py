@@ -24,7 +24,7 @@ from .runtime.attention import AttentionBackend
 from .runtime.distributed import SINGLE, Communicator
 from .runtime.kv_cache import KVCachePool, ModelShape
 from .runtime.model_runner import Feed, ModelRunner
-from .runtime.sampler import greedy_tokens, sample
+from .runtime.sampler import greedy_tokens, logprobs_of, sample
 from .runtime.scheduler import Batch, Scheduler
 from .runtime.sequence import Sequence
 from .sampling_params import SamplingParams
@@ -270,6 +270,7 @@ class LLMEngine:
             else:
                 tokens = sample(logits, batch.sequences)
                 _force(logits, batch.sequences, tokens)
+                _logprobs(logits, batch.sequences, tokens)
         except Exception as e:  # a failed step fails its requests, never the engine
             self._inflight = None  # its requests are this step's
             failure = self.workers and self.workers.failure
@@ -289,7 +290,7 @@ class LLMEngine:
 
     def _eligible(self, seq: Sequence) -> bool:
         p = seq.sampling_params
-        return p.greedy and seq.forced_token_ids is None and not p.return_generation_logits
+        return p.greedy and seq.forced_token_ids is None and not p.return_generation_logits and p.logprobs is None
 
     def _overlappable(self, batch: Any) -> bool:
         """Whether this step may run ahead of the host: greedy decode only (the token is an argmax the next step
@@ -516,6 +517,15 @@ class _Inflight:
         if self.done is not None:
             self.done.synchronize()
         return self.host.tolist()
+
+
+def _logprobs(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
+    """Each sequence that asks for logprobs: its new token's, and its top alternatives' (raw logits)."""
+    rows = [i for i, seq in enumerate(seqs) if seq.sampling_params.logprobs is not None]
+    if rows:
+        found = logprobs_of(logits[rows], [tokens[i] for i in rows], [seqs[i].sampling_params.logprobs for i in rows])
+        for i, entry in zip(rows, found):
+            seqs[i].logprobs.append(entry)
 
 
 def _force(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:

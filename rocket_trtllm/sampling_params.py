@@ -5,6 +5,8 @@ from typing import Optional, Union
 
 from .errors import RequestError
 
+MAX_LOGPROBS = 20  # most alternatives a token's logprobs may list (vLLM's default max_logprobs)
+
 
 @dataclass
 class SamplingParams:
@@ -27,6 +29,11 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     detokenize: bool = True
     return_generation_logits: bool = False
+    # Log-probabilities (the model's log-softmax over its logits, before temperature, top-k or top-p): for each
+    # generated token, that token's and the `logprobs` most likely ones'; for each prompt token after the first,
+    # the same with `prompt_logprobs` alternatives (from the prefill, which sees the whole prompt for every method).
+    logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -46,6 +53,10 @@ class SamplingParams:
             raise RequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k!r}")
         if any(not s for s in self.stop):
             raise RequestError("stop strings must be non-empty")
+        for name in ("logprobs", "prompt_logprobs"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LOGPROBS):
+                raise RequestError(f"{name} must be null or an integer in [0, {MAX_LOGPROBS}], got {n!r}")
 
     @property
     def greedy(self) -> bool:

@@ -43,6 +43,8 @@ class SeqView:
     cache_len: int = 0
     cached_len: int = 0  # contexts: prompt tokens from the prefix cache
     history_table: list[int] = field(default_factory=list)  # contexts of rocket_mt: the whole prompt's blocks
+    prompt_logprobs_n: Optional[int] = None  # contexts: the LM head runs over the prompt on every rank
+    prompt_logprobs: list = field(default_factory=list)
 
     @property
     def prompt_len(self) -> int:
@@ -60,7 +62,8 @@ class StepInput:
     @classmethod
     def of(cls, batch: Batch, released: list[int]) -> "StepInput":
         contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len,
-                            cached_len=s.cached_len, history_table=list(s.history_table))
+                            cached_len=s.cached_len, history_table=list(s.history_table),
+                            prompt_logprobs_n=s.prompt_logprobs_n)
                     for s in batch.contexts]  # fmt: skip
         generations = [
             SeqView(

@@ -104,3 +104,50 @@ def test_lm_eval_cli_runs_rocket_model_on_local_tasks(llama_dir, tmp_path):
             text = tok.encode(sample["doc"]["question"], add_special_tokens=False)
             [(want, _)] = llm.score([([tok.bos_token_id], text)], use_tqdm=False)
             assert float(sample["resps"][0][0]) == pytest.approx(want, abs=1e-4)
+
+
+def run_lm_eval(model, model_args, tasks, tasks_dir, out_dir, *extra):
+    cmd = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args, "--tasks", tasks,
+           "--include_path", str(tasks_dir), "--output_path", str(out_dir), "--log_samples", *extra]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "unused"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_lm_eval_api_models_against_rocket_serve(tmp_path):
+    """lm-eval's own OpenAI-API models against rocket-serve on loopback (the shipped model): `local-completions`
+    scores a multiple-choice task through echo + logprobs, `local-chat-completions` generates; every logged answer
+    is what the engine gives for the same request."""
+    pytest.importorskip("tenacity")  # lm-eval's [api] extra
+    from rocket_trtllm.eval import SHIPPED_MODEL
+
+    from rocket_trtllm.serve.soak import local_server
+
+    tasks_dir, out_dir = tmp_path / "tasks", tmp_path / "out"
+    tasks_dir.mkdir()
+    write_tasks(tasks_dir)
+    with LLM(str(SHIPPED_MODEL), dtype="float32", max_seq_len=512) as llm, local_server(llm, "model") as base:
+        tok = llm.tokenizer
+        args = f"base_url={base}/completions,model=model,tokenizer_backend=huggingface,tokenizer={SHIPPED_MODEL}"
+        run_lm_eval("local-completions", args, "rocket_tiny_mc", tasks_dir, out_dir / "completions",
+                    "--batch_size", "3")  # fmt: skip
+        for sample in logged(out_dir / "completions", "rocket_tiny_mc"):
+            doc = sample["doc"]
+            context = tok.encode(doc["question"], add_special_tokens=False)
+            pairs = []
+            for choice in doc["choices"]:
+                whole = tok.encode(doc["question"] + " " + choice, add_special_tokens=False)
+                pairs.append((context, whole[len(context) :]))
+            want = llm.score(pairs, use_tqdm=False)
+            got = [r[0] for r in sample["resps"]]
+            assert [float(g[0]) for g in got] == pytest.approx([w[0] for w in want], abs=1e-4)
+            assert [g[1] for g in got] == [str(w[1]) for w in want]
+        args = f"base_url={base}/chat/completions,model=model"
+        run_lm_eval("local-chat-completions", args, "rocket_tiny_gen", tasks_dir, out_dir / "chat",
+                    "--apply_chat_template")  # fmt: skip
+        for sample in logged(out_dir / "chat", "rocket_tiny_gen"):
+            messages = [{"role": "user", "content": sample["doc"]["question"]}]
+            ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                             add_special_tokens=False)  # fmt: skip
+            want = llm.generate(ids, SamplingParams(max_tokens=6, temperature=0.0, stop=["e"])).outputs[0].text
+            assert sample["resps"][0][0] == want

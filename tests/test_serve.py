@@ -135,7 +135,34 @@ def test_concurrent_streams_batch_together(server):
         ("/v1/completions", b"{not json", 400, None),
         ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": 5}, 400, "prompt"),
-        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 21}, 400, "logprobs"),
+        ("/v1/completions", {"model": "tiny", "prompt": ["x", "y" * 2000]}, 400, "prompt[1]"),
+        ("/v1/completions", {"model": "tiny", "prompt": []}, 400, "prompt"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "nobody", "content": "hi"}]}, 400, "role"),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tiny",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+                ],
+            },
+            400,
+            "messages[0].content[0]",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+            400,
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 30},
+            400,
+            "logprobs",
+        ),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": "x" * 2000}, 400, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": -1}, 400, "temperature"),
@@ -238,3 +265,103 @@ def test_dead_engine_answers_500_and_health_503(llama_dir):
             r = httpx.get(root + path)
             assert r.status_code == 503 and "engine stopped" in r.text
     llm.shutdown()
+
+
+def hf_logprobs(model_dir, ids):
+    """transformers' log-softmax at every position of `ids` (the model's raw logits)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+
+
+def test_completion_logprobs_match_the_engine_streamed_and_whole(server, client):
+    llm, _ = server
+    prompt = "The quick brown fox " * 10
+    want = llm.generate(prompt, SamplingParams(max_tokens=8, temperature=0, logprobs=2)).outputs[0]
+    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=2)
+    lp = got.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 8
+    assert lp.token_logprobs == pytest.approx([e[t].logprob for t, e in zip(want.token_ids, want.logprobs)])
+    # greedy: each token is its step's best; two alternatives (fewer keys where two tokens read the same: the tiny
+    # model's byte tokens decode alone to partial UTF-8)
+    assert all(1 <= len(top) <= 2 and max(top.values()) == pytest.approx(tok) for top, tok in
+               zip(lp.top_logprobs, lp.token_logprobs))  # fmt: skip
+    assert lp.text_offset[0] == len(prompt) and lp.text_offset == sorted(lp.text_offset)
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=2,
+                                            stream=True))  # fmt: skip
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [x for s in streamed for x in s.token_logprobs] == lp.token_logprobs
+    assert [x for s in streamed for x in s.text_offset] == lp.text_offset
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt(server, client):
+    """What lm-eval's local-completions sends for log-likelihoods (echo, logprobs, max_tokens 0 or 1): the prompt's
+    own logprobs, the first null, each the model's log-softmax (transformers on the same ids)."""
+    llm, base = server
+    prompt = "one two three four five six seven"
+    ids = llm.tokenizer.encode(prompt)
+    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    choice = got.choices[0]
+    assert choice.text == prompt and choice.finish_reason == "length" and got.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and len(lp.token_logprobs) == len(ids)
+    ref = hf_logprobs(llm.args.model, ids)
+    assert lp.token_logprobs[1:] == pytest.approx([ref[i - 1, ids[i]].item() for i in range(1, len(ids))], abs=1e-4)
+    assert all(len(top) == 1 for top in lp.top_logprobs[1:])
+    # max_tokens 1 (lm-eval's own request): the prompt's logprobs, then the generated token's
+    one = client.completions.create(model="tiny", prompt=ids, max_tokens=1, echo=True, logprobs=1, temperature=0)
+    lp1 = one.choices[0].logprobs
+    assert len(lp1.token_logprobs) == len(ids) + 1
+    assert lp1.token_logprobs[: len(ids)] == pytest.approx(lp.token_logprobs)
+    assert one.choices[0].text.startswith(llm.tokenizer.decode(ids))
+    wait_blocks_free(llm)
+
+
+def test_a_list_of_prompts_gets_one_choice_each(server, client):
+    llm, _ = server
+    prompts = ["first prompt here", "and the second one", [5, 6, 7, 8]]
+    want = [greedy(llm, p, 6).text for p in prompts]
+    strings = client.completions.create(model="tiny", prompt=prompts[:2], max_tokens=6, temperature=0)
+    assert [c.index for c in strings.choices] == [0, 1] and [c.text for c in strings.choices] == want[:2]
+    ids = client.completions.create(model="tiny", prompt=[[5, 6, 7, 8], [5, 6, 7, 8]], max_tokens=6, temperature=0)
+    assert [c.text for c in ids.choices] == [want[2]] * 2
+    assert ids.usage.prompt_tokens == 8 and ids.usage.completion_tokens == 12
+    chunks = list(client.completions.create(model="tiny", prompt=prompts[:2], max_tokens=6, temperature=0,
+                                            stream=True))  # fmt: skip
+    texts = ["", ""]
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.text
+    assert texts == want[:2]
+    assert sum(1 for c in chunks for ch in c.choices if ch.finish_reason) == 2
+    wait_blocks_free(llm)
+
+
+def test_chat_logprobs_and_text_parts(server, client):
+    llm, _ = server
+    plain = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hello\nthere"}]
+    parts = [
+        {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "there"}]},
+    ]
+    system = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello\nthere"}]
+    ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(system, add_generation_prompt=True, tokenize=False),
+                               add_special_tokens=False)  # fmt: skip
+    want = llm.generate(ids, SamplingParams(max_tokens=6, temperature=0, logprobs=3)).outputs[0]
+    for messages in (plain, parts):
+        got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0,
+                                             logprobs=True, top_logprobs=3)  # fmt: skip
+        assert got.choices[0].message.content == want.text
+        content = got.choices[0].logprobs.content
+        assert [c.logprob for c in content] == pytest.approx([e[t].logprob for t, e in
+                                                              zip(want.token_ids, want.logprobs)])  # fmt: skip
+        assert all(len(c.top_logprobs) == 3 and c.top_logprobs[0].logprob == pytest.approx(c.logprob) for c in content)
+        assert all(bytes(c.bytes) == c.token.encode() for c in content)
+    stream = client.chat.completions.create(model="tiny", messages=parts, max_tokens=6, temperature=0, logprobs=True,
+                                            stream=True)  # fmt: skip
+    entries = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.logprob for e in entries] == pytest.approx([e[t].logprob for t, e in zip(want.token_ids, want.logprobs)])
+    assert all(e.top_logprobs == [] for e in entries)

@@ -4,7 +4,7 @@ from ..sampling_params import SamplingParams
 from ..sparse import RocketSparseAttentionConfig
 from .llm import LLM
 from .llm_args import CudaGraphConfig, KvCacheConfig, LlmArgs, QuantConfig
-from .outputs import CompletionOutput, RequestOutput
+from .outputs import CompletionOutput, Logprob, RequestOutput
 
 __all__ = [
     "LLM",
@@ -12,6 +12,7 @@ __all__ = [
     "CudaGraphConfig",
     "KvCacheConfig",
     "LlmArgs",
+    "Logprob",
     "QuantConfig",
     "RequestOutput",
     "RocketSparseAttentionConfig",

@@ -231,7 +231,11 @@ class Executor:
         if result is None:
             return
         seq, out = update.seq, result.output.outputs[0]
-        out.token_ids = seq.output_token_ids  # the engine's list, appended to in place
+        out.token_ids = seq.output_token_ids  # the engine's lists, appended to in place
+        if seq.sampling_params.logprobs is not None:
+            out.logprobs = seq.logprobs
+        if seq.sampling_params.prompt_logprobs is not None:
+            out.prompt_logprobs = seq.prompt_logprobs
         new_text = ""
         if seq.sampling_params.detokenize:
             text = out.text + result._new_text(self.tokenizer, out.token_ids, seq.is_finished)

@@ -5,7 +5,7 @@ parallelism each rank builds the model with its communicator: its projections ar
 slices, and everything downstream (KV pool, kernels, sparse methods) sees the rank's heads.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -213,7 +213,8 @@ class CausalLM(nn.Module):
         attn = self.model.layers[0].self_attn
         return ModelShape(self.config.num_hidden_layers, attn.num_heads, attn.num_kv_heads, attn.head_dim)
 
-    # input_ids, positions: [tokens]; logit_idx: [n] -> logits [n, vocab] (float32)
+    # input_ids, positions: [tokens]; logit_idx: [n] -> logits [n, vocab] (float32); with hidden_idx [m], also the
+    # final normed hidden states of those tokens [m, hidden] (prompt logprobs: `lm_head` of them, a slice at a time)
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -221,15 +222,20 @@ class CausalLM(nn.Module):
         logit_idx: torch.Tensor,
         backend: AttentionBackend,
         meta: AttentionMetadata,
-    ) -> torch.Tensor:
+        hidden_idx: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
         pending = None  # the last MLP output not yet added to the residual stream
+
+        def final(idx: torch.Tensor) -> torch.Tensor:
+            rows = x[idx]
+            return self.model.norm(rows) if pending is None else self.model.norm.add_and_norm(rows, pending[idx])
+
         for layer in self.model.layers:
             x, pending = layer(x, pending, cos, sin, backend, meta)
-        x = x[logit_idx]
-        x = self.model.norm(x) if pending is None else self.model.norm.add_and_norm(x, pending[logit_idx])
-        return self.lm_head(x).float()
+        logits = self.lm_head(final(logit_idx)).float()
+        return logits if hidden_idx is None else (logits, final(hidden_idx))
 
 
 class LlamaForCausalLM(CausalLM):

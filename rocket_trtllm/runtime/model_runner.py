@@ -8,6 +8,7 @@ import torch
 
 from .attention import AttentionBackend, AttentionMetadata
 from .kv_cache import KVCachePool
+from .sampler import logprobs_of
 from .scheduler import Batch
 
 if TYPE_CHECKING:  # the models sit above the runtime (they call its attention backends)
@@ -104,12 +105,46 @@ class ModelRunner:
             ids, positions, logit_idx, meta = self.prepare(batch)
             if feed is not None:
                 ids = feed.tokens.index_select(0, self._tensor(feed.rows)).to(ids.dtype)
-            logits = self.model(ids, positions, logit_idx, self.backend, meta)
+            scored = self._prompt_rows(batch)
+            if scored:
+                hidden_idx = self._tensor([i for _, rows in scored for i in rows])
+                logits, hidden = self.model(ids, positions, logit_idx, self.backend, meta, hidden_idx)
+                self._prompt_logprobs(scored, hidden)
+            else:
+                logits = self.model(ids, positions, logit_idx, self.backend, meta)
         for seq in batch.contexts:
             seq.cache_len = seq.kept_prompt_len
         for seq in batch.generations:
             seq.cache_len += 1
         return logits
+
+    # ---- prompt logprobs: the LM head over a context's prompt positions, a slice at a time -----------------
+
+    LOGPROB_SLICE_ELEMENTS = 1 << 25  # logits a slice of prompt positions makes (128 MiB of float32)
+
+    def _prompt_rows(self, batch: Batch) -> list[tuple]:
+        """(context, its packed rows whose next token is a prompt token) for each context asking for prompt
+        logprobs; the positions computed this step, past any cached prefix."""
+        out, start = [], 0
+        for seq in batch.contexts:
+            n = seq.prompt_len - seq.cached_len
+            if seq.prompt_logprobs_n is not None:
+                out.append((seq, range(start, start + n - 1)))
+            start += n
+        return out
+
+    def _prompt_logprobs(self, scored: list[tuple], hidden: torch.Tensor) -> None:
+        rows = max(1, self.LOGPROB_SLICE_ELEMENTS // self.model.config.vocab_size)
+        offset = 0
+        for seq, packed in scored:
+            if not seq.cached_len:
+                seq.prompt_logprobs = [None]  # the first token has no context to be predicted from
+            targets = seq.prompt_token_ids[seq.cached_len + 1 : seq.prompt_len]
+            for i in range(0, len(targets), rows):
+                part = targets[i : i + rows]
+                logits = self.model.lm_head(hidden[offset + i : offset + i + len(part)])
+                seq.prompt_logprobs += logprobs_of(logits, part, [seq.prompt_logprobs_n] * len(part))
+            offset += len(packed)
 
     # ---- CUDA graphs for steps that only decode: one per (batch-size bucket, block-table width) ---
     # The width is a power of two of KV blocks (at least MIN_GRAPH_BLOCKS, at most max_seq_len's), so

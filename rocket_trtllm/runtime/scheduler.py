@@ -122,7 +122,7 @@ class Scheduler:
     def _cached_prefix(self, seq: Sequence) -> tuple[list[int], int]:
         """The cached blocks of the prompt's longest cached prefix, and how many full blocks were looked up; at
         least one prompt token is left to compute (its logits start the output)."""
-        if not self.pool.allocator.reuse:
+        if not self.pool.allocator.reuse or seq.prompt_logprobs_n is not None:  # every position computed
             return [], 0
         hashes = self._prompt_hashes(seq)[: (seq.prompt_len - 1) // self.pool.tokens_per_block]
         return self.pool.allocator.match(hashes), len(hashes)

@@ -42,6 +42,14 @@ class Sequence:
     forced_token_ids: Optional[list[int]] = None
     forced_logprobs: list[float] = field(default_factory=list)
     forced_greedy: list[bool] = field(default_factory=list)
+    # Asked-for log-probabilities (SamplingParams.logprobs / prompt_logprobs): one {token id: Logprob} per
+    # generated token; per prompt token, None for the first.
+    logprobs: list[dict] = field(default_factory=list)
+    prompt_logprobs: list[Optional[dict]] = field(default_factory=list)
+
+    @property
+    def prompt_logprobs_n(self) -> Optional[int]:
+        return self.sampling_params.prompt_logprobs
 
     @property
     def prompt_len(self) -> int:
