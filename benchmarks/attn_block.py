@@ -10,7 +10,7 @@ import sys
 
 import torch
 from rocket_trtllm.kernels.cache_update import store_token
-from rocket_trtllm.kernels.kt_predict import predict_pages
+from rocket_trtllm.kernels.kt_predict import kt_group, pack_kt, predict_pages
 from rocket_trtllm.kernels.layer_ops import rotary
 from rocket_trtllm.kernels.paged_decode import sparse_decode
 from triton.testing import do_bench
@@ -23,7 +23,7 @@ torch.manual_seed(0)
 kc = torch.randn(blocks, KVH, BS, D, device="cuda", dtype=torch.bfloat16)
 vc = torch.randn_like(kc)
 lo = torch.randn(blocks, KVH, BS // PS, D, device="cuda").to(torch.float8_e5m2)
-hi = (lo.float() + 1).to(torch.float8_e5m2)
+kt = pack_kt(lo, (lo.float() + 1).to(torch.float8_e5m2), kt_group(BS // PS, 1))
 tables = torch.randperm(blocks, device="cuda")[:128].view(1, 128).int()
 lens = torch.full((1,), N, device="cuda", dtype=torch.int32)
 pages = (lens + PS - 1) // PS
@@ -35,12 +35,12 @@ q, k, v = (t.view(1, -1, D) for t in qkv.split([H * D, KVH * D, KVH * D], -1))
 
 def layer():
     if new:
-        store_token(k, v, kc, vc, tables, lens, lo, hi, PS, q=q, cos=cos, sin=sin)
+        store_token(k, v, kc, vc, tables, lens, kt, PS, q=q, cos=cos, sin=sin)
     else:
         qk = qkv[:, : (H + KVH) * D].view(1, -1, D)
         rotary(qk, cos, sin, out=qk)
-        store_token(k, v, kc, vc, tables, lens, lo, hi, PS)
-    sel = predict_pages(q, lo, hi, tables, pages, 128, 64)
+        store_token(k, v, kc, vc, tables, lens, kt, PS)
+    sel = predict_pages(q, kt, tables, pages, 128, 64, BS // PS)
     return sparse_decode(q, kc, vc, tables, sel, lens, PS, D**-0.5)
 
 

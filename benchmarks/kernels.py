@@ -17,7 +17,7 @@ from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.cache_update import store_token
 from rocket_trtllm.kernels.gemv import Tile, gemv
-from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
+from rocket_trtllm.kernels.kt_predict import kt_group, kt_page_scores, pack_kt, predict_pages, select_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
 from triton.testing import do_bench
 
@@ -43,6 +43,12 @@ def paged_inputs(batch: int, n: int) -> tuple[torch.Tensor, ...]:
     lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
     q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
     return k, v, tables, lens, q
+
+
+def random_kt(blocks: int, ppb: int) -> torch.Tensor:
+    """Random fp8 KT bounds of `blocks` KV blocks in the KT layout."""
+    lo = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda")
+    return pack_kt(lo.to(torch.float8_e5m2), (lo + 1).to(torch.float8_e5m2), kt_group(ppb, 1))
 
 
 def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
@@ -71,11 +77,10 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
     row("sparse_decode 65 pages x 4 (triton)", lambda: sparse_decode(q, k, v, tables, pages, lens, 4, scale),
         2 * batch * KV_HEADS * 65 * 4 * D * 2)  # fmt: skip
     ppb = BS // 4
-    kt_lo = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda").to(torch.float8_e5m2)
-    kt_hi = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda").to(torch.float8_e5m2)
+    kt = random_kt(blocks, ppb)
     n_pages = torch.full((batch,), n // 4, device="cuda", dtype=torch.int32)
-    kt_bytes = 2 * batch * KV_HEADS * (n // 4) * D
-    row("kt_page_scores fp8, top-r 64 (triton)", lambda: kt_page_scores(q, kt_lo, kt_hi, tables, n_pages, 64), kt_bytes)
+    kt_bytes = batch * KV_HEADS * (n // 4) * 64  # one fp8 bound of 64 top-r channels a page
+    row("kt_page_scores fp8, top-r 64 (triton)", lambda: kt_page_scores(q, kt, tables, n_pages, 64, ppb), kt_bytes)
     # One layer's whole decode attention as a CUDA graph replays it (no launch overhead): write the
     # new K/V (and its KT page), then dense attention, or predict + top-k + sparse attention.
     k_new, v_new = torch.randn_like(q[:, :KV_HEADS]), torch.randn_like(q[:, :KV_HEADS])
@@ -85,8 +90,8 @@ def case(batch: int, n: int, copy_tbs: float) -> list[dict]:
         return paged_decode(q, k, v, tables, lens, scale)
 
     def rocket_layer():
-        store_token(k_new, v_new, k, v, tables, lens, kt_lo, kt_hi, 4)
-        sel = predict_pages(q, kt_lo, kt_hi, tables, n_pages, 64, 64)
+        store_token(k_new, v_new, k, v, tables, lens, kt, 4)
+        sel = predict_pages(q, kt, tables, n_pages, 64, 64, ppb)
         return sparse_decode(q, k, v, tables, sel, lens, 4, scale)
 
     row("dense decode layer (graph)", graphed(dense_layer), kv_bytes)
@@ -106,15 +111,14 @@ def batched_rows(copy_tbs: float) -> list[dict]:
     for batch in (64, 128):
         blocks = batch * n // BS
         k, v, tables, lens, q = paged_inputs(batch, n)
-        kt_lo = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
-        kt_hi = torch.randn(blocks, KV_HEADS, BS // ps, D, device="cuda").to(torch.float8_e5m2)
+        kt = random_kt(blocks, BS // ps)
         n_pages = torch.full((batch,), n // ps, device="cuda", dtype=torch.int32)
         pages = torch.rand(batch, KV_HEADS, n // ps, device="cuda").argsort(-1)[..., :65].contiguous()
         shape = dict(batch=batch, tokens=n)
         for block_p in (32, 64, 128):
             kt_module._BLOCK_P = block_p
-            row(f"kt_page_scores fp8, top-r 128, {block_p} pages a tile", partial(kt_page_scores, q, kt_lo, kt_hi,
-                tables, n_pages, 128), 2 * batch * KV_HEADS * (n // ps) * D, **shape)  # fmt: skip
+            row(f"kt_page_scores fp8, top-r 128, {block_p} pages a tile", partial(kt_page_scores, q, kt,
+                tables, n_pages, 128, BS // ps), batch * KV_HEADS * (n // ps) * D, **shape)  # fmt: skip
         kt_module._BLOCK_P = block_p_default
         for tiles in [(16, 2), (32, 2), (64, 2), (64, 3), (128, 2)]:
             decode_module.TILES[2] = tiles

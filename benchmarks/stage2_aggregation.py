@@ -18,17 +18,17 @@ from rocket_trtllm.llmapi.llm_args import LlmArgs
 LENGTH, SAMPLES, SEED = 2048, 10, 5
 
 
-def group_scores(mode: str, q, kt_min, kt_max, tables, num_pages, topr):  # noqa: ANN001, ANN201
-    kv_heads = kt_min.shape[1]
-    bounds = kp.kt_head_bounds_ref(q, kt_min, kt_max, tables, num_pages, topr)
+def group_scores(mode: str, q, kt, tables, num_pages, topr, ppb, sign):  # noqa: ANN001, ANN201
+    kv_heads = kt.shape[1]
+    bounds = kp.kt_head_bounds_ref(q, kt, tables, num_pages, topr, ppb, sign)
     bounds = bounds.view(bounds.shape[0], kv_heads, -1, bounds.shape[-1])
     return bounds.sum(2) if mode == "sum" else bounds.max(2).values
 
 
 def run(mode: str) -> None:
     if mode != "softmax":
-        quest.predict_pages_ref = lambda q, lo, hi, t, n, r, k: kp.select_pages_ref(
-            group_scores(mode, q, lo, hi, t, n, r), n, k
+        quest.predict_pages_ref = lambda q, kt, t, n, r, k, ppb, sign, temperature: kp.select_pages_ref(
+            group_scores(mode, q, kt, t, n, r, ppb, sign), n, k
         )
     for task in ("niah_multikey", "niah_single"):
         sparse = {"algorithm": "quest", "topk": 32, "page_size": 4}

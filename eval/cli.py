@@ -31,8 +31,11 @@ from .report import LONGBENCH, write
 from .tasks import MULTITURN, PROSE_ONLY, TASKS, Sample, make_conversations, make_samples
 
 ALGORITHMS = ["full", "rocket", "rocket_official", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"]
-# rocket with the official implementation's stage-2 scoring (one bound per channel by sign, SparQ's temperature)
-OFFICIAL_SCORING = {"stage2_bound": "sign", "stage2_temperature": True}
+# How rocket scores KT pages (--stage2-scoring): TensorRT-LLM's backend (the config's defaults: one bound per channel
+# by the sign of the group's query, softmax at 1/sqrt(d)), the official implementation's (that and SparQ's
+# temperature; also the `rocket_official` algorithm) or Quest's upper bound (both bounds of every kept channel).
+SCORING = {"trtllm": {}, "official": {"stage2_temperature": True}, "quest": {"stage2_bound": "both"}}
+OFFICIAL_SCORING = SCORING["official"]
 LONGBENCH_MAX_TOKENS = 128  # what LongBench v2's pred.py generates without chain of thought
 
 
@@ -61,15 +64,17 @@ def sparse_config(
     raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
 
 
-def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32) -> Optional[dict[str, Any]]:
+def bytes_config(
+    algorithm: str, budget: int, length: int, window_size: int = 32, bounds: int = 1
+) -> Optional[dict[str, Any]]:
     """The config whose decode step reads about `budget` tokens' worth of K/V bytes at `length` tokens: RocketKV
     by the official split (token_budget) of the largest budget whose reads fit (`rocket_token_budget`), SnapKV
     keeping `budget` tokens, Quest's attended pages plus its page bounds (one page's fp16 min/max over every
     channel weighs one token of K/V), StreamingLLM's window. The oracle reads every key to choose (it cannot
-    match; it stays the upper bound at `budget` tokens)."""
+    match; it stays the upper bound at `budget` tokens). `bounds`: the KT bounds rocket's scoring reads a page."""
     if algorithm in ("rocket", "rocket_mt", "rocket_official"):
         scoring = OFFICIAL_SCORING if algorithm == "rocket_official" else {}
-        fitting = rocket_token_budget(budget, length)
+        fitting = rocket_token_budget(budget, length, bounds)
         window = min(window_size, (fitting - 1) // 2)  # token_budget must exceed 2 x window_size
         return {"algorithm": algorithm.removesuffix("_official"), "token_budget": fitting, "token_budget_len": length,
                 "window_size": window, **scoring}  # fmt: skip
@@ -78,19 +83,22 @@ def bytes_config(algorithm: str, budget: int, length: int, window_size: int = 32
     return sparse_config(algorithm, budget, window_size)
 
 
-def rocket_reads(token_budget: int, length: int) -> float:
+def rocket_reads(token_budget: int, length: int, bounds: int = 1) -> float:
     """Tokens of K/V RocketKV's decode step reads at `length` tokens under the split of `token_budget`: the
-    attended pages (and the newest, partial one) plus the KT cache's pages, whose fp8 min and max over every
-    channel weigh half a token of bf16 K/V each (our scoring kernel reads both bounds of all channels)."""
+    attended pages (and the newest, partial one) plus the KT cache's pages, of which the scoring kernel reads
+    `bounds` fp8 bounds (1: the sign rule's; 2: Quest's) of the top-r channels: a quarter of a token of bf16 K/V
+    per bound at every channel (`decode_read_bytes`)."""
     s = split(length, token_budget, 1)
-    return s.topk * s.page_size + s.page_size + s.kept / s.page_size / 2
+    topr = min(1.0, s.page_size * token_budget / s.kept)  # the fraction of head_dim the config derives
+    return s.topk * s.page_size + s.page_size + s.kept / s.page_size * topr * bounds / 4
 
 
-def rocket_token_budget(budget: int, length: int) -> int:
+def rocket_token_budget(budget: int, length: int, bounds: int = 1) -> int:
     """The largest token_budget whose split reads at most `budget` tokens' worth per step at `length` tokens
-    (the official split spends B/2 on attended tokens and counts the KT pages at one bound of top-r channels;
-    ours reads more KT bytes, so equal bytes means a smaller token_budget, about budget/2 at 8k)."""
-    return next((b for b in range(budget, 2, -1) if rocket_reads(b, length) <= budget), 3)
+    (the official split spends B/2 on attended tokens and B/2 on KT pages at one 16-bit bound of the top-r channels;
+    our fp8 KT weighs half that, so equal bytes allow a token_budget a little above the budget)."""
+    top = min(4 * budget, max(budget, length))  # past the sequence's length every split keeps everything
+    return next((b for b in range(top, 2, -1) if rocket_reads(b, length, bounds) <= budget), 3)
 
 
 def trtllm_shape(argv: list[str]) -> list[str]:
@@ -142,10 +150,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="--sweep: nominal = each method's own reading of the budget (above); bytes = every method "
                    "reads about the budget's K/V bytes per decode step, RocketKV by the official split (token_budget "
                    "at the longest --lengths)")  # fmt: skip
-    p.add_argument("--stage2-scoring", choices=["official", "trtllm"],
-                   help="how rocket and rocket_mt score KT pages: official = one bound per channel by the query's "
-                   "sign, SparQ's temperature (the default with --budget-mode bytes); trtllm = both bounds, "
-                   "TensorRT-LLM's (the default otherwise)")  # fmt: skip
+    p.add_argument("--stage2-scoring", choices=list(SCORING), default="trtllm",
+                   help="how rocket and rocket_mt score KT pages: trtllm = one bound per channel by the sign of the "
+                   "group's query (TensorRT-LLM's backend, the config's default); official = that with SparQ's "
+                   "temperature (the official implementation); quest = both bounds (Quest's upper bound)")  # fmt: skip
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
@@ -274,17 +282,17 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     if not ns.sweep:
         sparse = base.sparse_attention_config
         return [(sparse.algorithm if sparse else "full", None, base)]
-    # The official stage-2 scoring scored higher at equal bytes (EVAL.md); the nominal mode keeps TensorRT-LLM's.
-    official = (ns.stage2_scoring or ("official" if ns.budget_mode == "bytes" else "trtllm")) == "official"
+    scoring = SCORING[ns.stage2_scoring]
     out = []
     for algorithm in ns.algorithms:
         for budget in [None] if algorithm == "full" else ns.budgets:
             if ns.budget_mode == "bytes":
-                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size)
+                bounds = 2 if scoring.get("stage2_bound") == "both" else 1
+                cfg = bytes_config(algorithm, budget or 0, max(ns.lengths), ns.window_size, bounds)
             else:
                 cfg = sparse_config(algorithm, budget or 0, ns.window_size, ns.eviction_scope, ns.prompt_ratio)
-            if official and cfg and cfg["algorithm"] in ("rocket", "rocket_mt"):
-                cfg.update(OFFICIAL_SCORING)
+            if cfg and cfg["algorithm"] in ("rocket", "rocket_mt") and algorithm != "rocket_official":
+                cfg.update(scoring)
             # Only what the user set carries over, so each method gets its own defaults (block reuse).
             fields = base.model_dump(exclude_unset=True, exclude={"sparse_attention_config"})
             args = LlmArgs.model_validate({**fields, "sparse_attention_config": cfg})

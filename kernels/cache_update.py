@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
-from .kt_predict import bounds_early
+from .kt_predict import bounds_early, check_kt, kt_write
 from .layer_ops import rotary_ref
 
 
@@ -20,8 +20,7 @@ def store_token_ref(
     v_cache: torch.Tensor,
     block_tables: torch.Tensor,
     cache_lens: torch.Tensor,
-    kt_min: Optional[torch.Tensor] = None,
-    kt_max: Optional[torch.Tensor] = None,
+    kt: Optional[torch.Tensor] = None,
     page_size: int = 1,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
@@ -29,13 +28,13 @@ def store_token_ref(
     cos: Optional[torch.Tensor] = None,
     sin: Optional[torch.Tensor] = None,
 ) -> None:
-    """Write slot `cache_len - 1` of each sequence; with `kt_min`/`kt_max`, recompute that slot's page. With
+    """Write slot `cache_len - 1` of each sequence; with a KT cache `kt`, recompute that slot's page. With
     `cos`/`sin` ([batch, 1, d], the rotary embedding of each sequence's position), k is rotated before it is
     stored and q ([batch, q_heads, d]) is rotated in place (the attention backend's RoPE, fused into the write).
 
     k, v: [batch, kv_heads, d]; k_cache, v_cache: [num_blocks, kv_heads, block_size, d];
-    block_tables: [batch, max_blocks]; cache_lens: [batch]; kt_min, kt_max: [num_blocks, kv_heads,
-    block_size // page_size, d]. The page's min/max cover its slots up to and including the new one.
+    block_tables: [batch, max_blocks]; cache_lens: [batch]; kt: [groups, kv_heads, d, 2, run] (kt_predict's layout).
+    The page's min/max cover its slots up to and including the new one.
     """
     if cos is not None and sin is not None:
         k = rotary_ref(k, cos, sin)
@@ -47,15 +46,16 @@ def store_token_ref(
     within = slot % block_size
     k_cache[blocks, :, within] = to_cache(k, k_scale, k_cache.dtype)
     v_cache[blocks, :, within] = to_cache(v, v_scale, v_cache.dtype)
-    if kt_min is None or kt_max is None:
+    if kt is None:
         return
     page = within // page_size
     offsets = torch.arange(page_size, device=k.device)
     rows = page[:, None] * page_size + offsets  # [batch, page_size]
     keys = k_cache[blocks[:, None], :, rows].float() * k_scale  # [batch, page_size, kv_heads, d]
     valid = (offsets[None, :] <= (within % page_size)[:, None])[:, :, None, None]
-    kt_min[blocks, :, page] = keys.masked_fill(~valid, float("inf")).amin(1).to(kt_min.dtype)
-    kt_max[blocks, :, page] = keys.masked_fill(~valid, float("-inf")).amax(1).to(kt_max.dtype)
+    lo = keys.masked_fill(~valid, float("inf")).amin(1)
+    hi = keys.masked_fill(~valid, float("-inf")).amax(1)
+    kt_write(kt, blocks, page[:, None], lo[:, None], hi[:, None], block_size // page_size)
 
 
 FP8_MAX = 448.0
@@ -91,11 +91,12 @@ if triton is not None:
 
     @triton.jit
     def _store_token_kernel(
-        k_ptr, v_ptr, kc_ptr, vc_ptr, tables_ptr, lens_ptr, lo_ptr, hi_ptr, k_scale, v_scale,
+        k_ptr, v_ptr, kc_ptr, vc_ptr, tables_ptr, lens_ptr, kt_ptr, k_scale, v_scale,
         q_ptr, cos_ptr, sin_ptr, sq_b, sq_h, sr_b,
-        sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_blk, skt_h, skt_p,
-        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, FP8: tl.constexpr,
-        ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, TRIGGER: tl.constexpr,
+        sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_grp, skt_h,
+        D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, GROUP: tl.constexpr,
+        RUN: tl.constexpr, FP8: tl.constexpr, ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+        TRIGGER: tl.constexpr,
     ):  # fmt: skip
         gdc(TRIGGER, FIRST=True, WAIT=False)  # launched plainly: only lets the next kernel start
         b = tl.program_id(0)
@@ -128,21 +129,26 @@ if triton is not None:
             )
             rows = tl.where((j == last)[:, None], k_new[None, :], rows).to(tl.float32) * k_scale
             valid = (j <= last)[:, None]
-            kt = blk * skt_blk + h * skt_h + (within // PS) * skt_p + d
-            tl.store(lo_ptr + kt, tl.min(tl.where(valid, rows, float("inf")), 0).to(lo_ptr.dtype.element_ty))
-            tl.store(hi_ptr + kt, tl.max(tl.where(valid, rows, float("-inf")), 0).to(hi_ptr.dtype.element_ty))
+            # kt_predict's layout: channel d's min at column (blk % GROUP) * pages a block + page of its run, the max
+            # a run further
+            at = kt_ptr + (blk // GROUP) * skt_grp + h * skt_h + d * 2 * RUN + (blk % GROUP) * (BS // PS) + within // PS
+            tl.store(at, tl.min(tl.where(valid, rows, float("inf")), 0).to(kt_ptr.dtype.element_ty))
+            tl.store(at + RUN, tl.max(tl.where(valid, rows, float("-inf")), 0).to(kt_ptr.dtype.element_ty))
 
 
-def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, kt_max=None, page_size=1,  # noqa: ANN001, ANN201
+def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt=None, page_size=1,  # noqa: ANN001, ANN201
                 k_scale=1.0, v_scale=1.0, q=None, cos=None, sin=None):  # fmt: skip
     """Triton version of `store_token_ref` (same arguments and effect), one program per sequence and KV head."""
     require_triton()
     batch, kv_heads, d = k.shape
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
-    with_kt = kt_min is not None and kt_max is not None
-    if not with_kt:
-        kt_min = kt_max = k_cache  # unused placeholders
+    with_kt = kt is not None
+    ppb = k_cache.shape[2] // page_size
+    if with_kt:
+        check_kt(kt)
+    else:
+        kt = k_cache  # an unused placeholder
     rope = cos is not None and sin is not None
     if rope and (q is None or q.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1):
         raise ValueError("store_token's RoPE needs q, cos and sin with contiguous rows (q is rotated in place)")
@@ -156,11 +162,12 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt_min=None, k
     # wait; letting dense decode start early made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two
     # machines).
     _store_token_kernel[(batch, kv_heads)](
-        k, v, k_cache, v_cache, block_tables, cache_lens, kt_min, kt_max, float(k_scale), float(v_scale),
+        k, v, k_cache, v_cache, block_tables, cache_lens, kt, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2),
-        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, FP8=k_cache.dtype == torch.float8_e4m3fn,
+        block_tables.stride(0), kt.stride(0), kt.stride(1),
+        D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, GROUP=kt.shape[-1] // ppb if with_kt else 1,
+        RUN=kt.shape[-1], FP8=k_cache.dtype == torch.float8_e4m3fn,
         ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group),
         TRIGGER=bool(STORE_TRIGGERS) and with_kt and bounds_early(batch, kv_heads) and pdl(k)["PDL"],
         num_warps=STORE_FEW_WARPS if few_rows(batch, kv_heads) else 4,

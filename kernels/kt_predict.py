@@ -1,44 +1,108 @@
 """Stage 2 prediction: score KT pages (per-page key min/max) against the query, then pick the top pages.
 
-Each query head bounds its logit over every page from the page's key min/max; a KV head ranks its
-pages by the sum over its query heads of their softmax weights over those bounds (computed in log
-space, so far pages do not tie at zero). Summing the raw bounds instead lets one head's large logits
-drown the others': on the shipped model that loses the question's pages (EVAL.md).
+Each query head estimates its logit on every page from the page's key bounds; a KV head ranks its pages by the
+sum over its query heads of their softmax weights over those estimates (computed in log space, so far pages do not
+tie at zero). Summing the raw estimates instead lets one head's large logits drown the others': on the shipped
+model that loses the question's pages (EVAL.md).
 
-The official implementation's variant (`sign_select`, `temperature`): each channel reads one bound, the max
-where the query summed over the group is positive and the min elsewhere (an estimate rather than a bound for a
-head whose sign differs), and each head's softmax runs at SparQ's temperature sqrt(d * |q_hat|_1 / |q|_1)
-(q_hat: the query on its top-r channels) instead of sqrt(d).
+The estimate, as TensorRT-LLM's backend and the paper compute it (`sign_select`): per channel ONE bound, the max where
+the query summed over the GQA group is positive and the min elsewhere, over the group's top-r channels (the largest
+|q| summed over the group; all of them when topr >= head_dim). Without `sign_select`, Quest's upper bound
+sum_c max(q_c*min_c, q_c*max_c) (both bounds of every kept channel). `temperature`: each head's softmax at SparQ's
+sqrt(d * |q_hat|_1 / |q|_1) instead of sqrt(d) (the official implementation).
+
+The KT layout (`pack_kt`): per layer `[groups, kv_heads, head_dim, 2, run]`, plane 0 the min and 1 the max, `run`
+the pages of `group` consecutive KV block ids (block b's pages at columns (b % group) * ppb ... of group b // group).
+One channel's bound over a run of pages is one contiguous read of `run` elements (at least RUN_BYTES), so the scoring
+kernel reads exactly the chosen bound of the chosen channels of each page, in whole DRAM sectors when a sequence's
+blocks are consecutive ids (the block allocator prefers them).
 """
 
 import torch
 
 from ._triton import few_rows, gdc, gdc_wait, pdl, require_triton, tl, triton
 
+RUN_BYTES = 32  # one DRAM sector: the shortest run of one channel's bound the layout keeps contiguous
+
+
+def kt_group(pages_per_block: int, element_size: int) -> int:
+    """KV blocks whose pages share one run of the KT layout."""
+    return max(1, RUN_BYTES // (pages_per_block * element_size))
+
+
+def pack_kt(lo: torch.Tensor, hi: torch.Tensor, group: int) -> torch.Tensor:
+    """Page-major bounds in the KT layout. lo, hi: [num_blocks, kv_heads, ppb, d] -> [ceil(num_blocks / group),
+    kv_heads, d, 2, group * ppb] (blocks past num_blocks in the last group: zeros)."""
+    n, heads, ppb, d = lo.shape
+    groups = -(-n // group)
+    kt = torch.zeros(groups * group, heads, d, 2, ppb, dtype=lo.dtype, device=lo.device)
+    kt[:n, :, :, 0] = lo.transpose(-1, -2)
+    kt[:n, :, :, 1] = hi.transpose(-1, -2)
+    kt = kt.view(groups, group, heads, d, 2, ppb).permute(0, 2, 3, 4, 1, 5)
+    return kt.contiguous().view(groups, heads, d, 2, group * ppb)
+
+
+def check_kt(kt: torch.Tensor) -> None:
+    """The kernels' assumption: each (group, KV head)'s [d, 2, run] is contiguous."""
+    run = kt.shape[-1]
+    if kt.dim() != 5 or kt.shape[-2] != 2 or kt.stride()[2:] != (2 * run, run, 1):
+        raise ValueError(f"a KT layout [groups, kv_heads, d, 2, run] with contiguous rows, got {tuple(kt.shape)} "
+                         f"strides {kt.stride()}")  # fmt: skip
+
+
+def kt_columns(blocks: torch.Tensor, ppb: int, run: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where blocks' pages live in the KT layout: their group, and the column of each of their pages.
+    blocks: [...] -> [...], [..., ppb]"""
+    group = run // ppb
+    blocks = blocks.long()
+    cols = (blocks % group)[..., None] * ppb + torch.arange(ppb, device=blocks.device)
+    return blocks // group, cols
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}  # gathers move bits (the CPU has none for fp8)
+
+
+def kt_block_pages(kt: torch.Tensor, blocks: torch.Tensor, ppb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The min and max of every page of the given KV blocks: kt: [groups, kv_heads, d, 2, run]; blocks: [...]
+    -> lo, hi: [..., kv_heads, ppb, d]"""
+    groups, cols = kt_columns(blocks, ppb, kt.shape[-1])
+    x = kt.view(_BITS[kt.element_size()])[groups]  # [..., kv_heads, d, 2, run]
+    idx = cols[..., None, None, None, :].expand(*x.shape[:-1], ppb)
+    x = x.gather(-1, idx).transpose(-1, -3).view(kt.dtype)  # [..., kv_heads, ppb, 2, d]
+    return x[..., 0, :], x[..., 1, :]
+
+
+def kt_write(kt: torch.Tensor, blocks: torch.Tensor, pages: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+             ppb: int) -> None:  # fmt: skip
+    """Store pages' bounds: blocks: [n]; pages: [n, m] (page indices within each block); lo, hi: [n, m, kv_heads, d]."""
+    groups, cols = kt_columns(blocks, ppb, kt.shape[-1])
+    col = cols.gather(1, pages.long())  # [n, m]
+    bits = kt.view(_BITS[kt.element_size()])
+    bits[groups[:, None], :, :, 0, col] = lo.to(kt.dtype).view(bits.dtype)
+    bits[groups[:, None], :, :, 1, col] = hi.to(kt.dtype).view(bits.dtype)
+
 
 def kt_head_bounds_ref(
     q: torch.Tensor,
-    kt_min: torch.Tensor,
-    kt_max: torch.Tensor,
+    kt: torch.Tensor,
     block_tables: torch.Tensor,
     num_pages: torch.Tensor,
     topr: int,
-    sign_select: bool = False,
+    ppb: int,
+    sign_select: bool = True,
 ) -> torch.Tensor:
-    """Upper bound of q.k over each page, per query head: sum_c max(q_c*min_c, q_c*max_c).
+    """Each query head's estimate of its logit on each page (the module docstring's two estimates).
 
-    Uses max(q*lo, q*hi) = relu(q)*hi + min(q, 0)*lo, so the bounds are two small matmuls; with
-    topr < head_dim only the group's top-r channels count (`topr_query`).
-    q: [batch, q_heads, d]; kt_min, kt_max: [num_blocks, kv_heads, pages_per_block, d];
-    block_tables: [batch, max_blocks]; num_pages: [batch] -> [batch, q_heads, max_blocks * pages_per_block]
-    (-inf past each sequence's last page)
+    Both are sums of relu(q)*hi + min(q, 0)*lo type terms, so they are two small matmuls; with topr < head_dim only
+    the group's top-r channels count (`topr_query`).
+    q: [batch, q_heads, d]; kt: [groups, kv_heads, d, 2, run]; block_tables: [batch, max_blocks]; num_pages: [batch]
+    -> [batch, q_heads, max_blocks * ppb] (-inf past each sequence's last page)
     """
     batch, q_heads, _ = q.shape
-    qg = topr_query(q, kt_min.shape[1], topr)
-    lo = _pages(kt_min, block_tables).nan_to_num()
-    hi = _pages(kt_max, block_tables).nan_to_num()
-    if sign_select:  # one bound per channel, by the sign of the group's summed query
-        up = qg.sum(2, keepdim=True) >= 0
+    qg = topr_query(q, kt.shape[1], topr)
+    lo, hi = (_pages(x).nan_to_num() for x in kt_block_pages(kt, block_tables, ppb))
+    if sign_select:  # one bound per channel, by the sign of the group's summed query (TensorRT-LLM's > 0)
+        up = qg.sum(2, keepdim=True) > 0
         q_hi, q_lo = qg * up, qg * ~up
     else:
         q_hi, q_lo = qg.clamp(min=0), qg.clamp(max=0)
@@ -93,28 +157,27 @@ def group_page_scores(bounds: torch.Tensor, kv_heads: int, scale: "float | torch
 
 def kt_page_scores_ref(
     q: torch.Tensor,
-    kt_min: torch.Tensor,
-    kt_max: torch.Tensor,
+    kt: torch.Tensor,
     block_tables: torch.Tensor,
     num_pages: torch.Tensor,
     topr: int,
-    sign_select: bool = False,
+    ppb: int,
+    sign_select: bool = True,
     temperature: bool = False,
 ) -> torch.Tensor:
     """Each KV head's page scores (`group_page_scores` of `kt_head_bounds_ref` at `head_scales`).
 
-    -> [batch, kv_heads, max_blocks * pages_per_block] (-inf past each sequence's last page)
+    -> [batch, kv_heads, max_blocks * ppb] (-inf past each sequence's last page)
     """
-    bounds = kt_head_bounds_ref(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)
-    kv_heads = kt_min.shape[1]
+    bounds = kt_head_bounds_ref(q, kt, block_tables, num_pages, topr, ppb, sign_select)
+    kv_heads = kt.shape[1]
     return group_page_scores(bounds, kv_heads, head_scales(q, kv_heads, topr, temperature))
 
 
-def _pages(kt: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    # [num_blocks, kv_heads, ppb, d] -> [batch, kv_heads, max_blocks * ppb, d] in float32
-    blocks = kt[block_tables.long()].float()
-    b, nb, h, ppb, d = blocks.shape
-    return blocks.permute(0, 2, 1, 3, 4).reshape(b, h, nb * ppb, d)
+def _pages(x: torch.Tensor) -> torch.Tensor:
+    # [batch, max_blocks, kv_heads, ppb, d] -> [batch, kv_heads, max_blocks * ppb, d] in float32
+    b, nb, h, ppb, d = x.shape
+    return x.float().permute(0, 2, 1, 3, 4).reshape(b, h, nb * ppb, d)
 
 
 def select_pages_ref(scores: torch.Tensor, num_pages: torch.Tensor, topk: int) -> torch.Tensor:
@@ -131,17 +194,17 @@ def select_pages_ref(scores: torch.Tensor, num_pages: torch.Tensor, topk: int) -
 
 def predict_pages_ref(
     q: torch.Tensor,
-    kt_min: torch.Tensor,
-    kt_max: torch.Tensor,
+    kt: torch.Tensor,
     block_tables: torch.Tensor,
     num_pages: torch.Tensor,
     topr: int,
     topk: int,
-    sign_select: bool = False,
+    ppb: int,
+    sign_select: bool = True,
     temperature: bool = False,
 ) -> torch.Tensor:
     """Stage 2's prediction: score every page from the KT cache, keep the best `topk` and the newest."""
-    scores = kt_page_scores_ref(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature)
+    scores = kt_page_scores_ref(q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature)
     return select_pages_ref(scores, num_pages, topk)
 
 
@@ -154,11 +217,11 @@ if triton is not None:
 
     @triton.jit
     def _kt_bounds_kernel(
-        q_ptr, lo_ptr, hi_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value,
-        sq_b, sq_h, s_blk, s_h, s_p, st_b, so_b, so_h, max_pages, chunk, n_chunks,
+        q_ptr, kt_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value,
+        sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
-        EARLY: tl.constexpr,
+        GROUP: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
+        PDL: tl.constexpr, EARLY: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL, FIRST=EARLY, WAIT=not EARLY)
         b = tl.program_id(0)
@@ -166,16 +229,23 @@ if triton is not None:
         c = tl.program_id(2)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, D)
-        # The chunk's first tile of KT pages, read (with EARLY) while the kernel before runs: the step writes only
-        # each sequence's newest page, which the loop reads again after the wait.
+        RUN: tl.constexpr = GROUP * PPB
         n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
         start = c * chunk
         end = tl.minimum(start + chunk, n_pages)
+        every = d < D
         if EARLY:
-            hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, start, end, s_blk, s_h, s_p, st_b, D, PPB, BLOCK_P)
+            # The chunk's first tile, both bounds of every channel (which to use needs the query, written by the
+            # kernel before), read while that kernel runs: the step writes only each sequence's newest page, which
+            # the loop reads again after the wait.
+            lo0, base0 = _kt_tile(kt_ptr, tables_ptr, b, h, start, end, s_grp, s_h, st_b, 0, every, PPB, GROUP, D,
+                                  BLOCK_P)  # fmt: skip
+            hi0, base0 = _kt_tile(kt_ptr, tables_ptr, b, h, start, end, s_grp, s_h, st_b, RUN, every, PPB, GROUP, D,
+                                  BLOCK_P)  # fmt: skip
         gdc_wait(PDL and EARLY)
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
         q = q.to(tl.float32)
+        keep = every
         if TOPR < D:
             # topr_query's channel choice, in registers: a channel is kept when fewer than TOPR
             # channels have a larger |q| summed over the group (ties go to the lower channel).
@@ -183,10 +253,10 @@ if triton is not None:
             ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
             keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
             q = tl.where(keep[None, :], q, 0.0)
-        if SIGN:  # one bound per channel, by the sign of the group's summed query
-            up = tl.sum(q, 0) >= 0
-            qp = tl.where(up[None, :], q, 0.0).to(DOT)
-            qn = tl.where(up[None, :], 0.0, q).to(DOT)
+        up = tl.sum(q, 0) > 0  # the sign rule's bound per channel: the max where the group's query is positive
+        if SIGN:
+            plane = tl.where(up, RUN, 0)
+            q_one = q.to(DOT)
         else:
             qp = tl.maximum(q, 0.0).to(DOT)
             qn = tl.minimum(q, 0.0).to(DOT)
@@ -196,46 +266,68 @@ if triton is not None:
             scale = tl.full([G_PAD], scale_value, tl.float32)
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
+        rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
+        first = start
+        if EARLY:  # the early tile, its newest page (this step's store writes it) read again
+            p = start + tl.arange(0, BLOCK_P)
+            newest = (p == n_pages - 1)[None, :]
+            lo = tl.where(newest, tl.load(kt_ptr + base0[None, :] + (d * 2 * RUN)[:, None], mask=newest, other=0.0),
+                          lo0)  # fmt: skip
+            hi = tl.where(newest, tl.load(kt_ptr + base0[None, :] + (d * 2 * RUN + RUN)[:, None], mask=newest,
+                                          other=0.0), hi0)  # fmt: skip
+            lo = tl.where(keep[:, None], lo, 0.0)  # what top-r drops weighs nothing, whatever it holds
+            hi = tl.where(keep[:, None], hi, 0.0)
+            if SIGN:
+                bound = tl.dot(q_one, tl.where(up[:, None], hi, lo).to(DOT), input_precision="ieee")
+            else:
+                bound = tl.dot(qp, hi.to(DOT), input_precision="ieee") + tl.dot(qn, lo.to(DOT), input_precision="ieee")
+            m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
+            first = start + BLOCK_P
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
         # the pages past the end get -inf scores from the second pass without bounds.
-        for p0 in range(start, end, BLOCK_P):
+        for p0 in range(first, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
-            ok = p < n_pages
-            if EARLY:  # the newest page, written by this step's K/V + KT store: read again after the wait
-                newest = (p == n_pages - 1)[:, None]
-                hi = tl.where(newest, tl.load(hi_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), hi)
-                lo = tl.where(newest, tl.load(lo_ptr + off[:, None] + d[None, :], mask=newest, other=0.0), lo)
-            else:  # the tile loaded where it is used, which Triton's pipelining overlaps with the tiles before
-                hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0, end, s_blk, s_h, s_p, st_b, D, PPB,
-                                       BLOCK_P)  # fmt: skip
-            bound = tl.dot(qp, tl.trans(hi.to(DOT)), input_precision="ieee")
-            bound += tl.dot(qn, tl.trans(lo.to(DOT)), input_precision="ieee")
-            bound = tl.where(ok[None, :], bound, float("-inf"))
-            row = (h * G + g)[:, None] * so_h
-            tl.store(out_ptr + b * so_b + row + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < max_pages))
-            m_new = tl.maximum(m, tl.max(bound * scale[:, None], 1))
-            total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale[:, None] - m_new[:, None]), 1)
-            m = m_new
-            if EARLY:  # the next tile, loaded by hand (the first one was loaded before the wait)
-                hi, lo, off = _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_blk, s_h, s_p, st_b, D,
-                                       PPB, BLOCK_P)  # fmt: skip
+            if SIGN:  # the chosen bound of the kept channels only
+                one, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
+                                     BLOCK_P)  # fmt: skip
+                bound = tl.dot(q_one, one.to(DOT), input_precision="ieee")
+            else:
+                lo, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D,
+                                    BLOCK_P)  # fmt: skip
+                hi, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D,
+                                    BLOCK_P)  # fmt: skip
+                bound = tl.dot(qp, hi.to(DOT), input_precision="ieee") + tl.dot(qn, lo.to(DOT), input_precision="ieee")
+            m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
         tl.store(part_l_ptr + part, total, mask=g < G)
 
     @triton.jit
-    def _kt_tile(lo_ptr, hi_ptr, tables_ptr, b, h, p0, end, s_blk, s_h, s_p, st_b, D: tl.constexpr, PPB: tl.constexpr,
-                 BLOCK_P: tl.constexpr):  # fmt: skip
-        # KV head h's KT max and min rows of pages p0..p0+BLOCK_P (those before `end`; zeros past it) as stored, and
-        # the rows' offsets.
+    def _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G: tl.constexpr):
+        # A tile's estimates [G_PAD, BLOCK_P] of pages p: stored (-inf past the sequence), and folded into each head's
+        # running softmax max and sum.
+        bound = tl.where((p < n_pages)[None, :], bound, float("-inf"))
+        g = tl.arange(0, bound.shape[0])
+        tl.store(rows + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < max_pages))
+        m_new = tl.maximum(m, tl.max(bound * scale[:, None], 1))
+        total = total * tl.exp(m - m_new) + tl.sum(tl.exp(bound * scale[:, None] - m_new[:, None]), 1)
+        return m_new, total
+
+    @triton.jit
+    def _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB: tl.constexpr,
+                 GROUP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+        # KV head h's bounds of pages p0..p0+BLOCK_P (those before `end`; zeros past it and in channels not kept) as
+        # stored: [D, BLOCK_P], channel c from plane `plane` (0: min, RUN: max; a scalar or one per channel); and
+        # each page's offset in the layout, channel 0 of the min plane.
+        RUN: tl.constexpr = GROUP * PPB
         p = p0 + tl.arange(0, BLOCK_P)
         ok = p < end
         d = tl.arange(0, D)
         blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
-        off = blk * s_blk + h * s_h + (p % PPB) * s_p
-        hi = tl.load(hi_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-        lo = tl.load(lo_ptr + off[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-        return hi, lo, off
+        base = (blk // GROUP) * s_grp + h * s_h + (blk % GROUP) * PPB + p % PPB
+        rows = d * 2 * RUN + plane
+        tile = tl.load(kt_ptr + base[None, :] + rows[:, None], mask=keep[:, None] & ok[None, :], other=0.0)
+        return tile, base
 
     @triton.jit
     def _head_norms(
@@ -401,11 +493,12 @@ if triton is not None:
 
 
 _BLOCK_P = 64  # pages per tile in both passes
-# With few rows (`few_rows`) the bounds pass reads its first tile of KT pages before it waits for the kernel before
-# (PDL): with the store letting it start early, RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100
-# (BENCHMARKS.md). Safe because the kernel before it is always the K/V store, which launches plainly (everything before
-# the store has finished when the pass starts) and writes only each sequence's newest KT page, which the pass reads
-# again after its wait. Not at larger batches: there the pass reads hundreds of MB a step, its hand-prefetched tiles
+# With few rows (`few_rows`) the bounds pass reads its first tile of KT pages (both bounds of every channel: which ones
+# it uses depends on the query) before it waits for the kernel before (PDL): with the store letting it start early,
+# RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md; measured when every tile read both).
+# Safe because the kernel before it is always the K/V store, which launches plainly (everything before the store has
+# finished when the pass starts) and writes only each sequence's newest KT page, which the pass reads again after its
+# wait. Not at larger batches: there the pass reads hundreds of MB a step, its hand-prefetched tiles
 # lose to Triton's pipelining, and programs waiting early hold SMs the store needs (RocketKV at 124 requests: 14.21
 # against 11.89 ms a step before it; BENCHMARKS.md, seventh session).
 BOUNDS_EARLY = 1
@@ -416,14 +509,15 @@ def bounds_early(batch: int, kv_heads: int) -> bool:
     return bool(BOUNDS_EARLY) and few_rows(batch, kv_heads)
 
 
-def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False):  # noqa: ANN001, ANN202
+def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False):  # noqa: ANN001, ANN202
     require_triton()
     batch, q_heads, d = q.shape
-    if d & (d - 1):
-        raise ValueError(f"head_dim must be a power of two, got {d}")
+    if d & (d - 1) or d < 16:
+        raise ValueError(f"head_dim must be a power of two >= 16, got {d}")
     if q.stride(-1) != 1:
         q = q.contiguous()
-    _, kv_heads, ppb, _ = kt_min.shape
+    check_kt(kt)
+    _, kv_heads, _, _, run = kt.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
     # Enough chunks to fill the GPU about twice (132 SMs on an H100).
@@ -439,31 +533,31 @@ def _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
-        q, kt_min, kt_max, block_tables, num_pages, bounds, part_m, part_l, *scales,
-        q.stride(0), q.stride(1), kt_min.stride(0), kt_min.stride(1), kt_min.stride(2), block_tables.stride(0),
+        q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales,
+        q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
-        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, BLOCK_P=_BLOCK_P,
-        DOT=_DOT[kt_min.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
+        G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
+        BLOCK_P=_BLOCK_P, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
         num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
 
-def kt_head_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False):  # noqa: ANN001, ANN201
+def kt_head_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True):  # noqa: ANN001, ANN201
     """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
-    bounds = _launch_bounds(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select)[0]
+    bounds = _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select)[0]
     past = torch.arange(bounds.shape[-1], device=bounds.device) >= num_pages.to(bounds.device)[:, None]
     return bounds.masked_fill_(past[:, None, :], float("-inf"))  # the kernel bounds only each sequence's pages
 
 
-def kt_page_scores(q, kt_min, kt_max, block_tables, num_pages, topr, sign_select=False, temperature=False,  # noqa: ANN001, ANN201
+def kt_page_scores(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False,  # noqa: ANN001, ANN201
                    newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
     bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
-        q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
+        q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature
     )
-    return _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt_min.shape[1], newest)
+    return _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt.shape[1], newest)
 
 
 def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest):  # noqa: ANN001, ANN202
@@ -510,15 +604,15 @@ def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch
     return out
 
 
-def predict_pages(q, kt_min, kt_max, block_tables, num_pages, topr, topk, sign_select=False, temperature=False):  # noqa: ANN001, ANN201
+def predict_pages(q, kt, block_tables, num_pages, topr, topk, ppb, sign_select=True, temperature=False):  # noqa: ANN001, ANN201
     """Triton version of `predict_pages_ref`: the bounds pass, then the group's scores and the selection in one
     kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
     `select_pages`."""
     bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
-        q, kt_min, kt_max, block_tables, num_pages, topr, sign_select, temperature
+        q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature
     )
     batch, q_heads, max_pages = bounds.shape
-    kv_heads = kt_min.shape[1]
+    kv_heads = kt.shape[1]
     k = min(topk + 1, max_pages)
     if max_pages > SCORE_SELECT_MAX_PAGES:
         scores = _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest=True)

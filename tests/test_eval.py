@@ -215,8 +215,9 @@ def test_bytes_mode_gives_methods_about_the_same_bytes(llama_dir, tmp_path):
 
 def test_rocket_token_budget_is_the_largest_split_that_fits():
     for length, budget in [(2048, 128), (8192, 256), (32768, 1024)]:
-        chosen = rocket_token_budget(budget, length)
-        assert rocket_reads(chosen, length) <= budget < rocket_reads(chosen + 1, length)
+        for bounds in (1, 2):
+            chosen = rocket_token_budget(budget, length, bounds)
+            assert rocket_reads(chosen, length, bounds) <= budget < rocket_reads(chosen + 1, length, bounds)
     assert rocket_token_budget(1024, 600) == 1024  # a budget past the sequence: everything, as dense
 
 
@@ -237,15 +238,15 @@ def test_report_merges_seeds_into_one_cell(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags, official",
+    "flags, bound, temperature",
     [
-        (["--budget-mode", "bytes"], True),
-        (["--budget-mode", "bytes", "--stage2-scoring", "trtllm"], False),
-        ([], False),
-        (["--stage2-scoring", "official"], True),
+        (["--budget-mode", "bytes"], "sign", False),
+        ([], "sign", False),
+        (["--stage2-scoring", "official"], "sign", True),
+        (["--budget-mode", "bytes", "--stage2-scoring", "quest"], "both", False),
     ],  # fmt: skip
 )
-def test_stage2_scoring_defaults_to_official_in_bytes_mode(flags, official):
+def test_stage2_scoring_is_tensorrt_llms_unless_asked(flags, bound, temperature):
     from rocket_trtllm.eval import SHIPPED_MODEL
 
     ns = parse_args(
@@ -253,4 +254,4 @@ def test_stage2_scoring_defaults_to_official_in_bytes_mode(flags, official):
     )
     ((_, _, args),) = runs(ns)
     sparse = args.sparse_attention_config
-    assert (sparse.stage2_bound == "sign" and sparse.stage2_temperature) == official
+    assert (sparse.stage2_bound, sparse.stage2_temperature) == (bound, temperature)

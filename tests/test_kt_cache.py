@@ -3,8 +3,11 @@ import torch
 from rocket_trtllm.kernels.cache_update import store_token_ref
 from rocket_trtllm.kernels.kt_predict import (
     group_page_scores,
+    kt_block_pages,
+    kt_group,
     kt_head_bounds_ref,
     kt_page_scores_ref,
+    pack_kt,
     predict_pages_ref,
     select_pages_ref,
 )
@@ -33,8 +36,9 @@ def test_page_score_bounds_true_max(group, page, block):
         kt.build(0, tables[i], n)
     q = torch.randn(len(lens), shape.num_heads, 16, generator=gen)
     num_pages = torch.tensor([-(-n // page) for n in lens])
-    bounds = kt_head_bounds_ref(q, kt.kmin[0], kt.kmax[0], tables, num_pages, topr=16)
-    scores = kt_page_scores_ref(q, kt.kmin[0], kt.kmax[0], tables, num_pages, topr=16)
+    ppb = block // page
+    bounds = kt_head_bounds_ref(q, kt.kt[0], tables, num_pages, 16, ppb, sign_select=False)  # Quest's upper bound
+    scores = kt_page_scores_ref(q, kt.kt[0], tables, num_pages, 16, ppb)
     for b, n in enumerate(lens):
         k = pool.k[0][tables[b].long()].permute(1, 0, 2, 3).reshape(2, -1, 16)[:, :n]
         k = k.repeat_interleave(group, 0)  # each query head's KV head
@@ -73,13 +77,12 @@ def test_decode_writes_equal_build():
         rows = [i for i, n in enumerate(lens) if step <= n]
         k_new = torch.stack([keys[i][:, step - 1] for i in rows])
         store_token_ref(k_new, k_new, k_cache, v_cache, tables[rows], torch.tensor([step] * len(rows)),
-                        grown.kmin[0], grown.kmax[0], 4)  # fmt: skip
+                        grown.kt[0], 4)  # fmt: skip
     for i, n in enumerate(lens):
         blocks = tables[i, : pool.blocks_for(n)].long()
         pages = -(-n // 4)
-        for kt_a, kt_b in ((built.kmin, grown.kmin), (built.kmax, grown.kmax)):
-            a = kt_a[0][blocks].permute(1, 0, 2, 3).reshape(2, -1, 8)[:, :pages]
-            b = kt_b[0][blocks].permute(1, 0, 2, 3).reshape(2, -1, 8)[:, :pages]
+        for a, b in zip(kt_block_pages(built.kt[0], blocks, 2), kt_block_pages(grown.kt[0], blocks, 2)):
+            a, b = (x.permute(1, 0, 2, 3).reshape(2, -1, 8)[:, :pages] for x in (a, b))
             assert torch.equal(a, b)
         got = k_cache[blocks].permute(1, 0, 2, 3).reshape(2, -1, 8)[:, :n]
         assert torch.equal(got, keys[i])
@@ -94,11 +97,11 @@ def test_topr_keeps_largest_channels():
     q = torch.zeros(1, 2, 8)
     q[0, :, 3] = 5.0
     q[0, 0, 1] = 0.1
-    full = kt_page_scores_ref(q, kt.kmin[0], kt.kmax[0], tables, torch.tensor([4]), topr=8)
-    one = kt_page_scores_ref(q, kt.kmin[0], kt.kmax[0], tables, torch.tensor([4]), topr=1)
+    full = kt_page_scores_ref(q, kt.kt[0], tables, torch.tensor([4]), 8, 4)
+    one = kt_page_scores_ref(q, kt.kt[0], tables, torch.tensor([4]), 1, 4)
     only3 = q.clone()
     only3[0, 0, 1] = 0
-    want = kt_page_scores_ref(only3, kt.kmin[0], kt.kmax[0], tables, torch.tensor([4]), topr=8)
+    want = kt_page_scores_ref(only3, kt.kt[0], tables, torch.tensor([4]), 8, 4)
     assert torch.allclose(one, want) and not torch.allclose(one, full)
 
 
@@ -147,39 +150,83 @@ def chosen(selected: torch.Tensor, num_pages: torch.Tensor) -> list:
     return [[sorted(p for p in row.tolist() if p < n) for row in heads] for heads, n in zip(selected, num_pages)]
 
 
-def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, lens=(13, 40)):
+def packed(lo, hi):
+    """Page-major bounds [blocks, kv_heads, ppb, d] in the KT layout, as a KTCache of their dtype lays them out."""
+    return pack_kt(lo, hi, kt_group(lo.shape[2], lo.element_size()))
+
+
+def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, lens=(13, 40), contiguous=False):
+    """Random bounds of `blocks` KV blocks in the KT layout, block tables (shuffled ids, or consecutive ones as the
+    allocator prefers), page counts and a bf16-valued query."""
     gen = torch.Generator().manual_seed(seed)
     lo = torch.randn(blocks, kv_heads, ppb, d, generator=gen)
-    hi = (lo + torch.rand(blocks, kv_heads, ppb, d, generator=gen)).to(dtype)
+    hi = lo + torch.rand(blocks, kv_heads, ppb, d, generator=gen)
     width = -(-max(lens) // ppb)
-    tables = torch.randperm(blocks, generator=gen)[: width * len(lens)].view(len(lens), width).int()
+    ids = torch.arange(blocks) if contiguous else torch.randperm(blocks, generator=gen)
+    tables = ids[: width * len(lens)].view(len(lens), width).int()
     q = torch.randn(len(lens), kv_heads * group, d, generator=gen).bfloat16().float()  # a model's bf16 query
-    return (t.to(device) for t in (q, lo.to(dtype), hi, tables, torch.tensor(lens, dtype=torch.int32)))
+    kt = packed(lo.to(dtype), hi.to(dtype))
+    return (t.to(device) for t in (q, kt, tables, torch.tensor(lens, dtype=torch.int32)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2])
-@pytest.mark.parametrize("topr,group,lens", [(16, 4, (13, 40)), (5, 4, (13, 150)), (3, 1, (2, 70))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e5m2, torch.float16])
+@pytest.mark.parametrize("topr,group,lens,ppb", [(16, 4, (13, 40), 4), (5, 4, (13, 150), 8), (3, 1, (2, 70), 2),
+                                                 (16, 8, (33, 64, 1), 8), (7, 8, (90,), 16)])  # fmt: skip
+@pytest.mark.parametrize("sign_select", [True, False])
 @pytest.mark.parametrize("rows", ["few", "many"])
-def test_triton_page_scores_match_reference(dtype, topr, group, lens, rows, monkeypatch):
-    """Against the references, with the bounds pass as a batch of few rows runs it (its first KT tile read before the
-    PDL wait, the next ones loaded by hand) and as a larger batch does (`FEW_ROWS` 0: each tile loaded in the loop)."""
+def test_triton_page_scores_match_reference(dtype, topr, group, lens, ppb, sign_select, rows, monkeypatch):
+    """Against the references: GQA groups of 1, 4 and 8 query heads, fp8 and 16-bit KT, top-r below and at head_dim,
+    2 to 16 pages a block, ragged lengths (a partial newest page); the sign rule's one bound and Quest's two; the
+    bounds pass as a batch of few rows runs it (its first KT tile read before the PDL wait) and as a larger batch does
+    (`FEW_ROWS` 0)."""
     from rocket_trtllm.kernels import _triton
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
     if rows == "many":
         monkeypatch.setattr(_triton, "FEW_ROWS", 0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, lo, hi, tables, pages = kt_case(dtype, device, topr, blocks=80, group=group, lens=lens)
-    want = kt_head_bounds_ref(q, lo, hi, tables, pages, topr)
-    got = kt_head_bounds(q, lo, hi, tables, pages, topr)
+    q, kt, tables, pages = kt_case(dtype, device, topr + ppb, blocks=96, group=group, lens=lens, ppb=ppb)
+    want = kt_head_bounds_ref(q, kt, tables, pages, topr, ppb, sign_select)
+    got = kt_head_bounds(q, kt, tables, pages, topr, ppb, sign_select)
     assert torch.equal(got.isinf(), want.isinf())
     assert torch.allclose(got, want, atol=1e-4)
-    want = kt_page_scores_ref(q, lo, hi, tables, pages, topr)
-    got = kt_page_scores(q, lo, hi, tables, pages, topr)
+    want = kt_page_scores_ref(q, kt, tables, pages, topr, ppb, sign_select)
+    got = kt_page_scores(q, kt, tables, pages, topr, ppb, sign_select)
     assert torch.equal(got.isinf(), want.isinf())
     assert torch.allclose(got, want, atol=1e-4)
-    want = predict_pages_ref(q, lo, hi, tables, pages, topr, topk=6)
-    assert chosen(predict_pages(q, lo, hi, tables, pages, topr, topk=6), pages) == chosen(want, pages)
+    want = predict_pages_ref(q, kt, tables, pages, topr, 6, ppb, sign_select)
+    assert chosen(predict_pages(q, kt, tables, pages, topr, 6, ppb, sign_select), pages) == chosen(want, pages)
+
+
+def test_sign_rule_reads_one_bound_of_the_kept_channels():
+    """The sign rule's estimate depends only on the bound it picks of each kept channel: poisoning the other bound
+    (NaN) and the channels top-r drops changes nothing, in the reference and the kernel."""
+    from rocket_trtllm.kernels.kt_predict import kt_page_scores
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(11)
+    blocks, kv_heads, ppb, d, topr = 24, 2, 4, 16, 5
+    lo = torch.randn(blocks, kv_heads, ppb, d, generator=gen)
+    hi = lo + torch.rand(lo.shape, generator=gen)
+    q = torch.randn(2, kv_heads * 4, d, generator=gen)
+    tables = torch.randperm(blocks, generator=gen)[:16].view(2, 8).int()
+    pages = torch.tensor([29, 17], dtype=torch.int32)
+    qg = q.view(2, kv_heads, 4, d)
+    kept = qg.abs().sum(2).topk(topr, -1).indices  # [batch, kv_heads, topr]
+    up = qg.sum(2) > 0  # [batch, kv_heads, d]
+    want = kt_page_scores_ref(q, packed(lo, hi), tables, pages, topr, ppb)
+    bad_lo, bad_hi = lo.clone(), hi.clone()
+    for b in range(2):
+        for h in range(kv_heads):
+            unused = torch.ones(d, dtype=torch.bool)
+            unused[kept[b, h]] = False
+            rows = tables[b].long()
+            bad_lo[rows, h] = bad_lo[rows, h].masked_fill(unused | up[b, h], float("nan"))
+            bad_hi[rows, h] = bad_hi[rows, h].masked_fill(unused | ~up[b, h], float("nan"))
+    poisoned = packed(bad_lo, bad_hi)
+    assert torch.allclose(kt_page_scores_ref(q, poisoned, tables, pages, topr, ppb), want, atol=1e-5)
+    got = kt_page_scores(q.to(device), poisoned.to(device), tables.to(device), pages.to(device), topr, ppb)
+    assert torch.allclose(got.cpu(), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("sign_select,temperature", [(True, False), (False, True), (True, True)])
@@ -187,19 +234,13 @@ def test_triton_official_variant_matches_reference(sign_select, temperature):
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator().manual_seed(3)
-    lo = torch.randn(10, 2, 4, 16, generator=gen)
-    hi = lo + torch.rand(lo.shape, generator=gen)
-    tables = torch.randperm(10, generator=gen)[:8].view(2, 4).int()
-    pages = torch.tensor([13, 6])
-    q = torch.randn(2, 8, 16, generator=gen)
-    args = [t.to(device) for t in (q, lo, hi, tables, pages)]
-    want = kt_page_scores_ref(q, lo, hi, tables, pages, 8, sign_select, temperature)
-    got = kt_page_scores(*args, 8, sign_select, temperature).cpu()
+    q, kt, tables, pages = kt_case(torch.float32, device, 3, blocks=10, lens=(13, 6))
+    want = kt_page_scores_ref(q, kt, tables, pages, 8, 4, sign_select, temperature)
+    got = kt_page_scores(q, kt, tables, pages, 8, 4, sign_select, temperature)
     assert torch.equal(got.isinf(), want.isinf())
     assert torch.allclose(got, want, atol=1e-4)
-    want = predict_pages_ref(q, lo, hi, tables, pages, 8, 3, sign_select, temperature)
-    assert chosen(predict_pages(*args, 8, 3, sign_select, temperature).cpu(), pages) == chosen(want, pages)
+    want = predict_pages_ref(q, kt, tables, pages, 8, 3, 4, sign_select, temperature)
+    assert chosen(predict_pages(q, kt, tables, pages, 8, 3, 4, sign_select, temperature), pages) == chosen(want, pages)
 
 
 @pytest.mark.parametrize("path", ["scores-in-selection", "scores-then-selection", "bounds-tile-after-wait"])
@@ -215,9 +256,9 @@ def test_predict_pages_scores_and_selects_in_one_kernel(path, monkeypatch):
         monkeypatch.setattr(kt_predict, "SCORE_SELECT_MAX_PAGES", 0)
     if path == "bounds-tile-after-wait":
         monkeypatch.setattr(kt_predict, "BOUNDS_EARLY", 0)
-    q, lo, hi, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))  # pages
-    got = predict_pages(q, lo, hi, tables, pages, 16, topk=5).cpu()
-    scores = kt_page_scores(q, lo, hi, tables, pages, 16, newest=True)
+    q, kt, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))
+    got = predict_pages(q, kt, tables, pages, 16, 5, 4).cpu()
+    scores = kt_page_scores(q, kt, tables, pages, 16, 4, newest=True)
     want = select_pages(scores, pages, 6).cpu()
     assert chosen(got, pages.cpu()) == chosen(want, pages.cpu())
     newest = (pages.cpu() - 1)[:, None]
@@ -231,9 +272,13 @@ def test_predict_pages_breaks_ties_by_page():
     from rocket_trtllm.kernels.kt_predict import predict_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, lo, hi, tables, pages = kt_case(torch.float32, device, seed=1, blocks=64, lens=(90, 47))
-    lo, hi = (t[:1, :, :1].expand_as(t).contiguous() for t in (lo, hi))  # every page alike
-    got = predict_pages(q, lo, hi, tables, pages, 16, topk=7).cpu()
+    gen = torch.Generator().manual_seed(1)
+    lo = torch.randn(1, 2, 1, 16, generator=gen).expand(64, 2, 4, 16).contiguous()  # every page alike
+    hi = lo + 1.0
+    tables = torch.randperm(64, generator=gen)[:46].view(2, 23).int().to(device)
+    pages = torch.tensor([90, 47], dtype=torch.int32, device=device)
+    q = torch.randn(2, 8, 16, generator=gen).to(device)
+    got = predict_pages(q, packed(lo, hi).to(device), tables, pages, 16, 7, 4).cpu()
     for row, n in zip(got, pages.tolist()):
         for pick in row.tolist():
             assert sorted(pick) == sorted([*range(7), n - 1])
@@ -249,10 +294,29 @@ def test_official_variant_properties():
     hi = lo + torch.rand(lo.shape, generator=gen)
     tables, pages = torch.arange(6).view(1, 6).int(), torch.tensor([12])
     q = torch.randn(1, 4, 16, generator=gen)
-    both = kt_head_bounds_ref(q, lo, hi, tables, pages, 16)
-    assert torch.allclose(kt_head_bounds_ref(q, lo, hi, tables, pages, 16, sign_select=True), both)
+    kt = packed(lo, hi)
+    both = kt_head_bounds_ref(q, kt, tables, pages, 16, 2, sign_select=False)
+    assert torch.allclose(kt_head_bounds_ref(q, kt, tables, pages, 16, 2, sign_select=True), both)
     assert torch.allclose(head_scales(q, 4, 16, temperature=True), torch.full((1, 4), 0.25))
     assert (head_scales(q, 4, 4, temperature=True) > 0.25).all()
+
+
+def test_kt_layout_round_trip_and_runs():
+    """pack_kt / kt_block_pages are inverses; consecutive block ids share a run (one channel's bound over their pages
+    is contiguous), of at least RUN_BYTES."""
+    from rocket_trtllm.kernels.kt_predict import RUN_BYTES
+
+    gen = torch.Generator().manual_seed(5)
+    lo = torch.randn(10, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
+    hi = torch.randn(10, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
+    kt = packed(lo, hi)
+    group = kt_group(8, 1)
+    assert kt.shape == (-(-10 // group), 3, 16, 2, group * 8) and group * 8 >= RUN_BYTES
+    blocks = torch.tensor([[3, 9], [0, 4]])
+    got_lo, got_hi = kt_block_pages(kt, blocks, 8)
+    assert torch.equal(got_lo.float(), lo[blocks].float()) and torch.equal(got_hi.float(), hi[blocks].float())
+    run = kt[0, 1, 5, 1]  # group 0, head 1, channel 5, the max: blocks 0..group-1's pages in order
+    assert torch.equal(run.float(), hi[:group, 1, :, 5].reshape(-1).float())
 
 
 @pytest.mark.parametrize("kt_dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2])
@@ -268,13 +332,14 @@ def test_triton_store_token_matches_reference(kt_dtype, page):
 
     k_cache, v_cache = randn(12, 2, 8, 16), randn(12, 2, 8, 16)
     kt = randn(2, 12, 2, 8 // page, 16).to(kt_dtype)
+    kt = packed(kt[0], kt[1])
     tables = torch.randperm(12, generator=gen)[:9].view(3, 3).int()
     lens = torch.tensor([1, 12, 24], dtype=torch.int32)  # first slot, mid-page or page start, last slot
     k, v = randn(3, 2, 16), randn(3, 2, 16)
-    want = [t.clone() for t in (k_cache, v_cache, kt[0], kt[1])]
-    store_token_ref(k, v, *want[:2], tables, lens, want[2], want[3], page)
-    got = [t.clone().to(device) for t in (k_cache, v_cache, kt[0], kt[1])]
-    store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], got[3], page)
+    want = [t.clone() for t in (k_cache, v_cache, kt)]
+    store_token_ref(k, v, *want[:2], tables, lens, want[2], page)
+    got = [t.clone().to(device) for t in (k_cache, v_cache, kt)]
+    store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], page)
     for a, b in zip(got, want):
         assert torch.equal(a.cpu().float(), b.float())
 
@@ -291,6 +356,7 @@ def test_triton_store_token_rotates_q_and_k(group):
     kv_heads, d, page = 2, 16, 4
     k_cache, v_cache = torch.randn(12, kv_heads, 8, d, generator=gen), torch.randn(12, kv_heads, 8, d, generator=gen)
     kt = torch.randn(2, 12, kv_heads, 8 // page, d, generator=gen)
+    kt = packed(kt[0], kt[1])
     tables = torch.randperm(12, generator=gen)[:9].view(3, 3).int()
     lens = torch.tensor([1, 12, 23], dtype=torch.int32)
     qkv = torch.randn(3, (group + 2) * kv_heads * d, generator=gen)  # q, k, v of each token side by side
@@ -301,15 +367,15 @@ def test_triton_store_token_rotates_q_and_k(group):
         q, k, v = t.split([group * kv_heads * d, kv_heads * d, kv_heads * d], -1)
         return q.view(3, -1, d), k.view(3, -1, d), v.view(3, -1, d)
 
-    want_qkv, want = qkv.clone(), [t.clone() for t in (k_cache, v_cache, kt[0], kt[1])]
+    want_qkv, want = qkv.clone(), [t.clone() for t in (k_cache, v_cache, kt)]
     q, k, v = split(want_qkv)
-    store_token_ref(k, v, *want[:2], tables, lens, want[2], want[3], page, q=q, cos=cos, sin=sin)
+    store_token_ref(k, v, *want[:2], tables, lens, want[2], page, q=q, cos=cos, sin=sin)
     assert not torch.equal(want_qkv, qkv)
     runs = []
     for fused in (True, False):
-        t_qkv, t_caches = qkv.clone().to(device), [t.clone().to(device) for t in (k_cache, v_cache, kt[0], kt[1])]
+        t_qkv, t_caches = qkv.clone().to(device), [t.clone().to(device) for t in (k_cache, v_cache, kt)]
         q, k, v = split(t_qkv)
-        args = (*t_caches[:2], tables.to(device), lens.to(device), t_caches[2], t_caches[3], page)
+        args = (*t_caches[:2], tables.to(device), lens.to(device), t_caches[2], page)
         if fused:
             store_token(k, v, *args, q=q, cos=cos.to(device), sin=sin.to(device))
         else:
@@ -332,20 +398,20 @@ def test_triton_store_token_into_an_fp8_cache(page):
     k_cache = (torch.randn(12, 2, 8, 16, generator=gen) * 8).to(torch.float8_e4m3fn)
     v_cache = (torch.randn(12, 2, 8, 16, generator=gen) * 8).to(torch.float8_e4m3fn)
     kt = torch.randn(2, 12, 2, 8 // page, 16, generator=gen)
+    kt = packed(kt[0], kt[1])
     tables = torch.randperm(12, generator=gen)[:9].view(3, 3).int()
     lens = torch.tensor([1, 12, 24], dtype=torch.int32)
     # Values that scale onto fp8 exactly (the interpreter rounds like numpy, not CUDA), some of V's past its range.
     k = torch.randn(3, 2, 16, generator=gen).to(torch.float8_e4m3fn).float() * 0.125
     v = torch.randn(3, 2, 16, generator=gen).to(torch.float8_e4m3fn).float() * 0.5
     v[:, :, ::5] = 1000.0
-    want = [t.clone() for t in (k_cache, v_cache, kt[0], kt[1])]
-    store_token_ref(k, v, *want[:2], tables, lens, want[2], want[3], page, k_scale=0.125, v_scale=0.5)
+    want = [t.clone() for t in (k_cache, v_cache, kt)]
+    store_token_ref(k, v, *want[:2], tables, lens, want[2], page, k_scale=0.125, v_scale=0.5)
     slot = (tables[2, 23 // 8], 23 % 8)
     assert torch.equal(want[0][slot[0], :, slot[1]].float(), (k[2] / 0.125).to(torch.float8_e4m3fn).float())
     assert want[1].float().abs().max() <= 448
-    got = [t.clone().to(device) for t in (k_cache, v_cache, kt[0], kt[1])]
-    store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], got[3], page,
-                0.125, 0.5)  # fmt: skip
+    got = [t.clone().to(device) for t in (k_cache, v_cache, kt)]
+    store_token(k.to(device), v.to(device), *got[:2], tables.to(device), lens.to(device), got[2], page, 0.125, 0.5)
     for a, b in zip(got, want):
         assert torch.equal(a.cpu().float(), b.float())
 
@@ -356,23 +422,25 @@ def test_triton_page_scores_on_gpu():
 
     gen = torch.Generator().manual_seed(0)
     lo = torch.randn(4096, 8, 8, 128, generator=gen)
-    hi = (lo + torch.rand(lo.shape, generator=gen)).to("cuda", torch.float8_e5m2)
-    lo = lo.to("cuda", torch.float8_e5m2)
+    hi = lo + torch.rand(lo.shape, generator=gen)
     tables = torch.randperm(4096, generator=gen)[:4000].view(4, 1000).int().cuda()
     pages = torch.tensor([1, 999, 5000, 8000], device="cuda")
     q = torch.randn(4, 32, 128, generator=gen).bfloat16().float().cuda()  # a model's bf16 query
-    want = kt_head_bounds_ref(q, lo, hi, tables, pages, 64)
-    got = kt_head_bounds(q, lo, hi, tables, pages, 64)
-    assert torch.equal(got.isinf(), want.isinf())
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-2)
-    want = kt_page_scores_ref(q, lo, hi, tables, pages, 64)
-    got = kt_page_scores(q, lo, hi, tables, pages, 64)
-    assert torch.equal(got.isinf(), want.isinf())
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-2)
-    got = predict_pages(q.bfloat16(), lo, hi, tables, pages, 64, 64)
-    want = predict_pages_ref(q.bfloat16(), lo, hi, tables, pages, 64, 64)
-    overlap = (got.sort(-1).values[..., :, None] == want[..., None, :]).any(-1).float().mean()
-    assert overlap > 0.98  # float summation order may swap near-tied pages
+    for dtype in (torch.float8_e5m2, torch.bfloat16):
+        kt = packed(lo.to(dtype), hi.to(dtype)).cuda()
+        for topr, sign in ((64, True), (128, True), (64, False)):
+            want = kt_head_bounds_ref(q, kt, tables, pages, topr, 8, sign)
+            got = kt_head_bounds(q, kt, tables, pages, topr, 8, sign)
+            assert torch.equal(got.isinf(), want.isinf())
+            assert torch.allclose(got, want, rtol=1e-3, atol=5e-2)
+            want = kt_page_scores_ref(q, kt, tables, pages, topr, 8, sign)
+            got = kt_page_scores(q, kt, tables, pages, topr, 8, sign)
+            assert torch.equal(got.isinf(), want.isinf())
+            assert torch.allclose(got, want, rtol=1e-3, atol=5e-2)
+            got = predict_pages(q.bfloat16(), kt, tables, pages, topr, 64, 8, sign)
+            want = predict_pages_ref(q.bfloat16(), kt, tables, pages, topr, 64, 8, sign)
+            overlap = (got.sort(-1).values[..., :, None] == want[..., None, :]).any(-1).float().mean()
+            assert overlap > 0.98  # float summation order may swap near-tied pages
 
 
 @pytest.mark.gpu
@@ -384,22 +452,22 @@ def test_page_scores_graph_outlives_other_batch_sizes():
 
     gen = torch.Generator().manual_seed(0)
     lo = torch.randn(512, 8, 8, 128, generator=gen)
-    hi = (lo + torch.rand(lo.shape, generator=gen)).to("cuda", torch.float8_e5m2)
-    lo = lo.to("cuda", torch.float8_e5m2)
+    hi = lo + torch.rand(lo.shape, generator=gen)
+    kt = packed(lo.to(torch.float8_e5m2), hi.to(torch.float8_e5m2)).cuda()
     tables = torch.randperm(512, generator=gen)[:64].view(1, 64).int().cuda()
     pages = torch.tensor([500], device="cuda")
     q = torch.randn(1, 32, 128, generator=gen).cuda()
-    want = kt_page_scores(q, lo, hi, tables, pages, 128)
+    want = kt_page_scores(q, kt, tables, pages, 128, 8)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        kt_page_scores(q, lo, hi, tables, pages, 128)
+        kt_page_scores(q, kt, tables, pages, 128, 8)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = kt_page_scores(q, lo, hi, tables, pages, 128)
+        out = kt_page_scores(q, kt, tables, pages, 128, 8)
     for batch in range(2, 100):
-        kt_page_scores(q.expand(batch, -1, -1), lo, hi, tables.expand(batch, -1), pages.repeat(batch), 128)
+        kt_page_scores(q.expand(batch, -1, -1), kt, tables.expand(batch, -1), pages.repeat(batch), 128, 8)
     junk = torch.full((1, 32), float("nan"), device="cuda")
     junk = [junk.clone() for _ in range(20000)]  # every freed small block handed out again, NaN-filled
     graph.replay()
@@ -414,12 +482,13 @@ def test_triton_store_token_on_gpu():
     gen = torch.Generator().manual_seed(0)
     k_cache = torch.randn(600, 8, 32, 128, generator=gen).bfloat16()
     kt = torch.randn(2, 600, 8, 8, 128, generator=gen).to(torch.float8_e5m2)
+    kt = packed(kt[0], kt[1])
     tables = torch.randperm(600, generator=gen)[:512].view(16, 32).int()
     lens = torch.randint(1, 32 * 32, (16,), generator=gen, dtype=torch.int32)
     k = torch.randn(16, 8, 128, generator=gen).bfloat16()
-    want = [t.clone() for t in (k_cache, k_cache, kt[0], kt[1])]
-    store_token_ref(k, k, *want[:2], tables, lens, want[2], want[3], 4)
-    got = [t.cuda() for t in (k_cache, k_cache.clone(), kt[0], kt[1])]
-    store_token(k.cuda(), k.cuda(), *got[:2], tables.cuda(), lens.cuda(), got[2], got[3], 4)
+    want = [t.clone() for t in (k_cache, k_cache, kt)]
+    store_token_ref(k, k, *want[:2], tables, lens, want[2], 4)
+    got = [t.cuda() for t in (k_cache, k_cache.clone(), kt)]
+    store_token(k.cuda(), k.cuda(), *got[:2], tables.cuda(), lens.cuda(), got[2], 4)
     for a, b in zip(got, want):
         assert torch.equal(a.cpu().float(), b.float())

@@ -16,8 +16,8 @@ DEFAULTS = dict(
     kt_cache_dtype="float8_e5m2",
 )
 OURS = dict(
-    eviction_scope="kv_head", token_budget=None, token_budget_len=32768, stage2_bound="both", stage2_temperature=False
-)  # fields TensorRT-LLM's class lacks
+    eviction_scope="kv_head", token_budget=None, token_budget_len=32768, stage2_bound="sign", stage2_temperature=False
+)  # fields TensorRT-LLM's class lacks (stage2_bound: "sign" is what its backend computes)
 
 
 def test_defaults_match_tensorrt_llm():
@@ -93,8 +93,8 @@ def test_topr_fraction_resolves_against_head_dim():
 
 def test_model_checks():
     shape = ModelShape(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64)
-    with pytest.raises(ConfigError, match="head_dim 64"):
-        RocketSparseAttentionConfig(topr=128).check_model(shape, tokens_per_block=32)
+    RocketSparseAttentionConfig(topr=128).check_model(shape, tokens_per_block=32)  # TensorRT-LLM: every channel
+    assert RocketSparseAttentionConfig(topr=128).topr_channels(64) == 64
     with pytest.raises(ConfigError, match="tokens_per_block"):
         RocketSparseAttentionConfig(topr=64, page_size=64).check_model(shape, tokens_per_block=32)
     RocketSparseAttentionConfig(topr=64).check_model(shape, tokens_per_block=32)

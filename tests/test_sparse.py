@@ -42,9 +42,13 @@ def test_rocket_with_full_page_budget_equals_snapkv(llama_dir, scope):
 
 
 def test_rocket_with_whole_prompt_kept_equals_quest(llama_dir):
-    rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=6, page_size=8, topr=16, kt_cache_dtype="float16")
-    quest = {"algorithm": "quest", "topk": 6, "page_size": 8, "kt_cache_dtype": "float16"}
-    assert [r.token_ids for r in run(llama_dir, rocket)] == [q.token_ids for q in run(llama_dir, quest)]
+    """Nothing evicted, RocketKV is Quest's page selection: with Quest's bound, and with its own (the sign rule's)
+    when Quest is given that; topr past head_dim (16 here) means every channel, as in TensorRT-LLM."""
+    for bound, topr in (("both", 16), ("sign", 128)):
+        rocket = RocketSparseAttentionConfig(prompt_budget=1024, topk=6, page_size=8, topr=topr,
+                                             kt_cache_dtype="float16", stage2_bound=bound)  # fmt: skip
+        quest = {"algorithm": "quest", "topk": 6, "page_size": 8, "kt_cache_dtype": "float16", "stage2_bound": bound}
+        assert [r.token_ids for r in run(llama_dir, rocket)] == [q.token_ids for q in run(llama_dir, quest)]
 
 
 def test_eviction_frees_blocks_per_layer_budget(llama_dir):
@@ -103,11 +107,20 @@ def test_registry_lists_every_baseline():
     assert set(algorithms()) == {"rocket", "rocket_mt", "snapkv", "quest", "streamingllm", "topk_oracle"}
 
 
-def test_topr_larger_than_head_dim_is_a_model_check(llama_dir):
-    from rocket_trtllm import ConfigError
+def test_tensorrt_llm_yaml_runs_on_a_head_dim_64_model():
+    """configs/rocket.yaml is TensorRT-LLM's documented example (topr at its default 128): on the shipped model
+    (head_dim 64) it means every channel, as TensorRT-LLM reads it, and generates."""
+    from pathlib import Path
 
-    with pytest.raises(ConfigError, match="head_dim 16"):
-        LLM(str(llama_dir), sparse_attention_config=RocketSparseAttentionConfig())
+    from rocket_trtllm.eval import SHIPPED_MODEL
+
+    config = Path(__file__).parents[1] / "configs" / "rocket.yaml"
+    with LLM.from_yaml(config, model=str(SHIPPED_MODEL), max_seq_len=4096) as llm:
+        assert llm.engine.backend.topr == llm.engine.model.shape.head_dim == 64
+        out = llm.generate(
+            [3 + i % 500 for i in range(3000)], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+        )
+        assert len(out.outputs[0].token_ids) == 4 and llm.snapshot()["lastKeptPromptTokens"] == 2048
 
 
 def test_rocket_through_kernels_equals_torch_path(llama_dir):
@@ -145,9 +158,15 @@ def test_score_goes_through_sparse_decode(llama_dir):
 BYTE_CASES = [
     (None, 100 * 512),
     ({"algorithm": "snapkv", "prompt_budget": 64, "window_size": 8}, 100 * 512),  # dense over what it kept
-    # 4 pages of 4 + the newest page's 4 tokens, and 25 pages' fp8 min and max over every channel
-    ({"algorithm": "rocket", "topk": 4, "page_size": 4, "topr": 8}, 20 * 512 + 25 * 2 * 2 * 2 * 16 * 1),
-    # 2 pages of 16 + the newest page's 4 tokens, and 7 pages' float16 min and max
+    # 4 pages of 4 + the newest page's 4 tokens, and 25 pages' fp8 bound the sign rule picks of the 8 top-r channels
+    # (2 layers, 2 KV heads)
+    ({"algorithm": "rocket", "topk": 4, "page_size": 4, "topr": 8}, 20 * 512 + 25 * 1 * 2 * 2 * 8 * 1),
+    # Quest's bound reads both
+    (
+        {"algorithm": "rocket", "topk": 4, "page_size": 4, "topr": 8, "stage2_bound": "both"},
+        20 * 512 + 25 * 2 * 2 * 2 * 8 * 1,
+    ),
+    # 2 pages of 16 + the newest page's 4 tokens, and 7 pages' float16 min and max of every channel
     ({"algorithm": "quest", "topk": 2, "page_size": 16}, 36 * 512 + 7 * 2 * 2 * 2 * 16 * 2),
     ({"algorithm": "topk_oracle", "topk": 10}, 10 * 512 + 100 * 256),  # and every key, to choose
     ({"algorithm": "streamingllm", "sink_size": 4, "window_size": 12}, 16 * 512),

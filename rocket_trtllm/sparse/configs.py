@@ -70,16 +70,18 @@ class PageSelectionFields(BaseSparseAttentionConfig):
     """Stage 2 (top-k KT pages at every decode step)."""
 
     topr: Union[StrictInt, StrictFloat] = Field(
-        default=128, description="Query channels used to score KT pages: a count, or a fraction of head_dim."
+        default=128,
+        description="Query channels used to score KT pages: a count (>= head_dim: every channel), or a fraction of "
+        "head_dim.",
     )
     topk: int = Field(default=64, description="KT pages selected per decode step, per KV head.")
     page_size: int = Field(default=4, description="Tokens per KT page (power of two).")
     kt_cache_dtype: str = Field(default="float8_e5m2", description="Storage type of the KT cache's min/max.")
-    stage2_bound: Literal["both", "sign"] = Field(
-        default="both",
-        description="ours: how a page's logit is estimated per channel: both = the bound max(q*min, q*max) "
-        "(TensorRT-LLM's); sign = the official implementation's one bound, max or min by the sign of the query "
-        "summed over the GQA group.",
+    stage2_bound: Literal["sign", "both"] = Field(
+        default="sign",
+        description="How a page's logit is estimated per channel: sign = one bound, the max where the query summed "
+        "over the GQA group is positive and the min elsewhere (TensorRT-LLM's backend and the paper; the kernel reads "
+        "only that bound); both = Quest's upper bound max(q*min, q*max), reading both.",
     )
     stage2_temperature: bool = Field(
         default=False,
@@ -116,18 +118,13 @@ class PageSelectionFields(BaseSparseAttentionConfig):
         return v
 
     def topr_channels(self, head_dim: int) -> int:
-        """`topr` as a channel count for a model with `head_dim` channels per head."""
+        """`topr` as a channel count for a model with `head_dim` channels per head (as TensorRT-LLM: a count of
+        head_dim or more means every channel)."""
         if isinstance(self.topr, float):
             return max(1, round(self.topr * head_dim))
-        return self.topr
+        return min(self.topr, head_dim)
 
     def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:
-        if isinstance(self.topr, int) and self.topr > shape.head_dim:
-            raise ConfigError(
-                f"{self.topr} exceeds the model's head_dim {shape.head_dim}; use at most {shape.head_dim} "
-                f"(recommended: {shape.head_dim}) or a fraction in (0, 1]",
-                "sparse_attention_config.topr",
-            )
         if tokens_per_block % self.page_size:
             raise ConfigError(
                 f"{self.page_size} must divide kv_cache_config.tokens_per_block ({tokens_per_block}), "
@@ -199,6 +196,9 @@ class QuestSparseAttentionConfig(PageSelectionFields):
     topr: Union[StrictInt, StrictFloat] = Field(default=1.0, description="Query channels used (1.0: all).")
     page_size: int = Field(default=16, description="Tokens per page (power of two).")
     kt_cache_dtype: str = Field(default="float16", description="Storage type of the page min/max.")
+    stage2_bound: Literal["sign", "both"] = Field(
+        default="both", description="Quest's upper bound max(q*min, q*max) per channel, or the sign rule's one bound."
+    )
 
 
 class StreamingLLMSparseAttentionConfig(BaseSparseAttentionConfig):

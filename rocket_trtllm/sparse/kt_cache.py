@@ -1,12 +1,14 @@
-"""The KT cache: per-page, per-channel min and max of K, stored beside each KV block.
+"""The KT cache: per-page, per-channel min and max of K, addressed by KV block.
 
-KT pages live inside KV blocks (`tokens_per_block / page_size` pages per block), so a request's
-KT pages are addressed by its KV block table and are freed with its KV blocks. Decode steps refresh
+Each KV block's KT pages (`tokens_per_block / page_size` of them) have a fixed place in the KT layout
+(`kernels.kt_predict`: channel-major, the pages of `group` consecutive block ids in one run per channel and bound),
+so a request's KT pages are addressed by its KV block table and are freed with its KV blocks. Decode steps refresh
 the newest page as they write its K (`kernels.cache_update.store_token`).
 """
 
 import torch
 
+from ..kernels.kt_predict import kt_group, kt_write
 from ..runtime.kv_cache import KVCachePool, ModelShape
 
 KT_DTYPES = {"float8_e5m2": torch.float8_e5m2, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -17,10 +19,11 @@ class KTCache:
         self.pool = pool
         self.page_size = page_size
         self.pages_per_block = pool.tokens_per_block // page_size
-        num_blocks = pool.k.shape[1]  # the scratch block included
-        dims = (shape.num_layers, num_blocks, shape.num_kv_heads, self.pages_per_block, shape.head_dim)
-        self.kmin = torch.zeros(dims, dtype=dtype, device=pool.k.device)
-        self.kmax = torch.zeros(dims, dtype=dtype, device=pool.k.device)
+        self.group = kt_group(self.pages_per_block, torch.empty((), dtype=dtype).element_size())
+        groups = -(-pool.k.shape[1] // self.group)  # the scratch block included
+        run = self.group * self.pages_per_block
+        dims = (shape.num_layers, groups, shape.num_kv_heads, shape.head_dim, 2, run)
+        self.kt = torch.zeros(dims, dtype=dtype, device=pool.k.device)
 
     @staticmethod
     def bytes_per_block(shape: ModelShape, tokens_per_block: int, page_size: int, dtype: torch.dtype) -> int:
@@ -39,5 +42,7 @@ class KTCache:
         k = self._paged_keys(layer, blocks).float() * self.pool.scales(layer)[0]  # as attention will read them
         slot = torch.arange(blocks.numel() * self.pool.tokens_per_block, device=k.device)
         valid = (slot < num_tokens).view(blocks.numel(), 1, self.pages_per_block, self.page_size, 1)
-        self.kmin[layer][blocks] = k.masked_fill(~valid, float("inf")).amin(3).to(self.kmin.dtype)
-        self.kmax[layer][blocks] = k.masked_fill(~valid, float("-inf")).amax(3).to(self.kmax.dtype)
+        lo = k.masked_fill(~valid, float("inf")).amin(3).transpose(1, 2)  # [n, pages_per_block, kv_heads, d]
+        hi = k.masked_fill(~valid, float("-inf")).amax(3).transpose(1, 2)
+        pages = torch.arange(self.pages_per_block, device=k.device).expand(blocks.numel(), -1)
+        kt_write(self.kt[layer], blocks, pages, lo, hi, self.pages_per_block)

@@ -54,12 +54,13 @@ class PageSelectionAttention(AttentionBackend):
         attended = super().decode_read_bytes(cache_len)
         if self._is_dense(cache_len):
             return attended
-        # The scoring kernel reads each page's min and max over every channel (unused ones weigh zero).
+        # The scoring kernel reads, of every page, the kept channels' bound the sign rule picks (or both, Quest's).
+        bounds = 1 if self.config.stage2_bound == "sign" else 2
         s, pages = self.shape, -(-cache_len // self.page_size)
-        return attended + pages * 2 * s.num_layers * s.num_kv_heads * s.head_dim * self.kt.kmin.element_size()
+        return attended + pages * bounds * s.num_layers * s.num_kv_heads * self.topr * self.kt.kt.element_size()
 
     def kt_pages(self, layer: int) -> tuple:
-        return self.kt.kmin[layer], self.kt.kmax[layer], self.page_size
+        return self.kt.kt[layer], self.page_size
 
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         if not meta.static and self._is_dense(meta.max_cache_len):
@@ -69,9 +70,9 @@ class PageSelectionAttention(AttentionBackend):
         tables = meta.gen_block_tables[:, : self.pool.blocks_for(meta.max_cache_len)]
         num_pages = meta.pages(self.page_size)
         predict = predict_pages if self.use_kernels else predict_pages_ref
-        c = self.config
-        pages = predict(q, self.kt.kmin[layer], self.kt.kmax[layer], tables, num_pages, self.topr, self.topk,
-                        c.stage2_bound == "sign", c.stage2_temperature)  # fmt: skip
+        c, ppb = self.config, self.kt.pages_per_block
+        pages = predict(q, self.kt.kt[layer], tables, num_pages, self.topr, self.topk, ppb, c.stage2_bound == "sign",
+                        c.stage2_temperature)  # fmt: skip
         attend = sparse_decode if self.use_kernels else sparse_decode_ref
         lens, page = meta.cache_lens, self.page_size
         return self.read_kv(layer, lambda k, v, scale: attend(q, k, v, tables, pages, lens, page, scale))
