@@ -116,8 +116,9 @@ class LLMEngine:
         # Random weights have no calibrated scales (1.0, as for a checkpoint without them).
         calibrated = kv_name == "fp8" and args.load_format != "dummy"
         scales = kv_scales(self.checkpoint, shape.num_layers) if calibrated else (None, None)
+        group = self._backend_cls().block_group(args.sparse_attention_config, kv.tokens_per_block)
         self.pool = KVCachePool(
-            shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales, reuse=kv.enable_block_reuse
+            shape, blocks, kv.tokens_per_block, kv_dtype, self.device, *scales, kv.enable_block_reuse, group
         )
         use_kernels = self.device.type == "cuda" and args.attn_backend == "TRTLLM"
         self.backend = self._build_backend(shape, use_kernels)

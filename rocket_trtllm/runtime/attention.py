@@ -175,6 +175,12 @@ class AttentionBackend:
         """Bytes of per-block side caches (e.g. the KT cache) this backend keeps beside each KV block."""
         return 0
 
+    @classmethod
+    def block_group(cls, config: Any, tokens_per_block: int) -> int:
+        """How many consecutive block ids a side cache reads as one run: the allocator gives a request aligned runs of
+        them where it can."""
+        return 1
+
     def kept_len(self, prompt_len: int) -> int:
         """Prompt tokens a request keeps in the cache after its context phase."""
         return prompt_len

@@ -2,7 +2,7 @@
 
 import hashlib
 from array import array
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,10 +46,18 @@ class BlockAllocator:
     the free list is empty; then the least recently used one is taken.
     """
 
-    def __init__(self, num_blocks: int, reuse: bool = False) -> None:
+    def __init__(self, num_blocks: int, reuse: bool = False, group: int = 1) -> None:
         self.num_blocks = num_blocks
         self.reuse = reuse
-        self._free: deque[int] = deque(range(num_blocks))
+        # Blocks come out in aligned runs of `group` consecutive ids where they can (a side cache, the KT cache, keeps
+        # one run of the group's pages contiguous): a request's next block is its last one's successor if that is
+        # free, else the start of a wholly free group, else the oldest free block.
+        self.group = group
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._free_in_group = [min(group, num_blocks - g) for g in range(0, num_blocks, group)]
+        self._whole: OrderedDict[int, None] = OrderedDict(
+            (g, None) for g, n in enumerate(self._free_in_group) if n == group
+        )  # groups whose every block is free
         self._reserved = 0
         self._refs: dict[int, int] = {}  # block -> requests holding it
         self._hash_of: dict[int, bytes] = {}
@@ -103,21 +111,50 @@ class BlockAllocator:
             self._idle.pop(b, None)
             self._refs[b] = self._refs.get(b, 0) + 1
         self._reserved += later
-        return shared + [self._take() for _ in range(now - len(shared))]
+        table = list(shared)
+        for _ in range(now - len(shared)):
+            table.append(self._take(table[-1] if table else None))
+        return table
 
-    def take_reserved(self) -> int:
+    def take_reserved(self, after: Optional[int] = None) -> int:
+        """One of the reserved blocks, for a request whose last block is `after`."""
         assert self._reserved > 0, "a request grew past its reservation"
         self._reserved -= 1
-        return self._take()
+        return self._take(after)
 
-    def _take(self) -> int:
-        if self._free:
-            block = self._free.popleft()
+    def _take(self, after: Optional[int] = None) -> int:
+        block = self._preferred(after)
+        if block is not None:
+            self._leave_free(block)
+        elif self._free:
+            block = next(iter(self._free))
+            self._leave_free(block)
         else:  # the least recently used cached block that no request holds
             block, _ = self._idle.popitem(last=False)
             del self._block_of[self._hash_of.pop(block)]
         self._refs[block] = 1
         return block
+
+    def _preferred(self, after: Optional[int]) -> Optional[int]:
+        if self.group == 1:
+            return None
+        if after is not None and (after + 1) % self.group and after + 1 in self._free:
+            return after + 1
+        return next(iter(self._whole)) * self.group if self._whole else None
+
+    def _leave_free(self, block: int) -> None:
+        del self._free[block]
+        g = block // self.group
+        if self._free_in_group[g] == self.group:
+            del self._whole[g]
+        self._free_in_group[g] -= 1
+
+    def _enter_free(self, block: int) -> None:
+        self._free[block] = None
+        g = block // self.group
+        self._free_in_group[g] += 1
+        if self._free_in_group[g] == self.group:
+            self._whole[g] = None
 
     def register(self, blocks: list[int], hashes: list[bytes]) -> None:
         """Cache full `blocks` under their `hashes` (a content already cached under another block is skipped)."""
@@ -135,14 +172,14 @@ class BlockAllocator:
                 if block in self._hash_of:
                     self._idle[block] = None  # most recently used last
                 else:
-                    self._free.append(block)
+                    self._enter_free(block)
         self._reserved -= unused_reservation
 
     def clear_cache(self) -> None:
         """Forget every cached block no request holds (they return to the free list)."""
         for block in list(self._idle):
             del self._block_of[self._hash_of.pop(block)]
-            self._free.append(block)
+            self._enter_free(block)
         self._idle.clear()
 
 
@@ -164,13 +201,14 @@ class KVCachePool:
         k_scale: Optional[list[float]] = None,
         v_scale: Optional[list[float]] = None,
         reuse: bool = False,
+        group: int = 1,
     ) -> None:
         dims = (shape.num_layers, num_blocks + 1, shape.num_kv_heads, tokens_per_block, shape.head_dim)
         self.scratch_block = num_blocks
         self.k = torch.zeros(dims, dtype=dtype, device=device)
         self.v = torch.zeros(dims, dtype=dtype, device=device)
         self.tokens_per_block = tokens_per_block
-        self.allocator = BlockAllocator(num_blocks, reuse)
+        self.allocator = BlockAllocator(num_blocks, reuse, group)
         self.k_scale = k_scale or [1.0] * shape.num_layers
         self.v_scale = v_scale or [1.0] * shape.num_layers
 

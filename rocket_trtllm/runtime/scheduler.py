@@ -68,7 +68,9 @@ class Scheduler:
         generations = list(self.running)
         for seq in generations:
             if len(seq.block_table) <= seq.cache_len // self.pool.tokens_per_block:
-                seq.block_table.append(self.pool.allocator.take_reserved())
+                seq.block_table.append(
+                    self.pool.allocator.take_reserved(seq.block_table[-1] if seq.block_table else None)
+                )
                 seq.reserved_blocks -= 1
         contexts: list[Sequence] = []
         tokens = len(generations)

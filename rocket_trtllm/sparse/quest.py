@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..kernels.kt_predict import predict_pages, predict_pages_ref
+from ..kernels.kt_predict import kt_group, predict_pages, predict_pages_ref
 from ..kernels.paged_decode import sparse_decode, sparse_decode_ref
 from ..runtime.attention import AttentionBackend, AttentionMetadata
 from ..runtime.distributed import SINGLE, Communicator
@@ -34,6 +34,10 @@ class PageSelectionAttention(AttentionBackend):
     @classmethod
     def side_cache_bytes_per_block(cls, shape: ModelShape, config: Any, tokens_per_block: int) -> int:
         return KTCache.bytes_per_block(shape, tokens_per_block, config.page_size, KT_DTYPES[config.kt_cache_dtype])
+
+    @classmethod
+    def block_group(cls, config: Any, tokens_per_block: int) -> int:
+        return kt_group(tokens_per_block // config.page_size, KT_DTYPES[config.kt_cache_dtype].itemsize)
 
     def after_context(self, layer: int, meta: AttentionMetadata) -> None:
         for i, kept in enumerate(meta.kept_lens):
