@@ -133,7 +133,16 @@ class LLMEngine:
             graph_padding=bool(graphs and graphs.enable_padding),
             max_seq_len=self.max_seq_len,
         )
-        self.scheduler = Scheduler(self.pool, args.max_batch_size, args.max_num_tokens)
+        window = self.backend.prompt_query_window  # stage 1's queries: a prompt's last chunk must hold them
+        if args.enable_chunked_prefill and window >= args.max_num_tokens:
+            raise ConfigError(
+                f"{args.max_num_tokens} must exceed the {window} last prompt queries stage 1 reads "
+                f"(sparse_attention_config.window_size), which a prompt's last chunk holds",
+                "max_num_tokens",
+            )
+        self.scheduler = Scheduler(
+            self.pool, args.max_batch_size, args.max_num_tokens, args.enable_chunked_prefill, window
+        )
         self.eos_ids = self._eos_ids()
         self.iteration = 0
         self.stats: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -260,6 +269,7 @@ class LLMEngine:
         if self.device.type == "cuda" and self._inflight is None:
             torch.cuda.reset_peak_memory_stats(self.device)  # for this iteration's gpuPeakMemUsage
         overlap = self._overlappable(batch)
+        emitting = batch.emitting  # a prompt's last chunk and the decodes: the runner's logits rows
         try:
             if self.workers is not None:
                 self.workers.check()
@@ -269,9 +279,9 @@ class LLMEngine:
             if overlap:
                 launched = _Inflight.launch(batch.generations, logits, start, self._token_buffers)
             else:
-                tokens = sample(logits, batch.sequences)
-                _force(logits, batch.sequences, tokens)
-                _logprobs(logits, batch.sequences, tokens)
+                tokens = sample(logits, emitting)
+                _force(logits, emitting, tokens)
+                _logprobs(logits, emitting, tokens)
         except Exception as e:  # a failed step fails its requests, never the engine
             self._inflight = None  # its requests are this step's
             failure = self.workers and self.workers.failure
@@ -308,7 +318,9 @@ class LLMEngine:
         (a context step is built on the host; one the full batch or pool keeps waiting does not stop the overlap) and
         no running request ends by length with the token in flight."""
         return not self.scheduler.can_admit() and all(
-            self._eligible(seq) and len(seq.output_token_ids) + seq.inflight < seq.sampling_params.max_tokens
+            seq.prefilled
+            and self._eligible(seq)
+            and len(seq.output_token_ids) + seq.inflight < seq.sampling_params.max_tokens
             for seq in self.scheduler.running
         )
 
@@ -332,10 +344,14 @@ class LLMEngine:
 
     def _record(self, batch: Any, tokens: list[int], logits: Optional[torch.Tensor], start: float) -> list[Update]:
         """A finished step's bookkeeping: tokens appended, requests finished, counters and iteration stats."""
-        for i, seq in enumerate(batch.sequences):
+        emitting = batch.emitting
+        for i, seq in enumerate(emitting):
             if seq.sampling_params.return_generation_logits:
                 seq.logits.append(logits[i].cpu())
         for seq in batch.contexts:
+            if not seq.prefilled:  # a chunk of a prompt that goes on in the next steps
+                continue
+            self.scheduler.finish_prefill(seq)  # a chunked prompt's blocks past what stage 1 kept go back
             self.kept_tokens.append((seq.prompt_len, seq.kept_prompt_len))
             self.totals["prompt_tokens"] += seq.prompt_len
             self.totals["cached_prompt_tokens"] += seq.cached_len
@@ -347,7 +363,7 @@ class LLMEngine:
             self.totals["tokens_attended"] += sum(attended) / len(attended)
             read = [self.backend.decode_read_bytes(s.cache_len) for s in batch.generations]
             self.totals["attention_bytes"] += sum(read) / len(read)
-        updates = [self._append(seq, tok) for seq, tok in zip(batch.sequences, tokens)]
+        updates = [self._append(seq, tok) for seq, tok in zip(emitting, tokens)]
         self.iteration += 1
         self._last_landed = time.perf_counter()
         seconds = self._last_landed - start  # the sampled tokens were read back: the GPU work is done
@@ -442,7 +458,7 @@ class LLMEngine:
             "inflightBatchingStats": {
                 "numContextRequests": len(batch.contexts),
                 "numGenRequests": len(batch.generations),
-                "numCtxTokens": sum(s.prompt_len for s in batch.contexts),
+                "numCtxTokens": batch.context_tokens,
             },
             "kvCacheStats": {
                 "maxNumBlocks": alloc.num_blocks,

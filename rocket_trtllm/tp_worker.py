@@ -42,6 +42,8 @@ class SeqView:
     num_tokens: int = 0
     cache_len: int = 0
     cached_len: int = 0  # contexts: prompt tokens from the prefix cache
+    computed_len: int = 0  # contexts: prompt tokens already in the cache (cached prefix, earlier chunks)
+    chunk_len: int = 0  # contexts: prompt tokens this step computes
     history_table: list[int] = field(default_factory=list)  # contexts of rocket_mt: the whole prompt's blocks
     prompt_logprobs_n: Optional[int] = None  # contexts: the LM head runs over the prompt on every rank
     prompt_logprobs: list = field(default_factory=list)
@@ -49,6 +51,10 @@ class SeqView:
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def final_chunk(self) -> bool:
+        return self.computed_len + self.chunk_len >= self.prompt_len
 
 
 @dataclass
@@ -62,8 +68,8 @@ class StepInput:
     @classmethod
     def of(cls, batch: Batch, released: list[int]) -> "StepInput":
         contexts = [SeqView(s.request_id, list(s.block_table), s.prompt_token_ids, s.kept_prompt_len,
-                            cached_len=s.cached_len, history_table=list(s.history_table),
-                            prompt_logprobs_n=s.prompt_logprobs_n)
+                            cached_len=s.cached_len, computed_len=s.computed_len, chunk_len=s.chunk_len,
+                            history_table=list(s.history_table), prompt_logprobs_n=s.prompt_logprobs_n)
                     for s in batch.contexts]  # fmt: skip
         generations = [
             SeqView(

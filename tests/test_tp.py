@@ -37,9 +37,9 @@ METHODS = [
 ]
 
 
-def tokens(model, tp, sparse=None, prompts=PROMPTS):
+def tokens(model, tp, sparse=None, prompts=PROMPTS, **options):
     with LLM(str(model), dtype="float32", kv_cache_config=KV, sparse_attention_config=sparse,
-             tensor_parallel_size=tp) as llm:  # fmt: skip
+             tensor_parallel_size=tp, **options) as llm:  # fmt: skip
         out = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
         assert llm.snapshot()["kvBlocksUsedPerRank"] == [0] * tp
     return out
@@ -48,6 +48,13 @@ def tokens(model, tp, sparse=None, prompts=PROMPTS):
 @pytest.mark.parametrize("sparse", METHODS, ids=lambda m: "dense" if m is None else "-".join(map(str, m.values()))[:40])
 def test_two_ranks_equal_one(llama_dir, sparse):
     assert tokens(llama_dir, 2, sparse) == tokens(llama_dir, 1, sparse)
+
+
+@pytest.mark.parametrize("sparse", METHODS[:2], ids=["dense", "rocket"])
+def test_two_ranks_equal_one_with_chunked_prefill(llama_dir, sparse):
+    """Chunks on every rank: each prompt of PROMPTS over several 48-token steps, RocketKV evicting after the last."""
+    chunked = dict(enable_chunked_prefill=True, max_num_tokens=48)
+    assert tokens(llama_dir, 2, sparse, **chunked) == tokens(llama_dir, 1, sparse)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])  # q/k/v biases; q/k norms

@@ -112,8 +112,16 @@ class LlmArgs(StrictModel):
     max_seq_len: Optional[int] = Field(
         default=None, description="Longest prompt + output; default: the model's max_position_embeddings."
     )
-    max_num_tokens: int = Field(default=8192, description="Most tokens in one engine step (a prompt must fit).")
-    enable_chunked_prefill: bool = Field(default=False, description="Not supported: prompts prefill in one step.")
+    max_num_tokens: int = Field(
+        default=8192,
+        description="A step's token budget: its decode tokens and prompt tokens together (without chunked prefill a "
+        "prompt must fit it).",
+    )
+    enable_chunked_prefill: bool = Field(
+        default=False,
+        description="A prompt longer than what a step's budget leaves prefills over several steps, decode tokens "
+        "first, so that running requests keep decoding; any method (RocketKV evicts after the last chunk).",
+    )
     kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig)
     sparse_attention_config: Optional[BaseSparseAttentionConfig] = None
     cuda_graph_config: Optional[CudaGraphConfig] = Field(default_factory=CudaGraphConfig)
@@ -202,10 +210,6 @@ class LlmArgs(StrictModel):
                 "applies to random weights only (load_format: dummy): a checkpoint's quantization is read from its "
                 "files; write an FP8 checkpoint with `rocket-quantize MODEL OUT --fp8`",
                 "quant_config.quant_algo",
-            )
-        if self.enable_chunked_prefill:
-            raise ConfigError(
-                "true is not supported: rocket-trtllm prefills each prompt in one step", "enable_chunked_prefill"
             )
 
     @classmethod

@@ -28,7 +28,9 @@ class AttentionMetadata:
     cache_lens: torch.Tensor  # [num_generations] int32: cached tokens including this step's
     max_cache_len: int  # max of cache_lens (0 without generations), known on the host
     static: bool = False  # captured in a CUDA graph: no choice may depend on this step's lengths
-    cached_lens: Optional[list[int]] = None  # per context request: prompt tokens already cached (prefix cache)
+    cached_lens: Optional[list[int]] = None  # per context request: prompt tokens already cached (a cached prefix,
+    # earlier chunks); its chunk starts there
+    final: Optional[list[bool]] = None  # per context request: whether its chunk ends the prompt (default: all do)
     history_tables: Optional[torch.Tensor] = None  # [num_contexts, blocks]: where a history-keeping method
     # (rocket_mt) holds each context request's whole prompt; `block_tables` then address its working set
 
@@ -122,9 +124,10 @@ class AttentionBackend:
             qi, ki, vi = (t[start : start + n].transpose(0, 1) for t in (q, k, v))  # [heads, n, head_dim]
             q_window = qi[:, n - min(n, self.prompt_query_window) :].clone()
             cached = meta.cached_lens[i] if meta.cached_lens else 0
+            final = meta.final[i] if meta.final else True
             history = meta.history_tables[i] if meta.history_tables is not None else None
             table = meta.block_tables[i]
-            if cached:  # the prefix's K/V come from the cache (blocks of methods that keep every prompt token)
+            if cached:  # the K/V before this chunk come from the cache (a cached prefix, earlier chunks)
                 kc, vc = self._read_rows(layer, table if history is None else history, cached, ki.dtype)
                 kf, vf = torch.cat([kc, ki], 1), torch.cat([vc, vi], 1)
             else:
@@ -132,11 +135,12 @@ class AttentionBackend:
             causal_attention(qi, kf, vf, self.scale, out=out[start : start + n].transpose(0, 1))
             if history is not None:  # the whole prompt stays for later turns; the working set is chosen from it
                 self._store_rows(layer, history, ki, vi, first=cached)
+                if final:
+                    self._store_rows(layer, table, *self.compress_prompt(layer, q_window, kf, vf))
+            elif final and self.kept_len(kf.shape[1]) < kf.shape[1]:  # stage 1 over the whole prompt: what it keeps
                 self._store_rows(layer, table, *self.compress_prompt(layer, q_window, kf, vf))
-            elif cached:
-                self._store_rows(layer, table, ki, vi, first=cached)
             else:
-                self._store_rows(layer, table, *self.compress_prompt(layer, q_window, ki, vi))
+                self._store_rows(layer, table, ki, vi, first=cached)
             start += n
         self.after_context(layer, meta)
         return out
@@ -145,10 +149,9 @@ class AttentionBackend:
         self, layer: int, table: torch.Tensor, n: int, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `n` cached tokens' K and V of a request (block table `table`): [kv_heads, n, head_dim]."""
-        bs = self.pool.tokens_per_block
-        blocks = table[: n // bs].long()
+        blocks = table[: self.pool.blocks_for(n)].long()
         ks, vs = self.pool.scales(layer)
-        k, v = (c[layer][blocks].transpose(0, 1).reshape(c.shape[2], n, -1) for c in (self.pool.k, self.pool.v))
+        k, v = (c[layer][blocks].transpose(0, 1).flatten(1, 2)[:, :n] for c in (self.pool.k, self.pool.v))
         return (k.float() * ks).to(dtype), (v.float() * vs).to(dtype)
 
     def _store_rows(self, layer: int, table: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first: int = 0) -> None:
@@ -196,7 +199,8 @@ class AttentionBackend:
         return k, v
 
     def after_context(self, layer: int, meta: AttentionMetadata) -> None:
-        """Called once the context requests' kept K/V of `layer` are in the cache."""
+        """Called once the context requests' K/V of `layer` are in the cache (`meta.final`: whose prompt is done,
+        its kept K/V in place)."""
 
     def decode(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Generation-phase attention; this step's K/V are already cached. q: [batch, q_heads, d]."""

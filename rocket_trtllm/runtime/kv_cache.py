@@ -116,6 +116,12 @@ class BlockAllocator:
             table.append(self._take(table[-1] if table else None))
         return table
 
+    def reserve(self, blocks: int) -> None:
+        """Promise `blocks` more blocks (fewer, when negative) to running requests."""
+        if blocks > self.num_available:
+            raise RequestError(f"needs {blocks} more KV blocks, {self.num_available} available")
+        self._reserved += blocks
+
     def take_reserved(self, after: Optional[int] = None) -> int:
         """One of the reserved blocks, for a request whose last block is `after`."""
         assert self._reserved > 0, "a request grew past its reservation"

@@ -60,10 +60,12 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         logit_idx: list[int] = []
-        for seq in batch.contexts:  # past any cached prefix
-            ids += seq.prompt_token_ids[seq.cached_len :]
-            positions += range(seq.cached_len, seq.prompt_len)
-            logit_idx.append(len(ids) - 1)
+        for seq in batch.contexts:  # this step's chunk of the prompt, past its cached prefix and earlier chunks
+            start, end = seq.computed_len, seq.computed_len + seq.chunk_len
+            ids += seq.prompt_token_ids[start:end]
+            positions += range(start, end)
+            if seq.final_chunk:
+                logit_idx.append(len(ids) - 1)
         for seq in batch.generations:
             ids.append(seq.last_token)
             positions.append(seq.num_tokens - 1)
@@ -74,12 +76,13 @@ class ModelRunner:
         cache_lens = [s.cache_len + 1 for s in batch.generations]
         meta = AttentionMetadata(
             num_contexts=len(batch.contexts),
-            context_lens=[s.prompt_len - s.cached_len for s in batch.contexts],
+            context_lens=[s.chunk_len for s in batch.contexts],
             kept_lens=[s.kept_prompt_len for s in batch.contexts],
             block_tables=self._tensor(tables),
             cache_lens=self._tensor(cache_lens),
             max_cache_len=max(cache_lens, default=0),
-            cached_lens=[s.cached_len for s in batch.contexts],
+            cached_lens=[s.computed_len for s in batch.contexts],
+            final=[s.final_chunk for s in batch.contexts],
             history_tables=self._history_tables(batch),
         )
         return self._tensor(ids), self._tensor(positions), self._tensor(logit_idx), meta
@@ -113,7 +116,9 @@ class ModelRunner:
             else:
                 logits = self.model(ids, positions, logit_idx, self.backend, meta)
         for seq in batch.contexts:
-            seq.cache_len = seq.kept_prompt_len
+            seq.computed_len += seq.chunk_len
+            seq.chunk_len = 0
+            seq.cache_len = seq.kept_prompt_len if seq.computed_len >= seq.prompt_len else seq.computed_len
         for seq in batch.generations:
             seq.cache_len += 1
         return logits
@@ -127,9 +132,9 @@ class ModelRunner:
         logprobs; the positions computed this step, past any cached prefix."""
         out, start = [], 0
         for seq in batch.contexts:
-            n = seq.prompt_len - seq.cached_len
-            if seq.prompt_logprobs_n is not None:
-                out.append((seq, range(start, start + n - 1)))
+            n = seq.chunk_len
+            if seq.prompt_logprobs_n is not None:  # the last prompt token's next one is the output's first
+                out.append((seq, range(start, start + n - (1 if seq.final_chunk else 0))))
             start += n
         return out
 
@@ -137,9 +142,9 @@ class ModelRunner:
         rows = max(1, self.LOGPROB_SLICE_ELEMENTS // self.model.config.vocab_size)
         offset = 0
         for seq, packed in scored:
-            if not seq.cached_len:
+            if not seq.computed_len:
                 seq.prompt_logprobs = [None]  # the first token has no context to be predicted from
-            targets = seq.prompt_token_ids[seq.cached_len + 1 : seq.prompt_len]
+            targets = seq.prompt_token_ids[seq.computed_len + 1 : seq.computed_len + 1 + len(packed)]
             for i in range(0, len(targets), rows):
                 part = targets[i : i + rows]
                 logits = self.model.lm_head(hidden[offset + i : offset + i + len(part)])

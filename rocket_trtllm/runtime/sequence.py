@@ -30,6 +30,10 @@ class Sequence:
     inflight: int = 0  # decode steps launched whose token is not appended yet (the overlap scheduler)
     kept_prompt_len: int = 0
     cached_len: int = 0  # leading prompt tokens whose K/V came from the prefix cache (not computed)
+    # Chunked prefill: prompt tokens whose K/V are in the cache (the cached prefix and the chunks computed so far),
+    # and the prompt tokens this step computes after them (0 once the prompt is done).
+    computed_len: int = 0
+    chunk_len: int = 0
     prompt_hashes: Optional[list[bytes]] = None  # the prompt's full blocks' prefix-cache keys, computed once
     # Methods that keep the whole prompt's K/V for later turns beside a per-request working set (rocket_mt):
     # the prompt lives in these blocks (shared through the prefix cache), decode reads `block_table`.
@@ -46,6 +50,16 @@ class Sequence:
     # generated token; per prompt token, None for the first.
     logprobs: list[dict] = field(default_factory=list)
     prompt_logprobs: list[Optional[dict]] = field(default_factory=list)
+
+    @property
+    def prefilled(self) -> bool:
+        """Whether the whole prompt is computed (the request decodes)."""
+        return self.computed_len >= self.prompt_len
+
+    @property
+    def final_chunk(self) -> bool:
+        """Whether this step's chunk ends the prompt (its logits give the first output token)."""
+        return self.computed_len + self.chunk_len >= self.prompt_len
 
     @property
     def prompt_logprobs_n(self) -> Optional[int]:

@@ -41,7 +41,8 @@ class PageSelectionAttention(AttentionBackend):
 
     def after_context(self, layer: int, meta: AttentionMetadata) -> None:
         for i, kept in enumerate(meta.kept_lens):
-            self.kt.build(layer, meta.block_tables[i], kept)
+            if meta.final is None or meta.final[i]:  # a prompt's KT pages once its last chunk is in place
+                self.kt.build(layer, meta.block_tables[i], kept)
 
     def _is_dense(self, cache_len: int) -> bool:
         threshold = self.config.seq_len_threshold

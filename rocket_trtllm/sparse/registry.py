@@ -21,7 +21,6 @@ class RunOptions(Protocol):
     """What a method's cross-field checks read of the run's other arguments (LlmArgs is one)."""
 
     kv_cache_config: Any
-    enable_chunked_prefill: bool
 
 
 class BaseSparseAttentionConfig(StrictModel):
@@ -33,8 +32,7 @@ class BaseSparseAttentionConfig(StrictModel):
         description="Sequences no longer than this many tokens skip sparse attention (dense and exact).",
     )
 
-    #: Methods that evict prompt tokens at prefill cannot share KV blocks between requests and need
-    #: the whole prompt in one context step.
+    #: Methods that evict prompt tokens at prefill cannot share KV blocks between requests.
     evicts_prompt_tokens: ClassVar[bool] = False
 
     @field_validator("seq_len_threshold")
@@ -55,12 +53,6 @@ class BaseSparseAttentionConfig(StrictModel):
                 f"must be false with {name}: eviction changes each request's KV per layer, "
                 "so its blocks cannot be shared with other requests (omit it and it defaults to false)",
                 "kv_cache_config.enable_block_reuse",
-            )
-        if self.evicts_prompt_tokens and args.enable_chunked_prefill:
-            raise ConfigError(
-                f"must be false with {name}: eviction scores the whole prompt against its last "
-                "window_size queries, so the prompt is prefilled in one step",
-                "enable_chunked_prefill",
             )
 
     def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:

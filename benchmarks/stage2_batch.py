@@ -1,0 +1,120 @@
+"""RocketKV's decode attention kernels at the largest batch and at batch 1, one layer of Llama-3.1-8B (32 query heads,
+8 KV heads of 128, bf16 K/V in 32-token blocks, fp8 KT pages of 4 in the KT layout, each sequence's blocks
+consecutive ids as the allocator gives them): the K/V + KT store, the KT bounds pass, the scores + selection (each
+search and warp count), sparse attention, and the whole chain, each replayed 20 times in a CUDA graph.
+
+    python benchmarks/stage2_batch.py --json out.json [--batches 124 1] [--tokens 2176]
+"""
+
+import argparse
+import json
+
+import torch
+from rocket_trtllm.kernels import kt_predict
+from rocket_trtllm.kernels.cache_update import store_token
+from rocket_trtllm.kernels.kt_predict import _launch_bounds, kt_group, pack_kt, predict_pages
+from rocket_trtllm.kernels.paged_decode import sparse_decode
+from triton.testing import do_bench
+
+KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
+REPEAT = 20
+
+
+def graphed(fn) -> float:  # noqa: ANN001
+    """Microseconds one call takes, as the median replay of a CUDA graph of REPEAT calls."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(REPEAT):
+            fn()
+    return do_bench(graph.replay, warmup=20, rep=200, return_mode="median") / REPEAT * 1e3
+
+
+def inputs(batch: int, n: int) -> dict:
+    ppb = BS // PS
+    per_seq = -(-n // BS)
+    blocks = batch * per_seq + 8
+    k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    lo = torch.randn(blocks, KV_HEADS, ppb, D, device="cuda")
+    kt = pack_kt(lo.to(torch.float8_e5m2), (lo + torch.rand_like(lo)).to(torch.float8_e5m2), kt_group(ppb, 1))
+    tables = torch.arange(batch * per_seq, device="cuda", dtype=torch.int32).view(batch, per_seq)
+    width = max(16, 1 << (per_seq - 1).bit_length())  # a decode graph's table width
+    tables = torch.cat([tables, torch.full((batch, width - per_seq), blocks - 1, device="cuda", dtype=torch.int32)], 1)
+    lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+    k_new, v_new = (
+        torch.randn(batch, KV_HEADS, D, device="cuda", dtype=torch.bfloat16),
+        torch.randn(batch, KV_HEADS, D, device="cuda", dtype=torch.bfloat16),
+    )
+    pages = (lens + PS - 1) // PS
+    return dict(k=k, v=v, kt=kt, tables=tables, lens=lens, q=q, k_new=k_new, v_new=v_new, pages=pages, ppb=ppb)
+
+
+def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
+    x = inputs(batch, n)
+    rows = []
+    n_pages = -(-n // PS)
+    kt_bytes = batch * KV_HEADS * n_pages * D  # one fp8 bound of every channel (top-r 128)
+    kv_bytes = batch * KV_HEADS * (TOPK + 1) * PS * D * 2 * 2
+    select_bytes = batch * Q_HEADS * n_pages * 4
+
+    def row(name: str, fn, nbytes: int) -> None:  # noqa: ANN001
+        us = graphed(fn)
+        rows.append(dict(kernel=name, batch=batch, tokens=n, us=us, mbytes=nbytes / 1e6,
+                         vs_copy=nbytes / us / 1e6 / copy_tbs))  # fmt: skip
+        print(f"{name:58s} batch {batch:4d}: {us:8.2f} us  {nbytes / us / 1e6:5.2f} TB/s", flush=True)
+
+    def predict() -> torch.Tensor:
+        return predict_pages(x["q"], x["kt"], x["tables"], x["pages"], 128, TOPK, x["ppb"])
+
+    row("store_token (K/V and KT page)",
+        lambda: store_token(x["k_new"], x["v_new"], x["k"], x["v"], x["tables"], x["lens"], x["kt"], PS),
+        batch * KV_HEADS * D * 2 * 2)  # fmt: skip
+    row("KT bounds pass (sign, top-r 128)",
+        lambda: _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"]), kt_bytes)  # fmt: skip
+    bounds_us = rows[-1]["us"]
+    for algo in (0, 1, 2):
+        for warps in (2, 4, 8):
+            kt_predict.SELECT_ALGO, kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS = algo, warps, warps
+            us = graphed(predict)
+            rows.append(dict(kernel=f"scores + selection, search {algo}, {warps} warps", batch=batch, tokens=n,
+                             us=us - bounds_us, mbytes=select_bytes / 1e6))  # fmt: skip
+            print(f"{rows[-1]['kernel']:58s} batch {batch:4d}: {us - bounds_us:8.2f} us (prediction {us:.2f})")
+    kt_predict.SELECT_ALGO, kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS = 0, 4, 8
+    sel = predict()
+    row("sparse_decode (65 pages of 4)",
+        lambda: sparse_decode(x["q"], x["k"], x["v"], x["tables"], sel, x["lens"], PS, D**-0.5), kv_bytes)  # fmt: skip
+
+    def chain() -> torch.Tensor:
+        store_token(x["k_new"], x["v_new"], x["k"], x["v"], x["tables"], x["lens"], x["kt"], PS)
+        return sparse_decode(x["q"], x["k"], x["v"], x["tables"], predict(), x["lens"], PS, D**-0.5)
+
+    row("the layer's attention chain (store, predict, sparse)", chain, kt_bytes + kv_bytes)
+    return rows
+
+
+def copy_bandwidth() -> float:
+    """TB/s a device-to-device copy moves (bytes read + written)."""
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.numel() / do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median") / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batches", type=int, nargs="+", default=[124, 1])
+    p.add_argument("--tokens", type=int, default=2176)
+    p.add_argument("--json")
+    ns = p.parse_args()
+    copy_tbs = copy_bandwidth()
+    print(f"copy bandwidth {copy_tbs:.2f} TB/s")
+    rows = [r for b in ns.batches for r in rows_for(b, ns.tokens, copy_tbs)]
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"copy_tbs": copy_tbs, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
