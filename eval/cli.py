@@ -119,6 +119,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("tasks", nargs="+", choices=tasks, metavar="TASK", help=f"any of {', '.join(tasks)}")
     p.add_argument("--config", help="YAML of LLM options (its sparse_attention_config is the method evaluated)")
     p.add_argument("--tp_size", "--tp-size", dest="tp_size", type=int, help="tensor-parallel ranks (GPUs)")
+    p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true",
+                   help="prefill prompts in chunks of max_num_tokens (the YAML's, or 8192)")  # fmt: skip
     p.add_argument("--lengths", type=int, nargs="+", default=[4096], help="prompt lengths in tokens (synthetic tasks)")
     p.add_argument("--dataset", "--dataset_path", dest="dataset",
                    help=f"LongBench v2's data.json (official format), for {LONGBENCH}")  # fmt: skip
@@ -264,6 +266,8 @@ def multiturn(llm: LLM, ns: argparse.Namespace, length: int, prose: Optional[Cor
 
 def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     tp = {"tensor_parallel_size": ns.tp_size} if ns.tp_size else {}
+    if ns.enable_chunked_prefill:
+        tp["enable_chunked_prefill"] = True
     base = LlmArgs.from_yaml(ns.config, model=ns.model, **tp) if ns.config else LlmArgs(model=ns.model, **tp)
     # Prompts land within 2% of their length; a chat template adds its turn markers.
     turns = ns.turns if MULTITURN in ns.tasks else 1  # each turn adds an answer and a question
@@ -271,8 +275,8 @@ def runs(ns: argparse.Namespace) -> list[tuple[str, Optional[int], LlmArgs]]:
     if LONGBENCH in ns.tasks:
         window = getattr(open_checkpoint(ns.model).config, "max_position_embeddings", None)
         longest = max(longest, min(ns.truncate + 64, window or ns.truncate + 64) + ns.max_output_length)
-    base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0),
-                                   "max_num_tokens": max(longest, base.max_num_tokens)})  # fmt: skip
+    steps = base.max_num_tokens if base.enable_chunked_prefill else max(longest, base.max_num_tokens)  # a chunk's
+    base = base.model_copy(update={"max_seq_len": max(longest, base.max_seq_len or 0), "max_num_tokens": steps})
     kv = base.kv_cache_config
     if MULTITURN in ns.tasks and kv.max_tokens is None:
         # Every conversation's history stays cached until its next turn (the CPU's default pool holds ~4 prompts;

@@ -90,6 +90,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--max-batch", action="store_true", help="the largest batch whose KV fits in memory")
+    p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true",
+                   help="prefill in chunks of --max_num_tokens (default: each prompt in one step)")  # fmt: skip
+    p.add_argument("--max_num_tokens", "--max-num-tokens", type=int, default=8192,
+                   help="with --enable_chunked_prefill: a step's token budget (default 8192)")  # fmt: skip
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--profile", help="after the run, profile a prefill step and 32 decode steps (torch.profiler) of "
                    "fresh requests and write where each step's time goes to this text file")  # fmt: skip
@@ -133,13 +137,15 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
         tokens = batch * (kept_len(base, ns.input_len) + output + kv.tokens_per_block)
         kv = kv.model_copy(update={"max_tokens": tokens})
     graphs = base.cuda_graph_config
+    chunked = ns.enable_chunked_prefill or base.enable_chunked_prefill
     update = dict(
         cuda_graph_config=graphs.model_copy(update={"enable_padding": True}) if graphs else None,
         max_seq_len=max(seq, base.max_seq_len or 0),
         # A prompt must fit one step beside the requests already decoding, or none is admitted until they all
         # finish; no more than that, since the pool gets what the largest step's activations leave (a preset's
-        # 128k-token steps would take 13 GB from a 32k run's pool).
-        max_num_tokens=ns.input_len + (batch if batch > 0 else 2048),
+        # 128k-token steps would take 13 GB from a 32k run's pool). Chunked: the budget asked for.
+        max_num_tokens=ns.max_num_tokens if chunked else ns.input_len + (batch if batch > 0 else 2048),
+        enable_chunked_prefill=chunked,
         max_batch_size=batch if batch > 0 else base.max_batch_size,  # --max-batch: the scheduler limits it
         kv_cache_config=kv,
         load_format="dummy" if ns.random_weights else "auto",

@@ -209,7 +209,10 @@ class LLMEngine:
         per_token = 4 * c.hidden_size + heads + 3 * c.intermediate_size
         elem = torch.empty((), dtype=self.dtype).element_size()
         logits = 4 * c.vocab_size * min(self.args.max_batch_size, 2048)
-        return self.args.max_num_tokens * per_token * elem + logits + (1 << 30)
+        # A chunk past the first reads back its layer's K/V of the prompt so far (and joins the chunk's to it).
+        kv_dim = c.num_key_value_heads * self.model.shape.head_dim
+        earlier = 4 * self.max_seq_len * kv_dim * elem if self.args.enable_chunked_prefill else 0
+        return self.args.max_num_tokens * per_token * elem + logits + earlier + (1 << 30)
 
     def _build_backend(self, shape: ModelShape, use_kernels: bool) -> AttentionBackend:
         return self._backend_cls()(shape, self.pool, use_kernels, self.args.sparse_attention_config, self.comm)

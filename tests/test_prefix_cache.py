@@ -147,9 +147,10 @@ def test_causal_attention_after_a_cached_prefix_matches_a_reference(n, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n, m", [(2048, 6144), (100, 6144), (4096, 4096)])
+@pytest.mark.parametrize("n, m", [(2048, 6144), (100, 6144), (4096, 4096), (300, 1000), (8192, 24576)])
 def test_causal_attention_on_the_gpu(n, m):
-    """bf16 on CUDA (SDPA's flash kernels for a whole prompt, the masked ones after a prefix) against float32."""
+    """bf16 on CUDA (SDPA's flash kernels for a whole prompt; after a prefix, a chunk of >= 256 queries in two parts
+    merged by log-sum-exp, fewer with an explicit mask) against float32."""
     gen = torch.Generator().manual_seed(n)
     q = torch.randn(32, n, 128, generator=gen)
     k, v = torch.randn(8, m, 128, generator=gen), torch.randn(8, m, 128, generator=gen)

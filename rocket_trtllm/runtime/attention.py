@@ -152,6 +152,8 @@ class AttentionBackend:
         blocks = table[: self.pool.blocks_for(n)].long()
         ks, vs = self.pool.scales(layer)
         k, v = (c[layer][blocks].transpose(0, 1).flatten(1, 2)[:, :n] for c in (self.pool.k, self.pool.v))
+        if ks == vs == 1.0:  # no float32 copy of a long prompt's K/V
+            return k.to(dtype), v.to(dtype)
         return (k.float() * ks).to(dtype), (v.float() * vs).to(dtype)
 
     def _store_rows(self, layer: int, table: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first: int = 0) -> None:
@@ -250,6 +252,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """
     group = q.shape[0] // k.shape[0]
     n, m = q.shape[1], k.shape[1]
+    if m > n and n >= SPLIT_MIN_QUERIES and q.is_cuda and _split_attention(q, k, v, scale, out):
+        return
     if m > n:
         mask = torch.arange(m, device=q.device)[None, :] <= (m - n + torch.arange(n, device=q.device))[:, None]
         kh, vh = (t.repeat_interleave(group, dim=0) for t in (k, v))
@@ -259,3 +263,37 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         heads = slice(h * group, (h + 1) * group)
         kh, vh = k[h : h + 1].expand(group, -1, -1).contiguous(), v[h : h + 1].expand(group, -1, -1).contiguous()
         out[heads] = F.scaled_dot_product_attention(q[None, heads], kh[None], vh[None], is_causal=True, scale=scale)[0]
+
+
+# A prompt's chunk past the first, of at least this many queries, attends in two parts on CUDA (`_split_attention`).
+SPLIT_MIN_QUERIES = 256
+
+
+def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> bool:
+    """`causal_attention` after a prefix as two unmasked-or-square-causal parts that keep SDPA on cuDNN's Hopper
+    kernel: the chunk's queries over the prefix (no mask) and over the chunk itself (causal, square), merged by their
+    log-sum-exps. (A bottom-right causal mask in one call runs FlashAttention-2 at 1.9x the time, BENCHMARKS.md.)
+    False, with nothing written, where this torch has no cuDNN attention op returning the log-sum-exp or it refuses
+    the inputs."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", None)
+    if op is None:
+        return False
+    group, n, prefix = q.shape[0] // k.shape[0], q.shape[1], k.shape[1] - q.shape[1]
+    for h in range(k.shape[0]):
+        heads = slice(h * group, (h + 1) * group)
+        qh = q[None, heads].contiguous()
+        parts = []
+        for keys in (slice(0, prefix), slice(prefix, None)):
+            kh, vh = (t[h : h + 1, keys].expand(group, -1, -1).contiguous()[None] for t in (k, v))
+            try:
+                result = op(qh, kh, vh, None, True, 0.0, keys.start == prefix, False, scale=scale)
+            except RuntimeError:  # a dtype or shape cuDNN does not take (float32): before any output is written
+                if h:
+                    raise
+                return False
+            parts.append((result[0][0].float(), result[1].reshape(group, n, 1).float()))
+        (o1, lse1), (o2, lse2) = parts
+        top = torch.maximum(lse1, lse2)
+        w1, w2 = torch.exp(lse1 - top), torch.exp(lse2 - top)
+        out[heads] = ((o1 * w1 + o2 * w2) / (w1 + w2)).to(out.dtype)
+    return True

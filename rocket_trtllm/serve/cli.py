@@ -25,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tensor-parallel ranks (GPUs); the server starts them itself")  # fmt: skip
     p.add_argument("--max_batch_size", type=int)
     p.add_argument("--max_seq_len", type=int)
-    p.add_argument("--max_num_tokens", type=int)
+    p.add_argument("--max_num_tokens", type=int, help="a step's token budget (decode tokens and prompt chunks)")
+    p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true", default=None,
+                   help="prefill long prompts in chunks of what max_num_tokens leaves beside the decodes")  # fmt: skip
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -41,7 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper())
     overrides = {
         k: getattr(args, k)
-        for k in ("tokenizer", "max_batch_size", "max_seq_len", "max_num_tokens", "load_format", "tensor_parallel_size")
+        for k in (
+            "tokenizer",
+            "max_batch_size",
+            "max_seq_len",
+            "max_num_tokens",
+            "load_format",
+            "tensor_parallel_size",
+            "enable_chunked_prefill",
+        )  # fmt: skip
         if getattr(args, k)
     }
     try:
