@@ -278,9 +278,9 @@ if triton is not None:
             lo = tl.where(keep[:, None], lo, 0.0)  # what top-r drops weighs nothing, whatever it holds
             hi = tl.where(keep[:, None], hi, 0.0)
             if SIGN:
-                bound = tl.dot(q_one, tl.where(up[:, None], hi, lo).to(DOT), input_precision="ieee")
+                bound = _dot(q_one, tl.where(up[:, None], hi, lo).to(DOT))
             else:
-                bound = tl.dot(qp, hi.to(DOT), input_precision="ieee") + tl.dot(qn, lo.to(DOT), input_precision="ieee")
+                bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
             m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
             first = start + BLOCK_P
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
@@ -290,13 +290,13 @@ if triton is not None:
             if SIGN:  # the chosen bound of the kept channels only
                 one, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
                                      BLOCK_P)  # fmt: skip
-                bound = tl.dot(q_one, one.to(DOT), input_precision="ieee")
+                bound = _dot(q_one, one.to(DOT))
             else:
                 lo, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D,
                                     BLOCK_P)  # fmt: skip
                 hi, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D,
                                     BLOCK_P)  # fmt: skip
-                bound = tl.dot(qp, hi.to(DOT), input_precision="ieee") + tl.dot(qn, lo.to(DOT), input_precision="ieee")
+                bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
             m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
@@ -314,20 +314,32 @@ if triton is not None:
         return m_new, total
 
     @triton.jit
+    def _dot(a, b):
+        # float32 operands (tests) multiply exactly; fp16 and bf16 ones on the tensor cores as they are
+        if a.dtype == tl.float32:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
     def _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB: tl.constexpr,
                  GROUP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-        # KV head h's bounds of pages p0..p0+BLOCK_P (those before `end`; zeros past it and in channels not kept) as
-        # stored: [D, BLOCK_P], channel c from plane `plane` (0: min, RUN: max; a scalar or one per channel); and
-        # each page's offset in the layout, channel 0 of the min plane.
+        # KV head h's bounds of pages p0..p0+BLOCK_P as stored, [D, BLOCK_P]: channel c from plane `plane` (0: min,
+        # RUN: max; a scalar or one per channel), zeros in channels not kept and in blocks starting at or past `end`
+        # (a block's pages past the sequence's end hold stale values, which the caller masks); and each page's
+        # offset in the layout (channel 0 of the min plane). Loaded a block's pages at a time: PPB contiguous
+        # elements of one channel's bound, which the compiler reads as one vector.
         RUN: tl.constexpr = GROUP * PPB
-        p = p0 + tl.arange(0, BLOCK_P)
-        ok = p < end
+        NB: tl.constexpr = BLOCK_P // PPB
         d = tl.arange(0, D)
-        blk = tl.load(tables_ptr + b * st_b + p // PPB, mask=ok, other=0).to(tl.int64)
-        base = (blk // GROUP) * s_grp + h * s_h + (blk % GROUP) * PPB + p % PPB
-        rows = d * 2 * RUN + plane
-        tile = tl.load(kt_ptr + base[None, :] + rows[:, None], mask=keep[:, None] & ok[None, :], other=0.0)
-        return tile, base
+        j = tl.arange(0, PPB)
+        bi = p0 // PPB + tl.arange(0, NB)  # the tile's blocks, by index in the block table
+        live = bi * PPB < end
+        blk = tl.load(tables_ptr + b * st_b + bi, mask=live, other=0).to(tl.int64)
+        base = tl.multiple_of((blk // GROUP) * s_grp + h * s_h + (blk % GROUP) * PPB, PPB)  # [NB]
+        rows = tl.multiple_of(d * 2 * RUN + plane, PPB)  # [D]
+        at = kt_ptr + rows[:, None, None] + base[None, :, None] + j[None, None, :]
+        tile = tl.load(at, mask=keep[:, None, None] & live[None, :, None], other=0.0)
+        return tl.reshape(tile, (D, BLOCK_P)), tl.reshape(base[:, None] + j[None, :], (BLOCK_P,))
 
     @triton.jit
     def _head_norms(
@@ -460,7 +472,7 @@ if triton is not None:
         prefix = tl.zeros([], tl.int64)
         need = tl.full([], k, tl.int32)  # how many of the candidates still belong to the k
         for i in tl.static_range(8):
-            shift: tl.constexpr = 28 - 4 * i
+            shift = 28 - 4 * i
             cand = (u >= 0) & ((u >> (shift + 4)) == (prefix >> (shift + 4)))
             digit = ((u >> shift) & 15).to(tl.int32)
             counts = tl.sum(((digit[:, None] == digits[None, :]) & cand[:, None]).to(tl.int32), 0)
@@ -554,10 +566,11 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     _, kv_heads, _, _, run = kt.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
+    block_p = max(_BLOCK_P, ppb)  # a tile holds whole blocks' pages
     # Enough chunks to fill the GPU about twice (132 SMs on an H100).
-    tiles = triton.cdiv(max_pages, _BLOCK_P)
+    tiles = triton.cdiv(max_pages, block_p)
     chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
-    chunk = triton.cdiv(tiles, chunks) * _BLOCK_P
+    chunk = triton.cdiv(tiles, chunks) * block_p
     n_chunks = triton.cdiv(max_pages, chunk)
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
     part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
@@ -571,7 +584,7 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
         q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
-        BLOCK_P=_BLOCK_P, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
+        BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
         num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
