@@ -624,14 +624,18 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 # Widest score rows `select_pages` takes: past it (a long sequence without stage 1, e.g. Quest at 128k) one
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
-SELECT_WARPS = 4  # the H100 sweep in kernels.py: 1 warp 2.1x and 2 warps 1.2x the time of 4
+# At 124 requests of ~2.2k kept tokens on the H200, scores + selection took 16.0 us with the newest page set apart
+# (SELECT_ALGO 1) on 2 warps, 17.4 on 4, 20.0 on 8; the plain bisection 20.8 / 21.5 / 26.2 (BENCHMARKS.md, this
+# session's first call). The H100's batch-64 sweep had found 1 warp 2.1x and 2 warps 1.2x the time of 4 (before the
+# row's own key range).
+SELECT_WARPS = 2
 # With few rows (`few_rows`) more warps a program shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's
 # step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for
 # the bounds pass (2: 5.87; BENCHMARKS.md). Larger batches keep 4.
 SELECT_FEW_WARPS = 8
 BOUNDS_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
-SELECT_ALGO = 0  # its search: 0 bisection over the row's key range, 1 the same without the newest page, 2 radix
+SELECT_ALGO = 1  # its search: 0 bisection over the row's key range, 1 the same without the newest page, 2 radix
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
