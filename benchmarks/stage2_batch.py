@@ -1,7 +1,7 @@
 """RocketKV's decode attention kernels at the largest batch and at batch 1, one layer of Llama-3.1-8B (32 query heads,
 8 KV heads of 128, bf16 K/V in 32-token blocks, fp8 KT pages of 4 in the KT layout, each sequence's blocks
-consecutive ids as the allocator gives them): the K/V + KT store, the KT bounds pass, the scores + selection (each
-search and warp count), sparse attention, and the whole chain, each replayed 20 times in a CUDA graph.
+consecutive ids as the allocator gives them): the K/V + KT store, the KT bounds pass, the scores + selection (per
+warp count), sparse attention, and the whole chain, each replayed 20 times in a CUDA graph.
 
     python benchmarks/stage2_batch.py --json out.json [--batches 124 1] [--tokens 2176]
 """
@@ -75,14 +75,14 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
     row("KT bounds pass (sign, top-r 128)",
         lambda: _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"]), kt_bytes)  # fmt: skip
     bounds_us = rows[-1]["us"]
-    for algo in (0, 1, 2):
-        for warps in (2, 4, 8):
-            kt_predict.SELECT_ALGO, kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS = algo, warps, warps
-            us = graphed(predict)
-            rows.append(dict(kernel=f"scores + selection, search {algo}, {warps} warps", batch=batch, tokens=n,
-                             us=us - bounds_us, mbytes=select_bytes / 1e6))  # fmt: skip
-            print(f"{rows[-1]['kernel']:58s} batch {batch:4d}: {us - bounds_us:8.2f} us (prediction {us:.2f})")
-    kt_predict.SELECT_ALGO, kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS = 0, 4, 8
+    warps_default = kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS
+    for warps in (2, 4, 8):
+        kt_predict.SELECT_WARPS = kt_predict.SELECT_FEW_WARPS = warps
+        us = graphed(predict)
+        rows.append(dict(kernel=f"scores + selection, {warps} warps", batch=batch, tokens=n, us=us - bounds_us,
+                         mbytes=select_bytes / 1e6))  # fmt: skip
+        print(f"{rows[-1]['kernel']:58s} batch {batch:4d}: {us - bounds_us:8.2f} us (prediction {us:.2f})")
+    kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS = warps_default
     sel = predict()
     row("sparse_decode (65 pages of 4)",
         lambda: sparse_decode(x["q"], x["k"], x["v"], x["tables"], sel, x["lens"], PS, D**-0.5), kv_bytes)  # fmt: skip

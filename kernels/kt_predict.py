@@ -22,7 +22,11 @@ import torch
 
 from ._triton import few_rows, gdc, gdc_wait, pdl, require_triton, tl, triton
 
-RUN_BYTES = 32  # one DRAM sector: the shortest run of one channel's bound the layout keeps contiguous
+# The shortest run of one channel's bound the layout keeps contiguous: one 128-byte L2 line (16 KV blocks of 8 fp8
+# pages). With 32-byte runs (4 blocks) the sign rule's bounds pass took 104.7 us at 124 requests on the H200, 4x the
+# old both-bounds kernel's time per byte (55.5 us for twice the bytes): a run that small leaves each line's other half
+# to the other bound, so the DRAM reads half-used lines. Line-sized runs: chosen after that run, not yet measured.
+RUN_BYTES = 128
 
 
 def kt_group(pages_per_block: int, element_size: int) -> int:
@@ -464,36 +468,11 @@ if triton is not None:
         tl.store(out + above + rank, p.to(tl.int64), mask=(tie > 0) & (above + rank < k))
 
     @triton.jit
-    def _select_row16(key, valid, p, out, k):
-        # `_select_row`'s result by a radix search: the threshold's 32 bits decided 4 at a time (8 passes, each
-        # counting the candidates per digit), instead of a bisection's ~31 passes over the key range.
-        u = tl.where(valid, key.to(tl.int64) + 2147483648, -1)  # [0, 2^32) with the keys' order; -1: not a page
-        digits = tl.arange(0, 16)
-        prefix = tl.zeros([], tl.int64)
-        need = tl.full([], k, tl.int32)  # how many of the candidates still belong to the k
-        for i in tl.static_range(8):
-            shift = 28 - 4 * i
-            cand = (u >= 0) & ((u >> (shift + 4)) == (prefix >> (shift + 4)))
-            digit = ((u >> shift) & 15).to(tl.int32)
-            counts = tl.sum(((digit[:, None] == digits[None, :]) & cand[:, None]).to(tl.int32), 0)
-            above = tl.sum(tl.where(digits[None, :] > digits[:, None], counts[None, :], 0), 1)
-            chosen = tl.max(tl.where((above < need) & (above + counts >= need), digits, -1), 0)
-            need -= tl.sum(tl.where(digits == chosen, above, 0), 0)
-            prefix += chosen.to(tl.int64) << shift
-        lo = prefix - 2147483648
-        sel = ((key > lo) & valid).to(tl.int32)
-        tl.store(out + tl.cumsum(sel, 0) - 1, p.to(tl.int64), mask=sel > 0)
-        taken = tl.sum(sel, 0)
-        tie = ((key == lo) & valid).to(tl.int32)
-        rank = tl.cumsum(tie, 0) - 1
-        tl.store(out + taken + rank, p.to(tl.int64), mask=(tie > 0) & (taken + rank < k))
-
-    @triton.jit
     def _score_select_kernel(
         bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
-        PER_HEAD: tl.constexpr, PDL: tl.constexpr, ALGO: tl.constexpr,
+        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block,
@@ -515,16 +494,10 @@ if triton is not None:
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
                             mask=heads & valid[None, :], other=0.0)  # fmt: skip
             score = _group_score(bound, scale, lse, heads)
-            if ALGO == 1:  # the newest page written last, the others searched over their own key range
-                others = valid & (p != n - 1)
-                _select_row(_order_key(score), others, p, out, k - 1)
-                tl.store(out + k - 1, (n - 1).to(tl.int64))
-            else:
-                score = tl.where(p == n - 1, float("inf"), score)  # the newest page: always read
-                if ALGO == 2:
-                    _select_row16(_order_key(score), valid, p, out, k)
-                else:
-                    _select_row(_order_key(score), valid, p, out, k)
+            # The newest page (always read) written last; the others searched over their own key range, which the
+            # newest page's +inf would widen by a few bisection steps.
+            _select_row(_order_key(score), valid & (p != n - 1), p, out, k - 1)
+            tl.store(out + k - 1, (n - 1).to(tl.int64))
 
     @triton.jit
     def _order_key(score):
@@ -624,10 +597,9 @@ def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, k
 # Widest score rows `select_pages` takes: past it (a long sequence without stage 1, e.g. Quest at 128k) one
 # program per row would scan too much, and torch's top-k is faster.
 SELECT_MAX_PAGES = 4096
-# At 124 requests of ~2.2k kept tokens on the H200, scores + selection took 16.0 us with the newest page set apart
-# (SELECT_ALGO 1) on 2 warps, 17.4 on 4, 20.0 on 8; the plain bisection 20.8 / 21.5 / 26.2 (BENCHMARKS.md, this
-# session's first call). The H100's batch-64 sweep had found 1 warp 2.1x and 2 warps 1.2x the time of 4 (before the
-# row's own key range).
+# At 124 requests of ~2.2k kept tokens on the H200, scores + selection took 16.4 us with the newest page set apart on
+# 2 warps, 17.3 on 4, 20.0 on 8; with the newest in the search (its +inf in the key range) 20.2 / 21.6 / 26.1, and a
+# radix search (8 passes of 4 bits) 104-610 us (BENCHMARKS.md).
 SELECT_WARPS = 2
 # With few rows (`few_rows`) more warps a program shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's
 # step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for
@@ -635,7 +607,6 @@ SELECT_WARPS = 2
 SELECT_FEW_WARPS = 8
 BOUNDS_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
-SELECT_ALGO = 1  # its search: 0 bisection over the row's key range, 1 the same without the newest page, 2 radix
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
@@ -677,6 +648,6 @@ def predict_pages(q, kt, block_tables, num_pages, topr, topk, ppb, sign_select=T
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        ALGO=SELECT_ALGO, num_warps=SELECT_FEW_WARPS if few_rows(batch, kv_heads) else SELECT_WARPS, **pdl(bounds),
+        num_warps=SELECT_FEW_WARPS if few_rows(batch, kv_heads) else SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

@@ -133,11 +133,13 @@ def build_args(model: str, config: Optional[str], ns: argparse.Namespace, batch:
     output = max(ns.output_len, profile_tokens(ns.profile_batch)) if ns.profile else ns.output_len
     seq = ns.input_len + output
     kv = base.kv_cache_config
+    chunked = ns.enable_chunked_prefill or base.enable_chunked_prefill
     if batch > 0:  # size the pool to the run (and the profile's requests), so peak memory compares what each needs
-        tokens = batch * (kept_len(base, ns.input_len) + output + kv.tokens_per_block)
+        # (a chunked prompt holds its whole prompt's blocks until its last chunk)
+        held = max(ns.input_len, kept_len(base, ns.input_len) + output) if chunked else kept_len(base, ns.input_len)
+        tokens = batch * (held + output + kv.tokens_per_block)
         kv = kv.model_copy(update={"max_tokens": tokens})
     graphs = base.cuda_graph_config
-    chunked = ns.enable_chunked_prefill or base.enable_chunked_prefill
     update = dict(
         cuda_graph_config=graphs.model_copy(update={"enable_padding": True}) if graphs else None,
         max_seq_len=max(seq, base.max_seq_len or 0),

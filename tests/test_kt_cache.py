@@ -307,12 +307,12 @@ def test_kt_layout_round_trip_and_runs():
     from rocket_trtllm.kernels.kt_predict import RUN_BYTES
 
     gen = torch.Generator().manual_seed(5)
-    lo = torch.randn(10, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
-    hi = torch.randn(10, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
+    lo = torch.randn(20, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
+    hi = torch.randn(20, 3, 8, 16, generator=gen).to(torch.float8_e5m2)
     kt = packed(lo, hi)
     group = kt_group(8, 1)
-    assert kt.shape == (-(-10 // group), 3, 16, 2, group * 8) and group * 8 >= RUN_BYTES
-    blocks = torch.tensor([[3, 9], [0, 4]])
+    assert kt.shape == (-(-20 // group), 3, 16, 2, group * 8) and group * 8 >= RUN_BYTES and group <= 20
+    blocks = torch.tensor([[3, 19], [0, 4]])
     got_lo, got_hi = kt_block_pages(kt, blocks, 8)
     assert torch.equal(got_lo.float(), lo[blocks].float()) and torch.equal(got_hi.float(), hi[blocks].float())
     run = kt[0, 1, 5, 1]  # group 0, head 1, channel 5, the max: blocks 0..group-1's pages in order
@@ -492,26 +492,3 @@ def test_triton_store_token_on_gpu():
     store_token(k.cuda(), k.cuda(), *got[:2], tables.cuda(), lens.cuda(), got[2], 4)
     for a, b in zip(got, want):
         assert torch.equal(a.cpu().float(), b.float())
-
-
-@pytest.mark.parametrize("algo", [0, 1, 2])
-def test_score_select_searches_agree(algo, monkeypatch):
-    """The one-kernel selection's three searches (bisection, bisection without the newest page, radix) pick the
-    pages the reference picks, ties and short rows included."""
-    from rocket_trtllm.kernels import kt_predict
-    from rocket_trtllm.kernels.kt_predict import predict_pages
-
-    monkeypatch.setattr(kt_predict, "SELECT_ALGO", algo)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, kt, tables, pages = kt_case(torch.float32, device, seed=algo, blocks=160, lens=(150, 5, 61, 97))
-    want = predict_pages_ref(q, kt, tables, pages, 16, 9, 4)
-    assert chosen(predict_pages(q, kt, tables, pages, 16, 9, 4), pages) == chosen(want, pages)
-    gen = torch.Generator().manual_seed(1)
-    lo = torch.randn(1, 2, 1, 16, generator=gen).expand(64, 2, 4, 16).contiguous()  # every page alike: ties
-    tables = torch.randperm(64, generator=gen)[:46].view(2, 23).int().to(device)
-    pages = torch.tensor([90, 47], dtype=torch.int32, device=device)
-    q = torch.randn(2, 8, 16, generator=gen).to(device)
-    got = predict_pages(q, packed(lo, lo + 1.0).to(device), tables, pages, 16, 7, 4).cpu()
-    for row, n in zip(got, pages.tolist()):
-        for pick in row.tolist():
-            assert sorted(pick) == sorted([*range(7), n - 1])
