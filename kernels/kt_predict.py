@@ -273,19 +273,22 @@ if triton is not None:
         rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
         first = start
         if EARLY:  # the early tile, its newest page (this step's store writes it) read again
-            p = start + tl.arange(0, BLOCK_P)
-            newest = (p == n_pages - 1)[None, :]
-            lo = tl.where(newest, tl.load(kt_ptr + base0[None, :] + (d * 2 * RUN)[:, None], mask=newest, other=0.0),
-                          lo0)  # fmt: skip
-            hi = tl.where(newest, tl.load(kt_ptr + base0[None, :] + (d * 2 * RUN + RUN)[:, None], mask=newest,
-                                          other=0.0), hi0)  # fmt: skip
-            lo = tl.where(keep[:, None], lo, 0.0)  # what top-r drops weighs nothing, whatever it holds
-            hi = tl.where(keep[:, None], hi, 0.0)
+            pe = start + tl.arange(0, BLOCK_P)
+            newest = pe == n_pages - 1
+            at = tl.sum(tl.where(newest, base0, 0), 0)  # the newest page's offset (when this tile holds it)
+            gap = d * 0 + (n_pages - 1 - start)  # the newest page's place in the tile, per channel
+            here = (gap >= 0) & (gap < BLOCK_P)
+            lo_new = tl.load(kt_ptr + at + d * 2 * RUN, mask=here, other=0.0)
+            hi_new = tl.load(kt_ptr + at + d * 2 * RUN + RUN, mask=here, other=0.0)
+            lo_e = tl.where(newest[None, :], lo_new[:, None], lo0)
+            hi_e = tl.where(newest[None, :], hi_new[:, None], hi0)
+            lo_e = tl.where(keep[:, None], lo_e, 0.0)  # what top-r drops weighs nothing, whatever it holds
+            hi_e = tl.where(keep[:, None], hi_e, 0.0)
             if SIGN:
-                bound = _dot(q_one, tl.where(up[:, None], hi, lo).to(DOT))
+                bound_e = _dot(q_one, tl.where(up[:, None], hi_e, lo_e).to(DOT))
             else:
-                bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
-            m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
+                bound_e = _dot(qp, hi_e.to(DOT)) + _dot(qn, lo_e.to(DOT))
+            m, total = _fold(bound_e, pe, n_pages, max_pages, rows, scale, m, total, G)
             first = start + BLOCK_P
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
         # the pages past the end get -inf scores from the second pass without bounds.
@@ -523,6 +526,14 @@ _BLOCK_P = 64  # pages per tile in both passes
 BOUNDS_EARLY = 1
 
 
+# The bounds pass's loop unpipelined: pipelined, Triton copies each fp8 tile into shared memory as stored (pages
+# contiguous) and gathers the dot's operand from there a byte at a time (64 ld.shared.b8 a thread a tile in the sm_90
+# PTX, `benchmarks/ptx_check.py`); unpipelined, it loads 8-byte vectors into registers, widens them there and stages
+# the fp16 operand with vector stores. The 104.7 us at 124 requests (H200) were the pipelined loop's; this one is not
+# measured yet.
+BOUNDS_STAGES = 1
+
+
 def bounds_early(batch: int, kv_heads: int) -> bool:
     """Whether the bounds pass reads its first KT tile before its PDL wait (and the K/V store lets it start early)."""
     return bool(BOUNDS_EARLY) and few_rows(batch, kv_heads)
@@ -558,7 +569,7 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
         BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
-        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, **pdl(q),
+        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, num_stages=BOUNDS_STAGES, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 

@@ -1,0 +1,47 @@
+"""The Triton kernels' sm_90 PTX, compiled here without a GPU (Triton's own compiler and ptxas): compile errors, and
+the memory instructions each variant's code holds (vector widths, byte-wise shared loads, cp.async pipelining,
+tensor-core instructions), as the launchers specialize them (16-byte aligned pointers and strides).
+
+    python benchmarks/ptx_check.py            # the KT bounds pass at RocketKV's shapes, every variant
+"""
+
+import itertools
+import re
+from collections import Counter
+
+import triton
+import triton.language as tl
+from rocket_trtllm.kernels import kt_predict
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+BOUNDS_ARGS = {"q_ptr": "*fp32", "kt_ptr": "*fp8e5", "tables_ptr": "*i32", "pages_ptr": "*i64", "out_ptr": "*fp32",
+               "part_m_ptr": "*fp32", "part_l_ptr": "*fp32", "scales_ptr": "*fp32", "scale_value": "fp32",
+               "sq_b": "i32", "sq_h": "i32", "s_grp": "i32", "s_h": "i32", "st_b": "i32", "so_b": "i32",
+               "so_h": "i32", "max_pages": "i32", "chunk": "i32", "n_chunks": "i32"}  # fmt: skip
+ALIGNED = ("sq_b", "sq_h", "s_grp", "s_h", "so_b", "so_h")  # strides the launch specializes as multiples of 16
+MEMORY = r"(?:ld|st)\.(?:global|shared)[\w.]*|cp\.async\.\w+\.shared\.global|ldmatrix[\w.]*|mma\.sync[\w.]*"
+
+
+def compile_ptx(fn, args: dict, consts: dict, warps: int, stages: int) -> tuple[str, int]:
+    signature = {**args, **{k: "constexpr" for k in consts}}
+    names = list(args)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if args[n][0] == "*" or n in ALIGNED}
+    source = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps,
+                                                                                "num_stages": stages})  # fmt: skip
+    return kernel.asm["ptx"], kernel.metadata.shared
+
+
+def main() -> None:
+    for topr, sign, early, stages in itertools.product((64, 128), (True, False), (False, True), (1, 3)):
+        consts = dict(G=4, G_PAD=16, D=128, TOPR=topr, PPB=8, GROUP=kt_predict.kt_group(8, 1), BLOCK_P=64,
+                      DOT=tl.float16, SIGN=sign, PER_HEAD=False, PDL=True, EARLY=early)  # fmt: skip
+        ptx, shared = compile_ptx(kt_predict._kt_bounds_kernel, BOUNDS_ARGS, consts, 4, stages)
+        counts = Counter(re.findall(MEMORY, ptx))
+        print(f"bounds topr {topr} {'sign' if sign else 'both'} early={early} stages={stages}: shared {shared} B, "
+              + ", ".join(f"{k} x{v}" for k, v in counts.most_common()))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
