@@ -109,6 +109,7 @@ class Scheduler:
                 continue
             seq.chunk_len = self._chunk(seq.prompt_len - seq.computed_len, self.max_num_tokens - tokens)
             if not seq.chunk_len:
+                admit = False  # first come, first served: no newer prompt takes what this one waits for
                 break
             contexts.append(seq)
             tokens += seq.chunk_len
