@@ -67,7 +67,12 @@ def measure(engine: Any, ns: argparse.Namespace) -> dict[str, Any]:
             ttft = now
         if all(s.is_finished for s in decoding):
             break
-    gaps = [b["t"] - a["t"] for a, b in zip([{"t": 0.0}] + steps, steps)]  # each step: the gap between two tokens
+    # The decoding requests' token times: the ends of the steps that gave them tokens (with the overlap scheduler a
+    # call may only land the step before, giving none), and each gap between two of them.
+    steps = [s for s in steps if s["tokens"]]
+    gaps = [b["t"] - a["t"] for a, b in zip([{"t": 0.0}] + steps, steps)]
+    for step, gap in zip(steps, gaps):
+        step["gap"] = gap
     ordered = sorted(gaps)
     engine.abort(long)
     for seq in decoding:
@@ -106,10 +111,9 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 4))
-        for name, r in results.items():
-            times = [s["t"] for s in r["steps"]]
-            gaps = [b - a for a, b in zip([0.0] + times, times)]
-            ax.step(times, [1e3 * g for g in gaps], where="post", label=f"{name} (TTFT {r['ttft_s']:.2f} s)")
+        for name, r in results.items():  # each gap drawn over the interval it spans
+            ax.step([s["t"] for s in r["steps"]], [1e3 * s["gap"] for s in r["steps"]], where="pre", marker=".",
+                    label=f"{name} (TTFT {r['ttft_s']:.2f} s)")  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel("seconds since the long prompt arrived")
         ax.set_ylabel("inter-token latency of the decoding requests (ms)")
