@@ -9,11 +9,12 @@ import inspect
 import sys
 
 import torch
+from triton.testing import do_bench
+
 from rocket_trtllm.kernels.cache_update import store_token
 from rocket_trtllm.kernels.kt_predict import kt_group, pack_kt, predict_pages
 from rocket_trtllm.kernels.layer_ops import rotary
 from rocket_trtllm.kernels.paged_decode import sparse_decode
-from triton.testing import do_bench
 
 tag = sys.argv[1]
 new = "cos" in inspect.signature(store_token).parameters

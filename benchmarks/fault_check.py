@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from rocket_trtllm.kernels import cache_update, gemv, kt_predict, layer_ops, paged_decode
 
 from rocket_trtllm import bench
+from rocket_trtllm.kernels import cache_update, gemv, kt_predict, layer_ops, paged_decode
 from rocket_trtllm.runtime.model_runner import ModelRunner
 
 KERNEL_MODULES = (cache_update, gemv, kt_predict, layer_ops, paged_decode)

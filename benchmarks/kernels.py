@@ -12,6 +12,8 @@ import json
 from functools import partial
 
 import torch
+from triton.testing import do_bench
+
 from rocket_trtllm.kernels import kt_predict as kt_module
 from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.kernels import paged_decode as decode_module
@@ -19,8 +21,6 @@ from rocket_trtllm.kernels.cache_update import store_token
 from rocket_trtllm.kernels.gemv import Tile, gemv
 from rocket_trtllm.kernels.kt_predict import kt_group, kt_page_scores, pack_kt, predict_pages, select_pages
 from rocket_trtllm.kernels.paged_decode import paged_decode, sparse_decode
-from triton.testing import do_bench
-
 from rocket_trtllm.models.quant import FP8, fp8_linear_cuda, quantize_per_token
 
 KV_HEADS, Q_HEADS, D, BS = 8, 32, 128, 32  # Llama-3.1-8B attention, one layer

@@ -8,10 +8,11 @@ RMSNorms their weight, the KT bounds pass its first tile of pages), checked with
 
 import inspect
 
-from rocket_trtllm.kernels import kt_predict, layer_ops, paged_decode
 from triton import compile as triton_compile
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+from rocket_trtllm.kernels import kt_predict, layer_ops, paged_decode
 
 BF16 = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "x_ptr": "*bf16", "d_ptr": "*bf16", "w_ptr": "*bf16",
         "out_ptr": "*bf16", "lo_ptr": "*fp8e5", "hi_ptr": "*fp8e5", "tables_ptr": "*i32", "lens_ptr": "*i32",

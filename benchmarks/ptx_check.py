@@ -11,9 +11,10 @@ from collections import Counter
 
 import triton
 import triton.language as tl
-from rocket_trtllm.kernels import kt_predict
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+from rocket_trtllm.kernels import kt_predict
 
 BOUNDS_ARGS = {"q_ptr": "*fp32", "kt_ptr": "*fp8e5", "tables_ptr": "*i32", "pages_ptr": "*i64", "out_ptr": "*fp32",
                "part_m_ptr": "*fp32", "part_l_ptr": "*fp32", "scales_ptr": "*fp32", "scale_value": "fp32",

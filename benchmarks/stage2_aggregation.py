@@ -7,10 +7,10 @@ over pages, summed), `sum` (the bounds added in raw logits, the engine before th
 
 import sys
 
-import rocket_trtllm.kernels.kt_predict as kp
 from rocket_trtllm.eval import SHIPPED_MODEL
 from rocket_trtllm.eval.tasks import make_samples
 
+import rocket_trtllm.kernels.kt_predict as kp
 import rocket_trtllm.sparse.quest as quest
 from rocket_trtllm import LLM, SamplingParams
 from rocket_trtllm.llmapi.llm_args import LlmArgs

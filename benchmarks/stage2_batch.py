@@ -10,11 +10,12 @@ import argparse
 import json
 
 import torch
+from triton.testing import do_bench
+
 from rocket_trtllm.kernels import kt_predict
 from rocket_trtllm.kernels.cache_update import store_token
 from rocket_trtllm.kernels.kt_predict import _launch_bounds, kt_group, pack_kt, predict_pages
 from rocket_trtllm.kernels.paged_decode import sparse_decode
-from triton.testing import do_bench
 
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20

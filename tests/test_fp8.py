@@ -178,7 +178,6 @@ def test_gemv_on_gpu_at_llama_shapes():
     """bf16 rows at Llama-3.1-8B's projection shapes, through the linear methods as decode calls them: fp8 and
     bf16 weights."""
     from rocket_trtllm.kernels.gemv import gemv_ref
-
     from rocket_trtllm.models.quant import Fp8, Unquantized
 
     gen = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from rocket_trtllm.kernels.cache_update import store_token_ref
 from rocket_trtllm.kernels.kt_predict import (
     group_page_scores,
@@ -11,7 +12,6 @@ from rocket_trtllm.kernels.kt_predict import (
     predict_pages_ref,
     select_pages_ref,
 )
-
 from rocket_trtllm.runtime.kv_cache import KVCachePool, ModelShape
 from rocket_trtllm.sparse.kt_cache import KTCache
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from rocket_trtllm.kernels import layer_ops
 
+from rocket_trtllm.kernels import layer_ops
 from rocket_trtllm.models.rope import RotaryEmbedding
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

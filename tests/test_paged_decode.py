@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from rocket_trtllm.kernels.paged_decode import paged_decode_ref, sparse_decode_ref, token_decode_ref
 
 

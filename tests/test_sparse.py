@@ -201,7 +201,6 @@ def test_stage1_reads_the_prompt_queries_not_the_attention_output(llama_dir, mon
     """A prompt's attention output is written over its queries; stage 1 must see the queries the layer computed
     (the observation window, copied out before attention), for every layer."""
     from rocket_trtllm.kernels.layer_ops import rotary_ref
-
     from rocket_trtllm.runtime.attention import AttentionBackend
     from rocket_trtllm.sparse.snapkv import SnapKVAttention
 
