@@ -20,7 +20,7 @@ fi
 # The pieces one by one: paged decode over an fp8 cache per tile shape, quantization, page selection, and the
 # decode GEMMs (cuBLAS and the Triton GEMV's tiles, bf16 and fp8 weights).
 K=${KERNELS:-fp8}  # none: skip
-[ "$K" = none ] || timeout 300 python3 benchmarks/kernels.py --only $K --json "$OUT/kernels-$K.json" > "$OUT/kernels-$K.txt" 2>&1
+[ "$K" = none ] || timeout 300 python3 benchmarks/kernel_bandwidth.py --only $K --json "$OUT/kernels-$K.json" > "$OUT/kernels-$K.txt" 2>&1
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml

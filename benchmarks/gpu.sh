@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 if [ "$PART" != bench ]; then
   python3 -m pytest -q -p no:cacheprovider tests/test_paged_decode.py tests/test_kt_cache.py tests/test_stage1.py \
     tests/test_layer_ops.py tests/test_llm.py tests/test_sparse.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
-  python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
+  python3 benchmarks/kernel_bandwidth.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.txt"
 fi
 [ "$PART" = check ] && exit 0
 B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights --config configs/rocket-long-context.yaml"
