@@ -21,6 +21,12 @@ def token_texts(tokenizer: Any, ids: list[int], before: list[int] = ()) -> list[
     return out
 
 
+def _preceding(before: list[int], ids: list[int], i: int) -> list[int]:
+    # The tokens decoded before ids[i] when its alternatives' texts are read
+    seq = list(before) + ids
+    return seq[max(0, len(before) + i - CONTEXT_TOKENS) : len(before) + i]
+
+
 def _alternatives(tokenizer: Any, entry: dict[int, Logprob], n: int, context: list[int]) -> list[tuple[str, float]]:
     # The n most likely tokens of an entry (which holds them and the chosen token), best first, with their texts.
     ranked = sorted(entry.items(), key=lambda item: item[1].rank)[:n]
@@ -40,9 +46,8 @@ def completion_logprobs(
         if entry is None:
             top.append(None)
             continue
-        context = (list(before) + ids)[max(0, len(before) + i - CONTEXT_TOKENS) : len(before) + i]
         alternatives: dict[str, float] = {}
-        for piece, lp in _alternatives(tokenizer, entry, n, context):
+        for piece, lp in _alternatives(tokenizer, entry, n, _preceding(before, ids, i)):
             alternatives.setdefault(piece, lp)  # two tokens reading the same: the likelier one's
         top.append(alternatives)
     token_lps = [None if e is None else e[t].logprob for t, e in zip(ids, entries)]
@@ -55,8 +60,7 @@ def chat_logprobs(
     """/v1/chat/completions' `logprobs.content` entries for generated tokens `ids`, `n` alternatives each."""
     out = []
     for i, (text, tok, entry) in enumerate(zip(token_texts(tokenizer, ids, before), ids, entries)):
-        context = (list(before) + ids)[max(0, len(before) + i - CONTEXT_TOKENS) : len(before) + i]
-        alternatives = _alternatives(tokenizer, entry, n, context)
+        alternatives = _alternatives(tokenizer, entry, n, _preceding(before, ids, i))
         top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives]
         out.append({"token": text, "logprob": entry[tok].logprob, "bytes": list(text.encode()), "top_logprobs": top})
     return out
