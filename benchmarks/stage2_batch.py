@@ -7,6 +7,7 @@ warp count), sparse attention, and the whole chain, each replayed 20 times in a 
 """
 
 import argparse
+import itertools
 import json
 
 import torch
@@ -19,6 +20,7 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
+PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
 
 
 def graphed(fn) -> float:  # noqa: ANN001
@@ -76,6 +78,27 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
     row("KT bounds pass (sign, top-r 128)",
         lambda: _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"]), kt_bytes)  # fmt: skip
     bounds_us = rows[-1]["us"]
+
+    def bounds(sign: bool = True) -> object:
+        return _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"], sign)
+
+    row("KT bounds pass (both bounds, Quest's)", lambda: bounds(False), 2 * kt_bytes)
+    want = bounds()[0][..., :n_pages]  # (past each sequence's pages: not written)
+    if batch > 1:  # the sign rule's pass per tile shape, pipelining depth and warp count (each checked against it)
+        for stages, block_p, warps in itertools.product((1, 2, 3), (64, 128), (4, 8)):
+            saved = kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS
+            kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS = stages, block_p, warps
+            try:
+                got = bounds()[0][..., :n_pages]
+                if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+                    raise AssertionError(f"bounds differ from the default's by {(got - want).abs().max()}")
+                row(f"  bounds variant: stages {stages}, {block_p} pages a tile, {warps} warps", bounds, kt_bytes)
+                rows[-1]["patch"] = (f"{PATCH}BOUNDS_STAGES={stages},{PATCH}BOUNDS_BLOCK_P={block_p},"
+                                     f"{PATCH}BOUNDS_WARPS={warps}")  # fmt: skip
+            except Exception as e:  # noqa: BLE001 (a variant that does not compile is reported, not fatal)
+                print(f"  bounds variant stages {stages} block {block_p} warps {warps}: {type(e).__name__} {e}")
+            finally:
+                kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS = saved
     warps_default = kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS
     for warps in (2, 4, 8):
         kt_predict.SELECT_WARPS = kt_predict.SELECT_FEW_WARPS = warps
@@ -108,6 +131,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[124, 1])
     p.add_argument("--tokens", type=int, default=2176)
     p.add_argument("--json")
+    p.add_argument("--best", help="write the fastest bounds variant's patch (for benchmarks/bench_patched.py) here")
     ns = p.parse_args()
     copy_tbs = copy_bandwidth()
     print(f"copy bandwidth {copy_tbs:.2f} TB/s")
@@ -115,6 +139,11 @@ def main() -> None:
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"copy_tbs": copy_tbs, "rows": rows}, f, indent=1)
+    if ns.best:
+        best = min((r for r in rows if "patch" in r), key=lambda r: r["us"], default={"patch": "", "kernel": "none"})
+        print(f"fastest bounds variant: {best['kernel'].strip()}")
+        with open(ns.best, "w") as f:
+            f.write(best["patch"])
 
 
 if __name__ == "__main__":

@@ -514,7 +514,8 @@ if triton is not None:
             torch.float32: tl.float32}  # fmt: skip
 
 
-_BLOCK_P = 64  # pages per tile in both passes
+_BLOCK_P = 64  # pages per tile in the scores pass
+BOUNDS_BLOCK_P = 64  # and in the bounds pass (a multiple of _BLOCK_P)
 # With few rows (`few_rows`) the bounds pass reads its first tile of KT pages (both bounds of every channel: which ones
 # it uses depends on the query) before it waits for the kernel before (PDL): with the store letting it start early,
 # RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md; measured when every tile read both).
@@ -550,7 +551,7 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     _, kv_heads, _, _, run = kt.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
-    block_p = max(_BLOCK_P, ppb)  # a tile holds whole blocks' pages
+    block_p = max(BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
     # Enough chunks to fill the GPU about twice (132 SMs on an H100).
     tiles = triton.cdiv(max_pages, block_p)
     chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
@@ -569,7 +570,7 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
         BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
-        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else 4, num_stages=BOUNDS_STAGES, **pdl(q),
+        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -617,6 +618,7 @@ SELECT_WARPS = 2
 # the bounds pass (2: 5.87; BENCHMARKS.md). Larger batches keep 4.
 SELECT_FEW_WARPS = 8
 BOUNDS_FEW_WARPS = 8
+BOUNDS_WARPS = 4  # the bounds pass at larger batches
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 
 
