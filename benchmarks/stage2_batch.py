@@ -13,7 +13,7 @@ import json
 import torch
 from triton.testing import do_bench
 
-from rocket_trtllm.kernels import kt_predict
+from rocket_trtllm.kernels import _triton, kt_predict
 from rocket_trtllm.kernels.cache_update import store_token
 from rocket_trtllm.kernels.kt_predict import _launch_bounds, kt_group, pack_kt, predict_pages
 from rocket_trtllm.kernels.paged_decode import sparse_decode
@@ -21,6 +21,12 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
 PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
+# The bounds pass's variants timed (sign rule): at large batches tiles loaded a tile ahead or not, pages a tile,
+# programs (chunks of each row's pages) and warps; with few rows (batch 1) warps, the early first tile and pages a tile.
+VARIANTS_MANY = [dict(BOUNDS_PREFETCH=f, BOUNDS_BLOCK_P=p, BOUNDS_PROGRAMS=n, BOUNDS_WARPS=w)
+                 for f, p, n, w in itertools.product((0, 1), (64, 128), (264, 2048, 1 << 20), (2, 4))]  # fmt: skip
+VARIANTS_FEW = [dict(BOUNDS_FEW_WARPS=w, BOUNDS_EARLY=e, BOUNDS_BLOCK_P=p)
+                for w, e, p in itertools.product((2, 4, 8), (0, 1), (32, 64))]  # fmt: skip
 
 
 def graphed(fn) -> float:  # noqa: ANN001
@@ -84,21 +90,22 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
 
     row("KT bounds pass (both bounds, Quest's)", lambda: bounds(False), 2 * kt_bytes)
     want = bounds()[0][..., :n_pages]  # (past each sequence's pages: not written)
-    if batch > 1:  # the sign rule's pass per tile shape, pipelining depth and warp count (each checked against it)
-        for stages, block_p, warps in itertools.product((1, 2, 3), (64, 128), (4, 8)):
-            saved = kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS
-            kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS = stages, block_p, warps
-            try:
-                got = bounds()[0][..., :n_pages]
-                if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
-                    raise AssertionError(f"bounds differ from the default's by {(got - want).abs().max()}")
-                row(f"  bounds variant: stages {stages}, {block_p} pages a tile, {warps} warps", bounds, kt_bytes)
-                rows[-1]["patch"] = (f"{PATCH}BOUNDS_STAGES={stages},{PATCH}BOUNDS_BLOCK_P={block_p},"
-                                     f"{PATCH}BOUNDS_WARPS={warps}")  # fmt: skip
-            except Exception as e:  # noqa: BLE001 (a variant that does not compile is reported, not fatal)
-                print(f"  bounds variant stages {stages} block {block_p} warps {warps}: {type(e).__name__} {e}")
-            finally:
-                kt_predict.BOUNDS_STAGES, kt_predict.BOUNDS_BLOCK_P, kt_predict.BOUNDS_WARPS = saved
+    for variant in VARIANTS_MANY if batch * KV_HEADS > _triton.FEW_ROWS else VARIANTS_FEW:
+        name = ", ".join(f"{k} {v}" for k, v in variant.items())
+        saved = {k: getattr(kt_predict, k) for k in variant}
+        for k, v in variant.items():
+            setattr(kt_predict, k, v)
+        try:  # each variant checked against the default, and timed
+            got = bounds()[0][..., :n_pages]
+            if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+                raise AssertionError(f"bounds differ from the default's by {(got - want).abs().max()}")
+            row(f"  bounds: {name}", bounds, kt_bytes)
+            rows[-1]["patch"] = ",".join(f"{PATCH}{k}={v}" for k, v in variant.items())
+        except Exception as e:  # noqa: BLE001 (a variant that fails is reported, not fatal)
+            print(f"  bounds: {name}: {type(e).__name__} {e}")
+        finally:
+            for k, v in saved.items():
+                setattr(kt_predict, k, v)
     warps_default = kt_predict.SELECT_WARPS, kt_predict.SELECT_FEW_WARPS
     for warps in (2, 4, 8):
         kt_predict.SELECT_WARPS = kt_predict.SELECT_FEW_WARPS = warps
@@ -131,7 +138,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[124, 1])
     p.add_argument("--tokens", type=int, default=2176)
     p.add_argument("--json")
-    p.add_argument("--best", help="write the fastest bounds variant's patch (for benchmarks/bench_patched.py) here")
+    p.add_argument(
+        "--best",
+        help="write each batch's fastest bounds variant (a benchmarks/bench_patched.py patch) to BEST-<batch>.txt",
+    )
     ns = p.parse_args()
     copy_tbs = copy_bandwidth()
     print(f"copy bandwidth {copy_tbs:.2f} TB/s")
@@ -139,10 +149,11 @@ def main() -> None:
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"copy_tbs": copy_tbs, "rows": rows}, f, indent=1)
-    if ns.best:
-        best = min((r for r in rows if "patch" in r), key=lambda r: r["us"], default={"patch": "", "kernel": "none"})
-        print(f"fastest bounds variant: {best['kernel'].strip()}")
-        with open(ns.best, "w") as f:
+    for batch in ns.batches if ns.best else ():
+        timed = [r for r in rows if "patch" in r and r["batch"] == batch]
+        best = min(timed, key=lambda r: r["us"], default={"patch": "", "kernel": "none"})
+        print(f"fastest bounds variant at batch {batch}: {best['kernel'].strip()}")
+        with open(f"{ns.best}-{batch}.txt", "w") as f:
             f.write(best["patch"])
 
 

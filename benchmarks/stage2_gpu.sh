@@ -3,7 +3,8 @@
 # chunk-attention GPU tests, the stage-2 kernels at 124 requests and at batch 1 (benchmarks/stage2_batch.py),
 # RocketKV's decode step at 124 requests (8k prompts: after eviction the step is the 32k one's), 128k batch 1 against
 # dense in bf16 and with FP8 weights, and a lone 128k prompt prefilled in 8192-token chunks. The kernels part times
-# the bounds pass's variants and the batch part runs the fastest (benchmarks/bench_patched.py). Each part has a time
+# the bounds pass's variants and the batch, b1 and fp8 parts run the fastest at their batch
+# (benchmarks/bench_patched.py). Each part has a time
 # limit; PARTS picks some of: tests kernels batch b1 fp8 prefill (default: all, in that order).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -16,15 +17,17 @@ for part in $PARTS; do
   case $part in
     tests) timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_kt_cache.py tests/test_prefix_cache.py \
              -k "gpu or searches_agree or sign_rule" 2>&1 | tail -4 ;;
-    kernels) timeout 200 python3 benchmarks/stage2_batch.py --json "$OUT/stage2.json" --best "$OUT/best.txt" 2>&1 \
+    kernels) timeout 240 python3 benchmarks/stage2_batch.py --json "$OUT/stage2.json" --best "$OUT/best" 2>&1 \
                | grep -v Warn ;;
-    batch) timeout 150 python3 benchmarks/bench_patched.py "$(cat "$OUT/best.txt" 2>/dev/null)" \
+    batch) timeout 120 python3 benchmarks/bench_patched.py "$(cat "$OUT/best-124.txt" 2>/dev/null)" \
              --arch llama-3.1-8b --random-weights --config $R --input-len 8192 --output-len 256 --batch-size 124 \
              --json "$OUT/rocket-b124.json" 2>&1 | tail -1 ;;
-    b1) timeout 120 $B --config $R --input-len 131072 --output-len 64 --batch-size 1 --compare dense \
-          --json "$OUT/b1-128k.json" 2>&1 | tail -2 ;;
-    fp8) timeout 120 $B --config $R --input-len 131072 --output-len 64 --batch-size 1 --compare dense --fp8 \
-           --json "$OUT/b1-128k-fp8.json" 2>&1 | tail -2 ;;
+    b1) timeout 110 python3 benchmarks/bench_patched.py "$(cat "$OUT/best-1.txt" 2>/dev/null)" \
+          --arch llama-3.1-8b --random-weights --config $R --input-len 131072 --output-len 64 --batch-size 1 \
+          --compare dense --json "$OUT/b1-128k.json" 2>&1 | tail -2 ;;
+    fp8) timeout 110 python3 benchmarks/bench_patched.py "$(cat "$OUT/best-1.txt" 2>/dev/null)" \
+           --arch llama-3.1-8b --random-weights --config $R --input-len 131072 --output-len 64 --batch-size 1 \
+           --compare dense --fp8 --json "$OUT/b1-128k-fp8.json" 2>&1 | tail -2 ;;
     prefill) timeout 90 $B --config $R --input-len 131072 --output-len 16 --batch-size 1 --enable_chunked_prefill \
                --max_num_tokens 8192 --json "$OUT/chunked-128k.json" 2>&1 | tail -1 ;;
   esac

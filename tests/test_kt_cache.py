@@ -173,19 +173,21 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 @pytest.mark.parametrize("topr,group,lens,ppb", [(16, 4, (13, 40), 4), (5, 4, (13, 150), 8), (3, 1, (2, 70), 2),
                                                  (16, 8, (33, 64, 1), 8), (7, 8, (90,), 16)])  # fmt: skip
 @pytest.mark.parametrize("sign_select", [True, False])
-@pytest.mark.parametrize("rows", ["few", "many", "many, wide tiles"])
+@pytest.mark.parametrize("rows", ["few", "many", "many, variant"])
 def test_triton_page_scores_match_reference(dtype, topr, group, lens, ppb, sign_select, rows, monkeypatch):
     """Against the references: GQA groups of 1, 4 and 8 query heads, fp8 and 16-bit KT, top-r below and at head_dim,
     2 to 16 pages a block, ragged lengths (a partial newest page); the sign rule's one bound and Quest's two; the
     bounds pass as a batch of few rows runs it (its first KT tile read before the PDL wait) and as a larger batch does
-    (`FEW_ROWS` 0), also with 128-page tiles."""
+    (`FEW_ROWS` 0), also with 128-page tiles loaded a tile ahead, one tile a program."""
     from rocket_trtllm.kernels import _triton, kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
     if rows.startswith("many"):
         monkeypatch.setattr(_triton, "FEW_ROWS", 0)
-    if rows.endswith("wide tiles"):
+    if rows.endswith("variant"):
         monkeypatch.setattr(kt_predict, "BOUNDS_BLOCK_P", 128)
+        monkeypatch.setattr(kt_predict, "BOUNDS_PREFETCH", 1)
+        monkeypatch.setattr(kt_predict, "BOUNDS_PROGRAMS", 1 << 20)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, kt, tables, pages = kt_case(dtype, device, topr + ppb, blocks=96, group=group, lens=lens, ppb=ppb)
     want = kt_head_bounds_ref(q, kt, tables, pages, topr, ppb, sign_select)

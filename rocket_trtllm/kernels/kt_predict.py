@@ -225,7 +225,7 @@ if triton is not None:
         sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
         GROUP: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
-        PDL: tl.constexpr, EARLY: tl.constexpr,
+        PDL: tl.constexpr, EARLY: tl.constexpr, PREFETCH: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL, FIRST=EARLY, WAIT=not EARLY)
         b = tl.program_id(0)
@@ -292,9 +292,19 @@ if triton is not None:
             first = start + BLOCK_P
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
         # the pages past the end get -inf scores from the second pass without bounds.
+        if SIGN and PREFETCH:
+            # Each tile's table entries and bounds loaded one tile ahead (in registers), so that their two
+            # dependent round trips to memory overlap the tile before's dot and softmax.
+            one, base = _kt_tile(kt_ptr, tables_ptr, b, h, first, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
+                                 BLOCK_P)  # fmt: skip
         for p0 in range(first, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
-            if SIGN:  # the chosen bound of the kept channels only
+            if SIGN and PREFETCH:
+                nxt, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_grp, s_h, st_b, plane, keep, PPB,
+                                     GROUP, D, BLOCK_P)  # fmt: skip
+                bound = _dot(q_one, one.to(DOT))
+                one = nxt
+            elif SIGN:  # the chosen bound of the kept channels only
                 one, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
                                      BLOCK_P)  # fmt: skip
                 bound = _dot(q_one, one.to(DOT))
@@ -533,6 +543,8 @@ BOUNDS_EARLY = 1
 # the fp16 operand with vector stores. The 104.7 us at 124 requests (H200) were the pipelined loop's; this one is not
 # measured yet.
 BOUNDS_STAGES = 1
+BOUNDS_PREFETCH = 0  # the sign rule's tiles loaded one ahead in registers (`_kt_bounds_kernel`)
+BOUNDS_PROGRAMS = 264  # the bounds pass splits each row's pages into chunks until it has this many programs
 
 
 def bounds_early(batch: int, kv_heads: int) -> bool:
@@ -552,9 +564,9 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
     block_p = max(BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
-    # Enough chunks to fill the GPU about twice (132 SMs on an H100).
+    # Enough chunks for BOUNDS_PROGRAMS programs (264: the GPU's SMs about twice).
     tiles = triton.cdiv(max_pages, block_p)
-    chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
+    chunks = max(1, min(tiles, triton.cdiv(BOUNDS_PROGRAMS, batch * kv_heads)))
     chunk = triton.cdiv(tiles, chunks) * block_p
     n_chunks = triton.cdiv(max_pages, chunk)
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
@@ -570,7 +582,8 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
         BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
-        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **pdl(q),
+        PREFETCH=bool(BOUNDS_PREFETCH), num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS,
+        num_stages=BOUNDS_STAGES, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
