@@ -7,16 +7,21 @@ one step and once in chunks (`max_num_tokens` = `--chunk`); prints the latency p
 the peak GPU memory, and with `--plot` draws each step's latency over time.
 
     python benchmarks/chunked_itl.py MODEL [--config Y] --long 131072 --chunk 8192 --plot itl.png --json out.json
+    python benchmarks/chunked_itl.py --arch llama-3.1-8b --config Y ...    # a public architecture, random weights
+    python benchmarks/chunked_itl.py --replot out.json --plot itl.png     # the plot of a saved run
 """
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from rocket_trtllm import LLM, SamplingParams
+from rocket_trtllm.bench import ARCHS, write_arch
 from rocket_trtllm.llmapi.llm_args import LlmArgs
 
 
@@ -84,7 +89,8 @@ def measure(engine: Any, ns: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
+    p.add_argument("model", nargs="?", help="a checkpoint folder (or --arch)")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="a public architecture, built with random weights")
     p.add_argument("--config", help="YAML of LLM options (the method; chunking and the step budget are set here)")
     p.add_argument("--load_format", choices=["auto", "dummy"])
     p.add_argument("--decoding", type=int, default=8, help="requests decoding when the long prompt arrives")
@@ -95,8 +101,19 @@ def main() -> None:
     p.add_argument("--after", type=int, default=20, help="decode steps measured after the long prompt's last chunk")
     p.add_argument("--plot", help="write each step's latency over time, both runs, to this image (needs matplotlib)")
     p.add_argument("--json")
+    p.add_argument("--replot", help="plot a saved --json run instead of running")
     ns = p.parse_args()
-    results = {name: run(ns, chunked) for name, chunked in (("one step", False), ("chunked", True))}
+    if ns.replot:
+        with open(ns.replot) as f:
+            saved = json.load(f)
+        results = saved["results"]
+        ns = argparse.Namespace(**{**saved["args"], "plot": ns.plot, "json": None})
+    else:
+        if ns.arch:
+            ns.model, ns.load_format = str(write_arch(ns.arch, Path(tempfile.mkdtemp()))), "dummy"
+        if ns.model is None:
+            p.error("give a MODEL folder or --arch NAME")
+        results = {name: run(ns, chunked) for name, chunked in (("one step", False), ("chunked", True))}
     for name, r in results.items():
         peak = f", peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""
         print(f"{name:>8}: TTFT {r['ttft_s']:.3f} s, decoding requests' ITL p50 {r['itl_p50_ms']:.1f} ms, p99 "
@@ -105,22 +122,26 @@ def main() -> None:
         with open(ns.json, "w") as f:
             json.dump({"args": vars(ns), "results": results}, f, indent=1)
     if ns.plot:
-        import matplotlib
+        plot(results, ns)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for name, r in results.items():  # each gap drawn over the interval it spans
-            ax.step([s["t"] for s in r["steps"]], [1e3 * s["gap"] for s in r["steps"]], where="pre", marker=".",
-                    label=f"{name} (TTFT {r['ttft_s']:.2f} s)")  # fmt: skip
-        ax.set_yscale("log")
-        ax.set_xlabel("seconds since the long prompt arrived")
-        ax.set_ylabel("inter-token latency of the decoding requests (ms)")
-        ax.set_title(f"{ns.decoding} requests decoding while a {ns.long}-token prompt prefills")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(ns.plot, dpi=120)
+def plot(results: dict[str, Any], ns: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, r in results.items():  # each gap drawn over the interval it spans
+        ax.step([s["t"] for s in r["steps"]], [1e3 * s["gap"] for s in r["steps"]], where="pre", marker=".",
+                label=f"{name} (TTFT {r['ttft_s']:.2f} s)")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the long prompt arrived")
+    ax.set_ylabel("inter-token latency of the decoding requests (ms)")
+    ax.set_title(f"{ns.decoding} requests decoding while a {ns.long}-token prompt prefills")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(ns.plot, dpi=120)
 
 
 if __name__ == "__main__":
