@@ -320,6 +320,69 @@ if triton is not None:
         tl.store(part_l_ptr + part, total, mask=g < G)
 
     @triton.jit
+    def _kt_rows_kernel(
+        q_ptr, kt_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value, chan_ptr,
+        sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
+        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
+        GROUP: tl.constexpr, BLOCK_P: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
+        D_STAGES: tl.constexpr, UNROLL: tl.constexpr,
+    ):  # fmt: skip
+        # The sign rule's bounds without a transpose: the estimate of G heads on BLOCK_P pages summed a channel at a
+        # time (q[:, c] times channel c's chosen bound over the pages: one contiguous read of the layout per channel
+        # and block), in float32 on the CUDA cores. Each thread owns pages; no reduction crosses threads.
+        gdc(PDL)
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        c = tl.program_id(2)
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, D)
+        RUN: tl.constexpr = GROUP * PPB
+        NB: tl.constexpr = BLOCK_P // PPB
+        n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)
+        start = c * chunk
+        end = tl.minimum(start + chunk, n_pages)
+        q_rows = q_ptr + b * sq_b + (h * G + g) * sq_h  # [G_PAD]
+        q = tl.load(q_rows[:, None] + d[None, :], mask=g[:, None] < G, other=0.0).to(tl.float32)
+        keep = d < D
+        if TOPR < D:  # `_kt_bounds_kernel`'s channel choice
+            a = tl.sum(tl.abs(q), 0)
+            ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
+            keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
+        # Each channel's row in the layout (its chosen plane), or -1 where top-r drops it, for the loop to read.
+        chan = chan_ptr + ((b * tl.num_programs(1) + h) * n_chunks + c) * D
+        tl.store(chan + d, tl.where(keep, d * 2 * RUN + tl.where(tl.sum(q, 0) > 0, RUN, 0), -1))
+        tl.debug_barrier()
+        if PER_HEAD:
+            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        else:
+            scale = tl.full([G_PAD], scale_value, tl.float32)
+        m = tl.full([G_PAD], -1e30, tl.float32)
+        total = tl.zeros([G_PAD], tl.float32)
+        rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
+        j = tl.arange(0, PPB)
+        for p0 in range(start, end, BLOCK_P):
+            bi = p0 // PPB + tl.arange(0, NB)
+            blk = tl.load(tables_ptr + b * st_b + bi, mask=bi * PPB < end, other=0).to(tl.int64)
+            base = tl.multiple_of((blk // GROUP) * s_grp + h * s_h + (blk % GROUP) * PPB, PPB)  # [NB]
+            # [G_PAD, NB, PPB]: a block's pages contiguous, the same pages for every head (loaded once per warp: the
+            # heads' threads read the same bytes), so that the bounds need no layout change before the multiply.
+            at = kt_ptr + (base[:, None] + j[None, :])[None, :, :] + (g * 0)[:, None, None]
+            live = ((bi * PPB < end)[:, None] & (j >= 0)[None, :])[None, :, :] & (g >= 0)[:, None, None]
+            acc = tl.zeros([G_PAD, NB, PPB], tl.float32)
+            for c0 in tl.range(0, D, UNROLL, num_stages=D_STAGES):
+                for k in tl.static_range(UNROLL):  # UNROLL channels' loads in flight at once
+                    row = tl.load(chan + c0 + k)
+                    kept = live & (g * 0 + row >= 0)[:, None, None]
+                    x = tl.load(at + tl.multiple_of(tl.maximum(row, 0), RUN), mask=kept, other=0.0)
+                    qc = tl.load(q_rows + c0 + k, mask=g < G, other=0.0).to(tl.float32)
+                    acc += qc[:, None, None] * x.to(tl.float32)
+            p = p0 + tl.arange(0, BLOCK_P)
+            m, total = _fold(tl.reshape(acc, (G_PAD, BLOCK_P)), p, n_pages, max_pages, rows, scale, m, total, G)
+        part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
+        tl.store(part_m_ptr + part, m, mask=g < G)
+        tl.store(part_l_ptr + part, total, mask=g < G)
+
+    @triton.jit
     def _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G: tl.constexpr):
         # A tile's estimates [G_PAD, BLOCK_P] of pages p: stored (-inf past the sequence), and folded into each head's
         # running softmax max and sum.
@@ -545,6 +608,13 @@ BOUNDS_EARLY = 1
 BOUNDS_STAGES = 1
 BOUNDS_PREFETCH = 0  # the sign rule's tiles loaded one ahead in registers (`_kt_bounds_kernel`)
 BOUNDS_PROGRAMS = 264  # the bounds pass splits each row's pages into chunks until it has this many programs
+# The sign rule's pass at larger batches as `_kt_rows_kernel` (a channel at a time on the CUDA cores), its pages a tile,
+# warps, the channel loop's pipelining depth and the channels it unrolls.
+BOUNDS_ROWS = 0
+BOUNDS_ROWS_BLOCK_P = 256
+BOUNDS_ROWS_WARPS = 1
+BOUNDS_ROWS_STAGES = 1
+BOUNDS_ROWS_UNROLL = 8
 
 
 def bounds_early(batch: int, kv_heads: int) -> bool:
@@ -563,7 +633,8 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     _, kv_heads, _, _, run = kt.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
-    block_p = max(BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
+    rowwise = bool(BOUNDS_ROWS) and sign_select and not few_rows(batch, kv_heads)
+    block_p = max(BOUNDS_ROWS_BLOCK_P if rowwise else BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
     # Enough chunks for BOUNDS_PROGRAMS programs (264: the GPU's SMs about twice).
     tiles = triton.cdiv(max_pages, block_p)
     chunks = max(1, min(tiles, triton.cdiv(BOUNDS_PROGRAMS, batch * kv_heads)))
@@ -576,6 +647,17 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     # per-head tensor, which the kernels then never read).
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
+    if rowwise:
+        chan = torch.empty(batch, kv_heads, n_chunks, d, device=q.device, dtype=torch.int32)
+        _kt_rows_kernel[(batch, kv_heads, n_chunks)](
+            q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales, chan,
+            q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
+            bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
+            G=group, G_PAD=triton.next_power_of_2(group), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
+            BLOCK_P=block_p, PER_HEAD=per_head, D_STAGES=BOUNDS_ROWS_STAGES, UNROLL=min(BOUNDS_ROWS_UNROLL, d),
+            num_warps=BOUNDS_ROWS_WARPS, **pdl(q),
+        )  # fmt: skip
+        return bounds, part_m, part_l, chunk, scales, per_head
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
         q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
