@@ -1,7 +1,7 @@
 """Compile the decode step's PDL kernels for sm90 (no GPU needed) and check in their PTX that no global load comes
 before `griddepcontrol.wait` (a load hoisted above the wait would read the kernel before's output early). The GEMV
-is left out: it loads its first weight tile before the wait on purpose; so do the kernels with an EARLY switch (the
-RMSNorms their weight, the KT bounds pass its first tile of pages), checked with it off and counted with it on.
+is left out: it loads its first weight tile before the wait on purpose; so do the RMSNorms with their EARLY switch
+(their weight), checked with it off and counted with it on.
 
     python benchmarks/pdl_order.py
 """
@@ -21,9 +21,9 @@ KERNELS = [
     (paged_decode._decode_split_kernel, {"pages_ptr": "*i64"},
      dict(G=4, G_PAD=16, D=128, BS=32, BLOCK_N=64, SPARSE=True, PS=4, IEEE=False, DIRECT=False, PDL=True, FIRST=False)),
     (paged_decode._combine_kernel, {"po_ptr": "*fp32"}, dict(D=128, S_PAD=8, PDL=True, FIRST=False)),
-    (kt_predict._kt_bounds_kernel, {},
-     dict(G=4, G_PAD=16, D=128, TOPR=128, PPB=8, BLOCK_P=64, DOT=kt_predict.tl.float16, SIGN=False, PER_HEAD=False,
-          PDL=True, EARLY=0)),
+    (kt_predict._kt_bounds_kernel, {"kt_ptr": "*fp8e5"},
+     dict(G=4, G_PAD=16, D=128, TOPR=128, PPB=8, GROUP=16, BLOCK_P=64, DOT=kt_predict.tl.float16, SIGN=True,
+          PER_HEAD=False, PDL=True)),
     (kt_predict._score_select_kernel, {"out_ptr": "*i64"},
      dict(G=4, G_PAD=4, C_PAD=16, BLOCK=1024, K_PAD=128, PER_HEAD=False, PDL=True)),
     (kt_predict._group_scores_kernel, {"bounds_ptr": "*fp32", "out_ptr": "*fp32"},
@@ -60,7 +60,7 @@ def main() -> None:
         bad += not ok
         verdict = "ok" if ok else "LOAD FIRST"
         print(f"{fn.fn.__name__:24s} wait at PTX line {wait}, first global load at {load}: {verdict}")
-        if "EARLY" in consts:  # as launched: what it reads before the wait on purpose (weights, tables, KT pages)
+        if "EARLY" in consts:  # as launched: what it reads before the wait on purpose (weights)
             lines = [line.strip() for line in ptx(fn, types, {**consts, "EARLY": 1}).splitlines()]
             wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
             early = sum("ld.global" in line for line in lines[:wait])

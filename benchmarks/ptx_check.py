@@ -35,15 +35,12 @@ def compile_ptx(fn, args: dict, consts: dict, warps: int, stages: int) -> tuple[
 
 
 def main() -> None:
-    for topr, sign, early, stages, prefetch in itertools.product((64, 128), (True, False), (False, True), (1, 3),
-                                                                 (False, True)):  # fmt: skip
-        if prefetch and not sign:
-            continue  # the prefetching loop is the sign rule's
+    for topr, sign, stages in itertools.product((64, 128), (True, False), (1, 3)):
         consts = dict(G=4, G_PAD=16, D=128, TOPR=topr, PPB=8, GROUP=kt_predict.kt_group(8, 1), BLOCK_P=64,
-                      DOT=tl.float16, SIGN=sign, PER_HEAD=False, PDL=True, EARLY=early, PREFETCH=prefetch)  # fmt: skip
+                      DOT=tl.float16, SIGN=sign, PER_HEAD=False, PDL=True)  # fmt: skip
         ptx, shared = compile_ptx(kt_predict._kt_bounds_kernel, BOUNDS_ARGS, consts, 4, stages)
         counts = Counter(re.findall(MEMORY, ptx))
-        name = f"bounds topr {topr} {'sign' if sign else 'both'} early={early} stages={stages} prefetch={prefetch}"
+        name = f"bounds topr {topr} {'sign' if sign else 'both'} stages={stages}"
         print(f"{name}: shared {shared} B, " + ", ".join(f"{k} x{v}" for k, v in counts.most_common()))
 
 

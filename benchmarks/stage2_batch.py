@@ -20,18 +20,11 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
 PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
-# The bounds pass's variants timed (sign rule). At large batches: the tiled kernel (tensor-core dots) at 2 and 4 warps,
-# and `_kt_rows_kernel` (a channel at a time) per pages a tile, warps, channels unrolled, pipelining and programs (the
-# tiled kernel's other variants were timed and dropped: BENCHMARKS.md). With few rows (batch 1): the tiled kernel's
-# warps and pages a tile (the early first tile, 8 warps and the other pairs: timed and dropped).
-ROWS = "BOUNDS_ROWS BOUNDS_ROWS_BLOCK_P BOUNDS_ROWS_WARPS BOUNDS_ROWS_UNROLL BOUNDS_ROWS_STAGES BOUNDS_PROGRAMS".split()
-VARIANTS_MANY = [dict(BOUNDS_ROWS=0, BOUNDS_WARPS=w) for w in (2, 4)] + [
-    dict(zip(ROWS, (1, *v)))
-    for v in [(p, w, 8, 1, 264) for p in (128, 256, 512) for w in (1, 2, 4)]
-    + [(256, 1, 4, 1, 264), (256, 1, 16, 1, 264), (256, 1, 8, 2, 264), (128, 1, 8, 1, 2048), (256, 1, 8, 1, 2048),
-       (512, 2, 8, 1, 2048), (64, 1, 8, 1, 1 << 20)]
-]  # fmt: skip
-VARIANTS_FEW = [dict(BOUNDS_FEW_WARPS=w, BOUNDS_EARLY=0, BOUNDS_BLOCK_P=p) for w, p in ((4, 64), (2, 32))]
+# The bounds pass's variants timed (sign rule): warps and pages a tile, at large batches and with few rows (batch 1).
+# What else was timed and dropped (pipelining, tiles loaded a tile ahead, more programs, the early first tile, a kernel
+# summing a channel at a time on the CUDA cores): BENCHMARKS.md.
+VARIANTS_MANY = [dict(BOUNDS_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4) for p in (64, 128)]
+VARIANTS_FEW = [dict(BOUNDS_FEW_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4, 8) for p in (32, 64)]
 
 
 def graphed(fn) -> float:  # noqa: ANN001

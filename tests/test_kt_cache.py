@@ -173,25 +173,19 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 @pytest.mark.parametrize("topr,group,lens,ppb", [(16, 4, (13, 40), 4), (5, 4, (13, 150), 8), (3, 1, (2, 70), 2),
                                                  (16, 8, (33, 64, 1), 8), (7, 8, (90,), 16)])  # fmt: skip
 @pytest.mark.parametrize("sign_select", [True, False])
-@pytest.mark.parametrize("rows", ["few", "many", "many, variant", "many, channel rows"])
+@pytest.mark.parametrize("rows", ["few", "many", "many, wide tiles"])
 def test_triton_page_scores_match_reference(dtype, topr, group, lens, ppb, sign_select, rows, monkeypatch):
     """Against the references: GQA groups of 1, 4 and 8 query heads, fp8 and 16-bit KT, top-r below and at head_dim,
     2 to 16 pages a block, ragged lengths (a partial newest page); the sign rule's one bound and Quest's two; the
     bounds pass as a batch of few rows runs it (its first KT tile read before the PDL wait) and as a larger batch does
-    (`FEW_ROWS` 0), also with 128-page tiles loaded a tile ahead, one tile a program, and summed a channel at a time
-    (`_kt_rows_kernel`)."""
+    (`FEW_ROWS` 0), also with 128-page tiles."""
     from rocket_trtllm.kernels import _triton, kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 
     if rows.startswith("many"):
         monkeypatch.setattr(_triton, "FEW_ROWS", 0)
-    if rows.endswith("variant"):
+    if rows.endswith("wide tiles"):
         monkeypatch.setattr(kt_predict, "BOUNDS_BLOCK_P", 128)
-        monkeypatch.setattr(kt_predict, "BOUNDS_PREFETCH", 1)
-        monkeypatch.setattr(kt_predict, "BOUNDS_PROGRAMS", 1 << 20)
-    if rows.endswith("channel rows"):
-        monkeypatch.setattr(kt_predict, "BOUNDS_ROWS", 1)
-        monkeypatch.setattr(kt_predict, "BOUNDS_ROWS_BLOCK_P", 32)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     q, kt, tables, pages = kt_case(dtype, device, topr + ppb, blocks=96, group=group, lens=lens, ppb=ppb)
     want = kt_head_bounds_ref(q, kt, tables, pages, topr, ppb, sign_select)
@@ -206,17 +200,10 @@ def test_triton_page_scores_match_reference(dtype, topr, group, lens, ppb, sign_
     assert chosen(predict_pages(q, kt, tables, pages, topr, 6, ppb, sign_select), pages) == chosen(want, pages)
 
 
-@pytest.mark.parametrize("kernel", ["tiles", "channel rows"])
-def test_sign_rule_reads_one_bound_of_the_kept_channels(kernel, monkeypatch):
+def test_sign_rule_reads_one_bound_of_the_kept_channels():
     """The sign rule's estimate depends only on the bound it picks of each kept channel: poisoning the other bound
-    (NaN) and the channels top-r drops changes nothing, in the reference and both kernels."""
-    from rocket_trtllm.kernels import _triton, kt_predict
+    (NaN) and the channels top-r drops changes nothing, in the reference and the kernel."""
     from rocket_trtllm.kernels.kt_predict import kt_page_scores
-
-    if kernel == "channel rows":
-        monkeypatch.setattr(_triton, "FEW_ROWS", 0)
-        monkeypatch.setattr(kt_predict, "BOUNDS_ROWS", 1)
-        monkeypatch.setattr(kt_predict, "BOUNDS_ROWS_BLOCK_P", 16)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(11)
@@ -258,19 +245,17 @@ def test_triton_official_variant_matches_reference(sign_select, temperature):
     assert chosen(predict_pages(q, kt, tables, pages, 8, 3, 4, sign_select, temperature), pages) == chosen(want, pages)
 
 
-@pytest.mark.parametrize("path", ["scores-in-selection", "scores-then-selection", "bounds-tile-after-wait"])
+@pytest.mark.parametrize("path", ["scores-in-selection", "scores-then-selection"])
 def test_predict_pages_scores_and_selects_in_one_kernel(path, monkeypatch):
     """predict_pages scores the group's pages and selects in one kernel when a row fits a block, or runs the
     scores pass and then select_pages: the same pages either way, the newest always among them, a row with at most
-    k pages given all of them; the same with the bounds pass reading its first KT tile after the wait."""
+    k pages given all of them."""
     from rocket_trtllm.kernels import kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if path == "scores-then-selection":
         monkeypatch.setattr(kt_predict, "SCORE_SELECT_MAX_PAGES", 0)
-    if path == "bounds-tile-after-wait":
-        monkeypatch.setattr(kt_predict, "BOUNDS_EARLY", 0)
     q, kt, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))
     got = predict_pages(q, kt, tables, pages, 16, 5, 4).cpu()
     scores = kt_page_scores(q, kt, tables, pages, 16, 4, newest=True)

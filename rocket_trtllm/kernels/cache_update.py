@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
-from .kt_predict import bounds_early, check_kt, kt_write
+from ._triton import few_rows, require_triton, tl, triton
+from .kt_predict import check_kt, kt_write
 from .layer_ops import rotary_ref
 
 
@@ -59,10 +59,6 @@ def store_token_ref(
 
 
 FP8_MAX = 448.0
-# The store lets its dependent kernel start early where the KT bounds pass reads before its wait
-# (`kt_predict.bounds_early`, see store_token): RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100
-# (BENCHMARKS.md).
-STORE_TRIGGERS = 1
 # Warps a program with few rows (`few_rows`; others: 4): RocketKV's 32k batch-1 step 5.70 against 5.74 ms on the H100
 # (2 warps: 5.73; BENCHMARKS.md).
 STORE_FEW_WARPS = 8
@@ -96,9 +92,7 @@ if triton is not None:
         sk_b, sk_h, sv_b, sv_h, sc_blk, sc_h, sc_t, st_b, skt_grp, skt_h,
         D: tl.constexpr, BS: tl.constexpr, PS: tl.constexpr, KT: tl.constexpr, GROUP: tl.constexpr,
         RUN: tl.constexpr, FP8: tl.constexpr, ROPE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
-        TRIGGER: tl.constexpr,
     ):  # fmt: skip
-        gdc(TRIGGER, FIRST=True, WAIT=False)  # launched plainly: only lets the next kernel start
         b = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, D)
@@ -157,10 +151,9 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt=None, page_
     group = q.shape[1] // kv_heads
     # Launched plainly, never with programmatic dependent launch: with it, an fp8 cache's dense decode at 128k batch 1
     # took 11.09 against 9.65 ms a step on the H100, and RocketKV's step with RoPE in this kernel 6.05 against 5.91 ms
-    # (BENCHMARKS.md; the cause was not found). With a KT cache it still lets the next kernel (the KT bounds pass) start
-    # its programs early (TRIGGER), to read what this kernel does not write (the KT pages bar the newest) before they
-    # wait; letting dense decode start early made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two
-    # machines).
+    # (BENCHMARKS.md; the cause was not found). Nor does it let the next kernel start early: dense decode started early
+    # made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two machines), and the KT bounds pass's
+    # reads before its wait were dropped (BENCHMARKS.md, "Stage 2 as TensorRT-LLM computes it").
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
@@ -169,6 +162,5 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt=None, page_
         D=d, BS=k_cache.shape[2], PS=page_size, KT=with_kt, GROUP=kt.shape[-1] // ppb if with_kt else 1,
         RUN=kt.shape[-1], FP8=k_cache.dtype == torch.float8_e4m3fn,
         ROPE=rope, G=group, G_PAD=triton.next_power_of_2(group),
-        TRIGGER=bool(STORE_TRIGGERS) and with_kt and bounds_early(batch, kv_heads) and pdl(k)["PDL"],
         num_warps=STORE_FEW_WARPS if few_rows(batch, kv_heads) else 4,
     )  # fmt: skip

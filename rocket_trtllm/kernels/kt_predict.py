@@ -20,7 +20,7 @@ blocks are consecutive ids (the block allocator prefers them).
 
 import torch
 
-from ._triton import few_rows, gdc, gdc_wait, pdl, require_triton, tl, triton
+from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
 
 # The shortest run of one channel's bound the layout keeps contiguous: one 128-byte L2 line (16 KV blocks of 8 fp8
 # pages). With 32-byte runs (4 blocks) the sign rule's bounds pass took 104.7 us at 124 requests on the H200, 4x the
@@ -225,9 +225,9 @@ if triton is not None:
         sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
         GROUP: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
-        PDL: tl.constexpr, EARLY: tl.constexpr, PREFETCH: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
-        gdc(PDL, FIRST=EARLY, WAIT=not EARLY)
+        gdc(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         c = tl.program_id(2)
@@ -237,19 +237,9 @@ if triton is not None:
         n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)  # never past the table
         start = c * chunk
         end = tl.minimum(start + chunk, n_pages)
-        every = d < D
-        if EARLY:
-            # The chunk's first tile, both bounds of every channel (which to use needs the query, written by the
-            # kernel before), read while that kernel runs: the step writes only each sequence's newest page, which
-            # the loop reads again after the wait.
-            lo0, base0 = _kt_tile(kt_ptr, tables_ptr, b, h, start, end, s_grp, s_h, st_b, 0, every, PPB, GROUP, D,
-                                  BLOCK_P)  # fmt: skip
-            hi0, base0 = _kt_tile(kt_ptr, tables_ptr, b, h, start, end, s_grp, s_h, st_b, RUN, every, PPB, GROUP, D,
-                                  BLOCK_P)  # fmt: skip
-        gdc_wait(PDL and EARLY)
+        keep = d < D
         q = tl.load(q_ptr + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=g[:, None] < G, other=0.0)
         q = q.to(tl.float32)
-        keep = every
         if TOPR < D:
             # topr_query's channel choice, in registers: a channel is kept when fewer than TOPR
             # channels have a larger |q| summed over the group (ties go to the lower channel).
@@ -271,113 +261,21 @@ if triton is not None:
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
         rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
-        first = start
-        if EARLY:  # the early tile, its newest page (this step's store writes it) read again
-            pe = start + tl.arange(0, BLOCK_P)
-            newest = pe == n_pages - 1
-            at = tl.sum(tl.where(newest, base0, 0), 0)  # the newest page's offset (when this tile holds it)
-            gap = d * 0 + (n_pages - 1 - start)  # the newest page's place in the tile, per channel
-            here = (gap >= 0) & (gap < BLOCK_P)
-            lo_new = tl.load(kt_ptr + at + d * 2 * RUN, mask=here, other=0.0)
-            hi_new = tl.load(kt_ptr + at + d * 2 * RUN + RUN, mask=here, other=0.0)
-            lo_e = tl.where(newest[None, :], lo_new[:, None], lo0)
-            hi_e = tl.where(newest[None, :], hi_new[:, None], hi0)
-            lo_e = tl.where(keep[:, None], lo_e, 0.0)  # what top-r drops weighs nothing, whatever it holds
-            hi_e = tl.where(keep[:, None], hi_e, 0.0)
-            if SIGN:
-                bound_e = _dot(q_one, tl.where(up[:, None], hi_e, lo_e).to(DOT))
-            else:
-                bound_e = _dot(qp, hi_e.to(DOT)) + _dot(qn, lo_e.to(DOT))
-            m, total = _fold(bound_e, pe, n_pages, max_pages, rows, scale, m, total, G)
-            first = start + BLOCK_P
         # Only the sequence's own pages: a graph's table is as wide as its bucket (1024 pages for 2.3k tokens), and
         # the pages past the end get -inf scores from the second pass without bounds.
-        if SIGN and PREFETCH:
-            # Each tile's table entries and bounds loaded one tile ahead (in registers), so that their two
-            # dependent round trips to memory overlap the tile before's dot and softmax.
-            one, base = _kt_tile(kt_ptr, tables_ptr, b, h, first, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
-                                 BLOCK_P)  # fmt: skip
-        for p0 in range(first, end, BLOCK_P):
+        for p0 in range(start, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
-            if SIGN and PREFETCH:
-                nxt, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0 + BLOCK_P, end, s_grp, s_h, st_b, plane, keep, PPB,
-                                     GROUP, D, BLOCK_P)  # fmt: skip
-                bound = _dot(q_one, one.to(DOT))
-                one = nxt
-            elif SIGN:  # the chosen bound of the kept channels only
-                one, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
+            if SIGN:  # the chosen bound of the kept channels only
+                one = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
                                      BLOCK_P)  # fmt: skip
                 bound = _dot(q_one, one.to(DOT))
             else:
-                lo, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D,
+                lo = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D,
                                     BLOCK_P)  # fmt: skip
-                hi, base = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D,
+                hi = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D,
                                     BLOCK_P)  # fmt: skip
                 bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
             m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
-        part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
-        tl.store(part_m_ptr + part, m, mask=g < G)
-        tl.store(part_l_ptr + part, total, mask=g < G)
-
-    @triton.jit
-    def _kt_rows_kernel(
-        q_ptr, kt_ptr, tables_ptr, pages_ptr, out_ptr, part_m_ptr, part_l_ptr, scales_ptr, scale_value, chan_ptr,
-        sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
-        G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
-        GROUP: tl.constexpr, BLOCK_P: tl.constexpr, PER_HEAD: tl.constexpr, PDL: tl.constexpr,
-        D_STAGES: tl.constexpr, UNROLL: tl.constexpr,
-    ):  # fmt: skip
-        # The sign rule's bounds without a transpose: the estimate of G heads on BLOCK_P pages summed a channel at a
-        # time (q[:, c] times channel c's chosen bound over the pages: one contiguous read of the layout per channel
-        # and block), in float32 on the CUDA cores. Each thread owns pages; no reduction crosses threads.
-        gdc(PDL)
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-        c = tl.program_id(2)
-        g = tl.arange(0, G_PAD)
-        d = tl.arange(0, D)
-        RUN: tl.constexpr = GROUP * PPB
-        NB: tl.constexpr = BLOCK_P // PPB
-        n_pages = tl.minimum(tl.load(pages_ptr + b), max_pages)
-        start = c * chunk
-        end = tl.minimum(start + chunk, n_pages)
-        q_rows = q_ptr + b * sq_b + (h * G + g) * sq_h  # [G_PAD]
-        q = tl.load(q_rows[:, None] + d[None, :], mask=g[:, None] < G, other=0.0).to(tl.float32)
-        keep = d < D
-        if TOPR < D:  # `_kt_bounds_kernel`'s channel choice
-            a = tl.sum(tl.abs(q), 0)
-            ahead = (a[None, :] > a[:, None]) | ((a[None, :] == a[:, None]) & (d[None, :] < d[:, None]))
-            keep = tl.sum(ahead.to(tl.int32), 1) < TOPR
-        # Each channel's row in the layout (its chosen plane), or -1 where top-r drops it, for the loop to read.
-        chan = chan_ptr + ((b * tl.num_programs(1) + h) * n_chunks + c) * D
-        tl.store(chan + d, tl.where(keep, d * 2 * RUN + tl.where(tl.sum(q, 0) > 0, RUN, 0), -1))
-        tl.debug_barrier()
-        if PER_HEAD:
-            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
-        else:
-            scale = tl.full([G_PAD], scale_value, tl.float32)
-        m = tl.full([G_PAD], -1e30, tl.float32)
-        total = tl.zeros([G_PAD], tl.float32)
-        rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
-        j = tl.arange(0, PPB)
-        for p0 in range(start, end, BLOCK_P):
-            bi = p0 // PPB + tl.arange(0, NB)
-            blk = tl.load(tables_ptr + b * st_b + bi, mask=bi * PPB < end, other=0).to(tl.int64)
-            base = tl.multiple_of((blk // GROUP) * s_grp + h * s_h + (blk % GROUP) * PPB, PPB)  # [NB]
-            # [G_PAD, NB, PPB]: a block's pages contiguous, the same pages for every head (loaded once per warp: the
-            # heads' threads read the same bytes), so that the bounds need no layout change before the multiply.
-            at = kt_ptr + (base[:, None] + j[None, :])[None, :, :] + (g * 0)[:, None, None]
-            live = ((bi * PPB < end)[:, None] & (j >= 0)[None, :])[None, :, :] & (g >= 0)[:, None, None]
-            acc = tl.zeros([G_PAD, NB, PPB], tl.float32)
-            for c0 in tl.range(0, D, UNROLL, num_stages=D_STAGES):
-                for k in tl.static_range(UNROLL):  # UNROLL channels' loads in flight at once
-                    row = tl.load(chan + c0 + k)
-                    kept = live & (g * 0 + row >= 0)[:, None, None]
-                    x = tl.load(at + tl.multiple_of(tl.maximum(row, 0), RUN), mask=kept, other=0.0)
-                    qc = tl.load(q_rows + c0 + k, mask=g < G, other=0.0).to(tl.float32)
-                    acc += qc[:, None, None] * x.to(tl.float32)
-            p = p0 + tl.arange(0, BLOCK_P)
-            m, total = _fold(tl.reshape(acc, (G_PAD, BLOCK_P)), p, n_pages, max_pages, rows, scale, m, total, G)
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
         tl.store(part_m_ptr + part, m, mask=g < G)
         tl.store(part_l_ptr + part, total, mask=g < G)
@@ -405,9 +303,8 @@ if triton is not None:
                  GROUP: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
         # KV head h's bounds of pages p0..p0+BLOCK_P as stored, [D, BLOCK_P]: channel c from plane `plane` (0: min,
         # RUN: max; a scalar or one per channel), zeros in channels not kept and in blocks starting at or past `end`
-        # (a block's pages past the sequence's end hold stale values, which the caller masks); and each page's
-        # offset in the layout (channel 0 of the min plane). Loaded a block's pages at a time: PPB contiguous
-        # elements of one channel's bound, which the compiler reads as one vector.
+        # (a block's pages past the sequence's end hold stale values, which the caller masks). Loaded a block's pages
+        # at a time: PPB contiguous elements of one channel's bound, which the compiler reads as one vector.
         RUN: tl.constexpr = GROUP * PPB
         NB: tl.constexpr = BLOCK_P // PPB
         d = tl.arange(0, D)
@@ -419,7 +316,7 @@ if triton is not None:
         rows = tl.multiple_of(d * 2 * RUN + plane, PPB)  # [D]
         at = kt_ptr + rows[:, None, None] + base[None, :, None] + j[None, None, :]
         tile = tl.load(at, mask=keep[:, None, None] & live[None, :, None], other=0.0)
-        return tl.reshape(tile, (D, BLOCK_P)), tl.reshape(base[:, None] + j[None, :], (BLOCK_P,))
+        return tl.reshape(tile, (D, BLOCK_P))
 
     @triton.jit
     def _head_norms(
@@ -589,37 +486,16 @@ if triton is not None:
 
 _BLOCK_P = 64  # pages per tile in the scores pass
 BOUNDS_BLOCK_P = 64  # and in the bounds pass (a multiple of _BLOCK_P)
-# With few rows (`few_rows`) the bounds pass reads its first tile of KT pages (both bounds of every channel: which ones
-# it uses depends on the query) before it waits for the kernel before (PDL): with the store letting it start early,
-# RocketKV's 32k batch-1 step 5.90 against 5.94 ms on the H100 (BENCHMARKS.md; measured when every tile read both).
-# Safe because the kernel before it is always the K/V store, which launches plainly (everything before the store has
-# finished when the pass starts) and writes only each sequence's newest KT page, which the pass reads again after its
-# wait. Not at larger batches: there the pass reads hundreds of MB a step, its hand-prefetched tiles
-# lose to Triton's pipelining, and programs waiting early hold SMs the store needs (RocketKV at 124 requests: 14.21
-# against 11.89 ms a step before it; BENCHMARKS.md, seventh session).
-BOUNDS_EARLY = 1
-
-
 # The bounds pass's loop unpipelined: pipelined, Triton copies each fp8 tile into shared memory as stored (pages
 # contiguous) and gathers the dot's operand from there a byte at a time (64 ld.shared.b8 a thread a tile in the sm_90
 # PTX, `benchmarks/ptx_check.py`); unpipelined, it loads 8-byte vectors into registers, widens them there and stages
-# the fp16 operand with vector stores. The 104.7 us at 124 requests (H200) were the pipelined loop's; this one is not
-# measured yet.
+# the fp16 operand with vector stores. At 124 requests on the H200: 87.7 us a layer unpipelined against 111-145 us
+# with 2 or 3 stages (BENCHMARKS.md).
 BOUNDS_STAGES = 1
-BOUNDS_PREFETCH = 0  # the sign rule's tiles loaded one ahead in registers (`_kt_bounds_kernel`)
-BOUNDS_PROGRAMS = 264  # the bounds pass splits each row's pages into chunks until it has this many programs
-# The sign rule's pass at larger batches as `_kt_rows_kernel` (a channel at a time on the CUDA cores), its pages a tile,
-# warps, the channel loop's pipelining depth and the channels it unrolls.
-BOUNDS_ROWS = 0
-BOUNDS_ROWS_BLOCK_P = 256
-BOUNDS_ROWS_WARPS = 1
-BOUNDS_ROWS_STAGES = 1
-BOUNDS_ROWS_UNROLL = 8
-
-
-def bounds_early(batch: int, kv_heads: int) -> bool:
-    """Whether the bounds pass reads its first KT tile before its PDL wait (and the K/V store lets it start early)."""
-    return bool(BOUNDS_EARLY) and few_rows(batch, kv_heads)
+# Warps of a bounds program at larger batches, and with few rows (`few_rows`). At 124 requests (H200): 60.3 us on 2
+# warps, 87.5 on 4, 113.6 on 8; at batch 1: 3.98 us on 4, 4.25 on 2, 4.58 on 8 (BENCHMARKS.md).
+BOUNDS_WARPS = 2
+BOUNDS_FEW_WARPS = 4
 
 
 def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False):  # noqa: ANN001, ANN202
@@ -633,11 +509,10 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     _, kv_heads, _, _, run = kt.shape
     group = q_heads // kv_heads
     max_pages = block_tables.shape[1] * ppb
-    rowwise = bool(BOUNDS_ROWS) and sign_select and not few_rows(batch, kv_heads)
-    block_p = max(BOUNDS_ROWS_BLOCK_P if rowwise else BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
-    # Enough chunks for BOUNDS_PROGRAMS programs (264: the GPU's SMs about twice).
+    block_p = max(BOUNDS_BLOCK_P, ppb)  # a tile holds whole blocks' pages
+    # Enough chunks to fill the GPU about twice (132 SMs on an H100).
     tiles = triton.cdiv(max_pages, block_p)
-    chunks = max(1, min(tiles, triton.cdiv(BOUNDS_PROGRAMS, batch * kv_heads)))
+    chunks = max(1, min(tiles, triton.cdiv(264, batch * kv_heads)))
     chunk = triton.cdiv(tiles, chunks) * block_p
     n_chunks = triton.cdiv(max_pages, chunk)
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
@@ -647,25 +522,13 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     # per-head tensor, which the kernels then never read).
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
-    if rowwise:
-        chan = torch.empty(batch, kv_heads, n_chunks, d, device=q.device, dtype=torch.int32)
-        _kt_rows_kernel[(batch, kv_heads, n_chunks)](
-            q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales, chan,
-            q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
-            bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
-            G=group, G_PAD=triton.next_power_of_2(group), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
-            BLOCK_P=block_p, PER_HEAD=per_head, D_STAGES=BOUNDS_ROWS_STAGES, UNROLL=min(BOUNDS_ROWS_UNROLL, d),
-            num_warps=BOUNDS_ROWS_WARPS, **pdl(q),
-        )  # fmt: skip
-        return bounds, part_m, part_l, chunk, scales, per_head
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
         q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
-        BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, EARLY=bounds_early(batch, kv_heads),
-        PREFETCH=bool(BOUNDS_PREFETCH), num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS,
-        num_stages=BOUNDS_STAGES, **pdl(q),
+        BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head,
+        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, chunk, scales, per_head
 
@@ -709,11 +572,8 @@ SELECT_MAX_PAGES = 4096
 # radix search (8 passes of 4 bits) 104-610 us (BENCHMARKS.md).
 SELECT_WARPS = 2
 # With few rows (`few_rows`) more warps a program shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's
-# step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86), 5.756 against 5.772 with 8 for
-# the bounds pass (2: 5.87; BENCHMARKS.md). Larger batches keep 4.
+# step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86; BENCHMARKS.md).
 SELECT_FEW_WARPS = 8
-BOUNDS_FEW_WARPS = 8
-BOUNDS_WARPS = 4  # the bounds pass at larger batches
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 
 
