@@ -3,7 +3,7 @@
 # arrivals at each of RATES) in which every EVERY-th request is a LONG-token prompt, with one-step prefill and with
 # CHUNK-token chunks, for RocketKV then dense; rocket-bench serve reports each run's TTFT, TPOT, ITL and goodput
 # (TPOT <= SLO_TPOT ms, TTFT <= SLO_TTFT ms). From the repo root with .whl carried; at the defaults about 3 minutes a
-# method and prefill mode, so one device call per method: METHODS=rocket, then METHODS=dense.
+# run, two runs a method (one-step, chunked), so one device call per method: METHODS=rocket, then METHODS=dense.
 #   METHODS=rocket bash benchmarks/chunked_serve.sh
 # Writes $OUT/chunked-serve.json (every run), the server logs and $OUT/chunked-serve.png. MODEL (default: the
 # Llama-3.1-8B architecture, random weights), LOAD (dummy), ROCKET and DENSE (configs) and the sizes override; on a CPU
@@ -30,7 +30,7 @@ for i in range(n):
 PY
 }
 mix "$PROMPTS" 0 > "$OUT/mix.jsonl"
-mix 4 1 > "$OUT/warm.jsonl"  # a long prompt and three short ones, their own tokens (no prefix-cache hits)
+NEW=32 mix 4 1 > "$OUT/warm.jsonl"  # a long prompt and three short ones (their own tokens: no prefix-cache hits)
 
 run() {  # name config chunked(0/1)
   local name=$1 config=$2 chunked=$3 flags
