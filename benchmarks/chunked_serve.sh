@@ -9,12 +9,7 @@
 # Llama-3.1-8B architecture, random weights), LOAD (dummy), ROCKET and DENSE (configs) and the sizes override; on a CPU
 # machine (a check of the script): NO_DEVICE_ENV=1 MODEL=eval/model LOAD=auto SHORT=128 NEW=16 LONG=2048 ... .
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-[ -n "${NO_DEVICE_ENV:-}" ] || source benchmarks/device_env.sh || exit 1
-MODEL=${MODEL:-$(python3 -c "import pathlib, tempfile
-from rocket_trtllm.bench import write_arch
-print(write_arch('llama-3.1-8b', pathlib.Path(tempfile.mkdtemp())))")}
-PORT=${PORT:-8123}
+source benchmarks/serve_env.sh || exit 1
 SHORT=${SHORT:-8192} NEW=${NEW:-2048} LONG=${LONG:-131072} LONG_NEW=${LONG_NEW:-16}
 EVERY=${EVERY:-30} PROMPTS=${PROMPTS:-120} RATES=${RATES:-1.5} CHUNK=${CHUNK:-8192}
 SLO_TPOT=${SLO_TPOT:-50} SLO_TTFT=${SLO_TTFT:-60000}
@@ -36,13 +31,8 @@ run() {  # name config chunked(0/1)
   local name=$1 config=$2 chunked=$3 flags
   if [ "$chunked" = 1 ]; then flags=(--enable_chunked_prefill --max_num_tokens "$CHUNK"); name+="-chunked"
   else flags=(--max_num_tokens $((LONG + 256))); name+="-one-step"; fi
-  python3 -m rocket_trtllm.serve.cli "$MODEL" --config "$config" --load_format "${LOAD:-dummy}" --port "$PORT" \
-    --max_seq_len $((LONG + LONG_NEW + 64)) "${flags[@]}" --log_level warning > "$OUT/server-$name.log" 2>&1 &
-  local pid=$! start=$SECONDS
-  until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { echo "rocket-serve $name failed: see $OUT/server-$name.log"; return 1; }
-    sleep 1
-  done
+  local start=$SECONDS
+  start_server "$name" "$config" --max_seq_len $((LONG + LONG_NEW + 64)) "${flags[@]}" || return 1
   # Warm-up, not recorded: every path of the run (a long prompt beside short ones, in chunks or not).
   python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --dataset "$OUT/warm.jsonl" \
     --request-rate inf > /dev/null 2>&1
@@ -50,7 +40,7 @@ run() {  # name config chunked(0/1)
   python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --label "$name" \
     --dataset "$OUT/mix.jsonl" --request-rate $RATES --slo-tpot-ms "$SLO_TPOT" --slo-ttft-ms "$SLO_TTFT" \
     --json "$OUT/chunked-serve.json" 2>&1 | grep -v "highest rate"
-  kill "$pid"; wait "$pid"
+  kill "$server_pid"; wait "$server_pid"
 }
 
 for method in ${METHODS:-rocket dense}; do

@@ -12,12 +12,7 @@
 # finished one replaced at once), e.g. the decode-heavy capacities, N = what each pool holds:
 #   DECODE_ROCKET="inf:164@82" DECODE_DENSE="inf:74@37" WORKLOADS=decode bash benchmarks/serve_gpu.sh
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-[ -n "${NO_DEVICE_ENV:-}" ] || source benchmarks/device_env.sh || exit 1
-MODEL=${MODEL:-$(python3 -c "import pathlib, tempfile
-from rocket_trtllm.bench import write_arch
-print(write_arch('llama-3.1-8b', pathlib.Path(tempfile.mkdtemp())))")}
-PORT=${PORT:-8123}
+source benchmarks/serve_env.sh || exit 1
 DECODE_DENSE=${DECODE_DENSE:-0.5:32 1:64}
 DECODE_ROCKET=${DECODE_ROCKET:-1:32 2:96}
 PREFILL_DENSE=${PREFILL_DENSE:-0.25:12 0.5:16}
@@ -26,14 +21,9 @@ SLO_TPOT=${SLO_TPOT:-50}
 
 run() {  # name config workload input output ttft_slo_ms rate:prompts...
   local name=$1 config=$2 workload=$3 input=$4 output=$5 ttft=$6; shift 6
-  python3 -m rocket_trtllm.serve.cli "$MODEL" --config "$config" --load_format "${LOAD:-dummy}" --port "$PORT" \
-    --max_seq_len $((input + output + 64)) --max_num_tokens $((input + 256)) --log_level warning \
-    > "$OUT/server-$name-$workload.log" 2>&1 &
-  local pid=$! start=$SECONDS
-  until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { echo "rocket-serve $name failed: see $OUT/server-$name-$workload.log"; return 1; }
-    sleep 1
-  done
+  local start=$SECONDS
+  start_server "$name-$workload" "$config" --max_seq_len $((input + output + 64)) --max_num_tokens $((input + 256)) \
+    || return 1
   echo "== $name $workload: server up in $((SECONDS - start)) s"
   # Warm-up, not recorded: compiles the Triton kernels and captures the first CUDA graphs (else the first
   # requests of the first rate wait tens of seconds behind the compiler).
@@ -49,7 +39,7 @@ run() {  # name config workload input output ttft_slo_ms rate:prompts...
   done
   curl -s "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics-$name-$workload.txt"
   grep '^rocket_step_seconds_total\|^rocket_batch_size_max\|^rocket_kv_blocks_total' "$OUT/metrics-$name-$workload.txt"
-  kill "$pid"; wait "$pid"
+  kill "$server_pid"; wait "$server_pid"
 }
 
 for workload in ${WORKLOADS:-decode prefill}; do
