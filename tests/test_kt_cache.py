@@ -177,8 +177,7 @@ def kt_case(dtype, device, seed, blocks=32, kv_heads=2, ppb=4, d=16, group=4, le
 def test_triton_page_scores_match_reference(dtype, topr, group, lens, ppb, sign_select, rows, monkeypatch):
     """Against the references: GQA groups of 1, 4 and 8 query heads, fp8 and 16-bit KT, top-r below and at head_dim,
     2 to 16 pages a block, ragged lengths (a partial newest page); the sign rule's one bound and Quest's two; the
-    bounds pass as a batch of few rows runs it (its first KT tile read before the PDL wait) and as a larger batch does
-    (`FEW_ROWS` 0), also with 128-page tiles."""
+    bounds pass as a batch of few rows runs it and as a larger batch does (`FEW_ROWS` 0), also with 128-page tiles."""
     from rocket_trtllm.kernels import _triton, kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_head_bounds, kt_page_scores, predict_pages
 

@@ -266,14 +266,11 @@ if triton is not None:
         for p0 in range(start, end, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             if SIGN:  # the chosen bound of the kept channels only
-                one = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D,
-                                     BLOCK_P)  # fmt: skip
+                one = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, plane, keep, PPB, GROUP, D, BLOCK_P)
                 bound = _dot(q_one, one.to(DOT))
             else:
-                lo = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D,
-                                    BLOCK_P)  # fmt: skip
-                hi = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D,
-                                    BLOCK_P)  # fmt: skip
+                lo = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D, BLOCK_P)
+                hi = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D, BLOCK_P)
                 bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
             m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
         part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
