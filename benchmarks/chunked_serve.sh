@@ -5,7 +5,7 @@
 # (TPOT <= SLO_TPOT ms, TTFT <= SLO_TTFT ms). From the repo root with .whl carried; at the defaults about 3 minutes a
 # run, two runs a method (one-step, chunked), so one device call per method: METHODS=rocket, then METHODS=dense.
 #   METHODS=rocket bash benchmarks/chunked_serve.sh
-# Writes $OUT/chunked-serve.json (every run), the server logs and $OUT/chunked-serve.png. MODEL (default: the
+# Writes $OUT/chunked-serve.json (every run) and the server logs (the request mixes go to /tmp). MODEL (default: the
 # Llama-3.1-8B architecture, random weights), LOAD (dummy), ROCKET and DENSE (configs) and the sizes override; on a CPU
 # machine (a check of the script): NO_DEVICE_ENV=1 MODEL=eval/model LOAD=auto SHORT=128 NEW=16 LONG=2048 ... .
 set -uo pipefail
@@ -24,8 +24,8 @@ for i in range(n):
     print(json.dumps({"input_ids": [rng.randrange(4, 250) for _ in range(length)], "output_tokens": out}))
 PY
 }
-mix "$PROMPTS" 0 > "$OUT/mix.jsonl"
-NEW=32 mix 4 1 > "$OUT/warm.jsonl"  # a long prompt and three short ones (their own tokens: no prefix-cache hits)
+mix "$PROMPTS" 0 > /tmp/mix.jsonl
+NEW=32 mix 4 1 > /tmp/warm.jsonl  # a long prompt and three short ones (their own tokens: no prefix-cache hits)
 
 run() {  # name config chunked(0/1)
   local name=$1 config=$2 chunked=$3 flags
@@ -34,11 +34,11 @@ run() {  # name config chunked(0/1)
   local start=$SECONDS
   start_server "$name" "$config" --max_seq_len $((LONG + LONG_NEW + 64)) "${flags[@]}" || return 1
   # Warm-up, not recorded: every path of the run (a long prompt beside short ones, in chunks or not).
-  python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --dataset "$OUT/warm.jsonl" \
+  python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --dataset /tmp/warm.jsonl \
     --request-rate inf > /dev/null 2>&1
   echo "== $name: up and warm after $((SECONDS - start)) s"
   python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --label "$name" \
-    --dataset "$OUT/mix.jsonl" --request-rate $RATES --slo-tpot-ms "$SLO_TPOT" --slo-ttft-ms "$SLO_TTFT" \
+    --dataset /tmp/mix.jsonl --request-rate $RATES --slo-tpot-ms "$SLO_TPOT" --slo-ttft-ms "$SLO_TTFT" \
     --json "$OUT/chunked-serve.json" 2>&1 | grep -v "highest rate"
   kill "$server_pid"; wait "$server_pid"
 }
