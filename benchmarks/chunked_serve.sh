@@ -5,13 +5,14 @@
 # (TPOT <= SLO_TPOT ms, TTFT <= SLO_TTFT ms). From the repo root with .whl carried; at the defaults about 3 minutes a
 # run, two runs a method (one-step, chunked), so one device call per method: METHODS=rocket, then METHODS=dense.
 #   METHODS=rocket bash benchmarks/chunked_serve.sh
-# Writes $OUT/chunked-serve.json (every run) and the server logs (the request mixes go to /tmp). MODEL (default: the
-# Llama-3.1-8B architecture, random weights), LOAD (dummy), ROCKET and DENSE (configs) and the sizes override; on a CPU
-# machine (a check of the script): NO_DEVICE_ENV=1 MODEL=eval/model LOAD=auto SHORT=128 NEW=16 LONG=2048 ... .
+# Writes $OUT/chunked-serve.json (every run), each server's step counts and times ($OUT/metrics-NAME.txt) and its
+# log (the request mixes go to /tmp). MODEL (default: the Llama-3.1-8B architecture, random weights), LOAD (dummy),
+# ROCKET and DENSE (configs) and the sizes override; on a CPU machine (a check of the script):
+#   NO_DEVICE_ENV=1 MODEL=eval/model LOAD=auto SHORT=128 NEW=16 LONG=2048 ... .
 set -uo pipefail
 source benchmarks/serve_env.sh || exit 1
 SHORT=${SHORT:-8192} NEW=${NEW:-2048} LONG=${LONG:-131072} LONG_NEW=${LONG_NEW:-16}
-EVERY=${EVERY:-30} PROMPTS=${PROMPTS:-120} RATES=${RATES:-1.5} CHUNK=${CHUNK:-8192}
+EVERY=${EVERY:-30} PROMPTS=${PROMPTS:-100} RATES=${RATES:-1.5} CHUNK=${CHUNK:-8192}
 SLO_TPOT=${SLO_TPOT:-50} SLO_TTFT=${SLO_TTFT:-60000}
 
 mix() {  # n seed: trtllm-bench JSONL, every EVERY-th request (the first included) a long one
@@ -38,8 +39,10 @@ run() {  # name config chunked(0/1)
     --request-rate inf > /dev/null 2>&1
   echo "== $name: up and warm after $((SECONDS - start)) s"
   python3 -m rocket_trtllm.bench serve --base-url "http://127.0.0.1:$PORT/v1" --label "$name" \
-    --dataset /tmp/mix.jsonl --request-rate $RATES --slo-tpot-ms "$SLO_TPOT" --slo-ttft-ms "$SLO_TTFT" \
-    --json "$OUT/chunked-serve.json" 2>&1 | grep -v "highest rate"
+    --dataset /tmp/mix.jsonl --num-prompts "$PROMPTS" --request-rate $RATES --slo-tpot-ms "$SLO_TPOT" \
+    --slo-ttft-ms "$SLO_TTFT" --json "$OUT/chunked-serve.json" 2>&1 | grep -v "highest rate"
+  # Where the server's time went (warm-up included): steps and their wall time, prefill (with a prompt) and decode
+  curl -s "http://127.0.0.1:$PORT/metrics" | grep "^rocket_step" | tee "$OUT/metrics-$name.txt"
   kill "$server_pid"; wait "$server_pid"
 }
 

@@ -182,6 +182,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         total = time.perf_counter() - start
         stats = llm.get_stats()
         snap = llm.snapshot()
+        graph_sizes = llm.engine.runner.graph_sizes  # empty without CUDA graphs (or on the CPU)
         # Per request, what its attention read each step (attended K/V plus KT pages), as the engine counts it.
         step_bytes = {"weights": weight_bytes(llm), "per_request": snap["meanAttentionBytesPerStep"]}
         if ns.profile:
@@ -201,6 +202,11 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         return max((s["gpuPeakMemUsage"] for s in steps), default=0) / 2**30 if cuda else None
 
     decoded_bytes = decoded * step_bytes["per_request"] + step_bytes["weights"]
+    graphed = bool(graph_sizes) and decoded <= graph_sizes[-1]
+    if graph_sizes and not graphed:
+        print(f"rocket-bench: {name} decoded {decoded} requests a step, more than its largest CUDA graph "
+              f"({graph_sizes[-1]}): its decode steps ran eagerly; raise cuda_graph_config.max_batch_size",
+              file=sys.stderr)  # fmt: skip
     result = {
         "config": name,
         "batch_size": batch,
@@ -209,6 +215,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         "output_len": ns.output_len,
         "prefill_s": sum(s["iterLatencyMS"] for s in prefill_steps) / 1e3,
         "decode_ms_per_step": decode_ms,  # median over full-batch decode steps
+        "decode_graphs": graphed,  # whether those steps replayed a CUDA graph
         "decode_tokens_per_s": decoded * 1e3 / decode_ms if decode_ms else 0.0,
         "end_to_end_s": total,
         # What one full-batch decode step must read (weights once, KV attended, KT scored) over the

@@ -101,9 +101,14 @@ def test_models_health_version_metrics(server, client):
     assert "rocket_kv_blocks_used" in text and "rocket_tokens_attended_per_step" in text
     client.completions.create(model="tiny", prompt="one two three", max_tokens=3)
     text = httpx.get(base + "/metrics").text
-    seconds = {k: float(line.split()[1]) for line in text.splitlines() for k in ("prefill", "decode")
-               if line.startswith(f'rocket_step_seconds_total{{kind="{k}"}}')}  # fmt: skip
+
+    def by_kind(name):
+        return {k: float(line.split()[1]) for line in text.splitlines() for k in ("prefill", "decode")
+                if line.startswith(f'{name}{{kind="{k}"}}')}  # fmt: skip
+
+    seconds, steps = by_kind("rocket_step_seconds_total"), by_kind("rocket_steps_total")
     assert seconds["prefill"] > 0 and seconds["decode"] > 0
+    assert steps["prefill"] >= 1 and steps["decode"] >= 1  # 3 tokens: the prefill step's, then decode-only steps
 
 
 def test_concurrent_streams_batch_together(server):
