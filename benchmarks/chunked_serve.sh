@@ -2,12 +2,13 @@
 # Issue 34's serving rows: rocket-serve under a decode-heavy load (SHORT-token prompts, NEW-token outputs, Poisson
 # arrivals at each of RATES) in which every EVERY-th request is a LONG-token prompt, with one-step prefill and with
 # CHUNK-token chunks, for RocketKV then dense; rocket-bench serve reports each run's TTFT, TPOT, ITL and goodput
-# (TPOT <= SLO_TPOT ms, TTFT <= SLO_TTFT ms). From the repo root with .whl carried; at the defaults about 3 minutes a
+# (TPOT <= SLO_TPOT ms, TTFT <= SLO_TTFT ms). From the repo root with .whl carried; at the defaults 3-4 minutes a
 # run, two runs a method (one-step, chunked), so one device call per method: METHODS=rocket, then METHODS=dense.
 #   METHODS=rocket bash benchmarks/chunked_serve.sh
 # Writes $OUT/chunked-serve.json (every run), each server's step counts and times ($OUT/metrics-NAME.txt) and its
-# log (the request mixes go to /tmp). MODEL (default: the Llama-3.1-8B architecture, random weights), LOAD (dummy),
-# ROCKET and DENSE (configs) and the sizes override; on a CPU machine (a check of the script):
+# log (the request mixes go to /tmp); benchmarks/chunked_serve_plot.py draws the runs where matplotlib is. MODEL
+# (default: the Llama-3.1-8B architecture, random weights), LOAD (dummy), ROCKET and DENSE (configs) and the sizes
+# override; on a CPU machine (a check of the script):
 #   NO_DEVICE_ENV=1 MODEL=eval/model LOAD=auto SHORT=128 NEW=16 LONG=2048 ... .
 set -uo pipefail
 source benchmarks/serve_env.sh || exit 1

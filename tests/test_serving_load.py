@@ -161,7 +161,10 @@ def test_rocket_bench_profiles_prefill_and_decode_steps(tmp_path):
     config.write_text("sparse_attention_config:\n  algorithm: rocket\n  prompt_budget: 64\n  topr: 1.0\n")
     profile = tmp_path / "profile.txt"
     bench_main([str(SHIPPED_MODEL), "--config", str(config), "--input-len", "300", "--output-len", "8",
-                "--batch-size", "2", "--profile", str(profile), "--profile-batch", "2"])  # fmt: skip
+                "--batch-size", "2", "--profile", str(profile), "--profile-batch", "2",
+                "--json", str(tmp_path / "run.json")])  # fmt: skip
+    run = json.loads((tmp_path / "run.json").read_text())["runs"][0]
+    assert run["decode_batch"] == 2 and run["decode_graphs"] is False  # the CPU has no CUDA graphs
     text = profile.read_text()
     assert text.startswith("32 decode steps, batch 2, 300-token prompts") and "By host time:" in text
     decode, prefill = text.split("The first prefill step: ")
