@@ -182,7 +182,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         total = time.perf_counter() - start
         stats = llm.get_stats()
         snap = llm.snapshot()
-        graph_sizes = llm.engine.runner.graph_sizes  # empty without CUDA graphs (or on the CPU)
+        runner = llm.engine.runner
         # Per request, what its attention read each step (attended K/V plus KT pages), as the engine counts it.
         step_bytes = {"weights": weight_bytes(llm), "per_request": snap["meanAttentionBytesPerStep"]}
         if ns.profile:
@@ -202,11 +202,13 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         return max((s["gpuPeakMemUsage"] for s in steps), default=0) / 2**30 if cuda else None
 
     decoded_bytes = decoded * step_bytes["per_request"] + step_bytes["weights"]
-    graphed = bool(graph_sizes) and decoded <= graph_sizes[-1]
-    if graph_sizes and not graphed:
-        print(f"rocket-bench: {name} decoded {decoded} requests a step, more than its largest CUDA graph "
-              f"({graph_sizes[-1]}): its decode steps ran eagerly; raise cuda_graph_config.max_batch_size",
-              file=sys.stderr)  # fmt: skip
+    graphed = runner.graph_bucket(decoded) > 0  # never on the CPU
+    if runner.graph_sizes and not graphed:
+        print(
+            f"rocket-bench: {name} decoded {decoded} requests a step, which no CUDA graph covers (captured: up to "
+            f"{runner.graph_sizes[-1]}): its decode steps ran eagerly; see cuda_graph_config",
+            file=sys.stderr,
+        )
     result = {
         "config": name,
         "batch_size": batch,

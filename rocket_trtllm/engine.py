@@ -156,8 +156,8 @@ class LLMEngine:
             "cached_prompt_tokens": 0,  # prompt tokens served by the prefix cache instead of computed
             "prefill_step_seconds": 0.0,  # wall time of steps that prefill a prompt (with any decodes beside)
             "decode_step_seconds": 0.0,  # wall time of decode-only steps
-            "prefill_steps": 0,  # steps that prefill a prompt or a chunk of one
-            "decode_only_steps": 0,
+            "prefill_step_count": 0,  # steps, by the same two kinds
+            "decode_step_count": 0,
         }
         self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
         self._ids = itertools.count()
@@ -374,7 +374,7 @@ class LLMEngine:
         seconds = self._last_landed - start  # the sampled tokens were read back: the GPU work is done
         kind = "prefill" if batch.contexts else "decode"
         self.totals[f"{kind}_step_seconds"] += seconds
-        self.totals["prefill_steps" if batch.contexts else "decode_only_steps"] += 1
+        self.totals[f"{kind}_step_count"] += 1
         self.stats.append(self._iteration_stats(batch, seconds))
         return updates
 

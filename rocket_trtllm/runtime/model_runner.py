@@ -164,9 +164,10 @@ class ModelRunner:
         return min(width, self.static["tables"].shape[1])
 
     def _bucket(self, batch: Batch) -> int:
-        n = len(batch.generations)
-        if batch.contexts or not self.graph_sizes:
-            return 0
+        return 0 if batch.contexts else self.graph_bucket(len(batch.generations))
+
+    def graph_bucket(self, n: int) -> int:
+        """The captured batch size a decode-only step of `n` requests replays (0: it runs eagerly)."""
         if n in self.graph_sizes:
             return n
         if self.graph_padding:

@@ -39,8 +39,8 @@ class Metrics:
             ('rocket_step_seconds_total{kind="prefill"}', None, None, snapshot["prefill_step_seconds"]),
             ('rocket_step_seconds_total{kind="decode"}', None, None, snapshot["decode_step_seconds"]),
             ("rocket_steps_total", "counter", "Engine steps, by kind (prefill: steps with a prompt or a chunk)", None),
-            ('rocket_steps_total{kind="prefill"}', None, None, snapshot["prefill_steps"]),
-            ('rocket_steps_total{kind="decode"}', None, None, snapshot["decode_only_steps"]),
+            ('rocket_steps_total{kind="prefill"}', None, None, snapshot["prefill_step_count"]),
+            ('rocket_steps_total{kind="decode"}', None, None, snapshot["decode_step_count"]),
             (
                 "rocket_prefix_cache_tokens_total",
                 "counter",
