@@ -55,12 +55,12 @@ def registers(ptx: str) -> str:
 
 
 def main() -> None:
-    for topr, sign, stages, warps in itertools.product((64, 128), (True, False), (1, 3), (2, 4)):
+    for topr, sign, fold, stages, warps in itertools.product((64, 128), (True, False), (True, False), (1, 3), (2, 4)):
         consts = dict(G=4, G_PAD=16, D=128, TOPR=topr, PPB=8, GROUP=kt_predict.kt_group(8, 1), BLOCK_P=64,
-                      DOT=tl.float16, SIGN=sign, PER_HEAD=False, PDL=True)  # fmt: skip
+                      DOT=tl.float16, SIGN=sign, PER_HEAD=False, FOLD=fold, PDL=True)  # fmt: skip
         ptx, shared = compile_ptx(kt_predict._kt_bounds_kernel, BOUNDS_ARGS, consts, warps, stages)
         counts = Counter(re.findall(MEMORY, ptx))
-        name = f"bounds topr {topr} {'sign' if sign else 'both'} stages={stages} warps={warps}"
+        name = f"bounds topr {topr} {'sign' if sign else 'both'} fold={fold} stages={stages} warps={warps}"
         print(f"{name}: {registers(ptx)} registers, shared {shared} B, "
               + ", ".join(f"{k} x{v}" for k, v in counts.most_common()))  # fmt: skip
 

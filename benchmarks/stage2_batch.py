@@ -20,11 +20,15 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
 PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
-# The bounds pass's variants timed (sign rule): warps and pages a tile, at large batches and with few rows (batch 1).
-# What else was timed and dropped (pipelining, tiles loaded a tile ahead, more programs, the early first tile, a kernel
-# summing a channel at a time on the CUDA cores): BENCHMARKS.md.
-VARIANTS_MANY = [dict(BOUNDS_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4) for p in (64, 128)]
-VARIANTS_FEW = [dict(BOUNDS_FEW_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4, 8) for p in (32, 64)]
+# The prediction's variants timed (sign rule): where each head's softmax normaliser is computed (the selection from
+# the row it holds, or the bounds pass folding tile by tile), the bounds pass's registers a thread (more programs
+# resident), warps and pages a tile, at large batches and with few rows (batch 1). What else was timed and dropped
+# (pipelining, tiles loaded a tile ahead, more programs, the early first tile, a kernel summing a channel at a time on
+# the CUDA cores): BENCHMARKS.md.
+VARIANTS_MANY = [dict(NORMS_IN_SELECT=n, BOUNDS_MAXNREG=r) for n in (1, 0) for r in (0, 128, 96)] + [
+    dict(NORMS_IN_SELECT=1, BOUNDS_WARPS=4, BOUNDS_MAXNREG=r) for r in (0, 64)
+]
+VARIANTS_FEW = [dict(NORMS_IN_SELECT=n, BOUNDS_FEW_WARPS=w) for n in (1, 0) for w in (2, 4, 8)]
 
 
 def graphed(fn) -> float:  # noqa: ANN001
@@ -88,19 +92,32 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
 
     row("KT bounds pass (both bounds, Quest's)", lambda: bounds(False), 2 * kt_bytes)
     want = bounds()[0][..., :n_pages]  # (past each sequence's pages: not written)
+
+    def pages_chosen() -> torch.Tensor:
+        return predict().sort(-1).values
+
+    chosen = pages_chosen()
     for variant in VARIANTS_MANY if batch * KV_HEADS > _triton.FEW_ROWS else VARIANTS_FEW:
         name = ", ".join(f"{k} {v}" for k, v in variant.items())
         saved = {k: getattr(kt_predict, k) for k in variant}
         for k, v in variant.items():
             setattr(kt_predict, k, v)
-        try:  # each variant checked against the default, and timed
-            got = bounds()[0][..., :n_pages]
+        try:  # each variant checked against the default, and timed: its bounds pass as the prediction runs it, and
+            # the whole prediction (bounds, scores, selection)
+            def own_bounds() -> object:
+                return _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"],
+                                      fold=not kt_predict.NORMS_IN_SELECT)  # fmt: skip
+
+            got = own_bounds()[0][..., :n_pages]
             if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
                 raise AssertionError(f"bounds differ from the default's by {(got - want).abs().max()}")
-            row(f"  bounds: {name}", bounds, kt_bytes)
+            if not torch.equal(pages_chosen(), chosen):
+                raise AssertionError("the prediction chose other pages than the default")
+            row(f"  bounds: {name}", own_bounds, kt_bytes)
+            row(f"  prediction: {name}", predict, kt_bytes)
             rows[-1]["patch"] = ",".join(f"{PATCH}{k}={v}" for k, v in variant.items())
         except Exception as e:  # noqa: BLE001 (a variant that fails is reported, not fatal)
-            print(f"  bounds: {name}: {type(e).__name__} {e}")
+            print(f"  {name}: {type(e).__name__} {e}")
         finally:
             for k, v in saved.items():
                 setattr(kt_predict, k, v)
@@ -138,7 +155,7 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument(
         "--best",
-        help="write each batch's fastest bounds variant (a benchmarks/bench_patched.py patch) to BEST-<batch>.txt",
+        help="write each batch's fastest prediction variant (a benchmarks/bench_patched.py patch) to BEST-<batch>.txt",
     )
     ns = p.parse_args()
     copy_tbs = copy_bandwidth()
@@ -150,7 +167,7 @@ def main() -> None:
     for batch in ns.batches if ns.best else ():
         timed = [r for r in rows if "patch" in r and r["batch"] == batch]
         best = min(timed, key=lambda r: r["us"], default={"patch": "", "kernel": "none"})
-        print(f"fastest bounds variant at batch {batch}: {best['kernel'].strip()}")
+        print(f"fastest prediction variant at batch {batch}: {best['kernel'].strip()}")
         with open(f"{ns.best}-{batch}.txt", "w") as f:
             f.write(best["patch"])
 

@@ -5,10 +5,11 @@
 # dense in bf16 and with FP8 weights, and a lone 128k prompt prefilled in 8192-token chunks. The kernels part times
 # the bounds pass's variants and the batch, b1 and fp8 parts run the fastest at their batch
 # (benchmarks/bench_patched.py). Each part has a time
-# limit; PARTS picks some of: tests kernels batch b1 fp8 prefill (default: all, in that order).
+# limit; PARTS picks some of: tests kernels splits batch b1 fp8 prefill (default: all, in that order); splits times
+# dense decode's split rule at small batches of long sequences (benchmarks/dense_splits.py).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
-PARTS=${PARTS:-"tests kernels batch b1 fp8 prefill"}
+PARTS=${PARTS:-"tests kernels splits batch b1 fp8 prefill"}
 source benchmarks/device_env.sh || exit 1
 B="python3 -m rocket_trtllm.bench --arch llama-3.1-8b --random-weights"
 R=configs/rocket-long-context.yaml
@@ -16,9 +17,10 @@ for part in $PARTS; do
   echo "== $part"
   case $part in
     tests) timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_kt_cache.py tests/test_prefix_cache.py \
-             -k "gpu or searches_agree or sign_rule" 2>&1 | tail -4 ;;
+             -k "gpu or searches_agree or sign_rule or predict_pages or official_variant" 2>&1 | tail -4 ;;
     kernels) timeout 240 python3 benchmarks/stage2_batch.py --json "$OUT/stage2.json" --best "$OUT/best" 2>&1 \
                | grep -v Warn ;;
+    splits) timeout 170 python3 benchmarks/dense_splits.py --json "$OUT/splits.json" 2>&1 | grep -v Warn ;;
     batch) timeout 120 python3 benchmarks/bench_patched.py "$(cat "$OUT/best-124.txt" 2>/dev/null)" \
              --arch llama-3.1-8b --random-weights --config $R --input-len 8192 --output-len 256 --batch-size 124 \
              --json "$OUT/rocket-b124.json" 2>&1 | tail -1 ;;

@@ -244,17 +244,20 @@ def test_triton_official_variant_matches_reference(sign_select, temperature):
     assert chosen(predict_pages(q, kt, tables, pages, 8, 3, 4, sign_select, temperature), pages) == chosen(want, pages)
 
 
-@pytest.mark.parametrize("path", ["scores-in-selection", "scores-then-selection"])
+@pytest.mark.parametrize("path", ["scores-in-selection", "scores-in-selection, norms folded by the bounds pass",
+                                  "scores-then-selection"])  # fmt: skip
 def test_predict_pages_scores_and_selects_in_one_kernel(path, monkeypatch):
-    """predict_pages scores the group's pages and selects in one kernel when a row fits a block, or runs the
-    scores pass and then select_pages: the same pages either way, the newest always among them, a row with at most
-    k pages given all of them."""
+    """predict_pages scores the group's pages and selects in one kernel when a row fits a block (each head's softmax
+    normaliser from the row it holds, or from the bounds pass's partials), or runs the scores pass and then
+    select_pages: the same pages either way, the newest always among them, a row with at most k pages given all of
+    them."""
     from rocket_trtllm.kernels import kt_predict
     from rocket_trtllm.kernels.kt_predict import kt_page_scores, predict_pages, select_pages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if path == "scores-then-selection":
         monkeypatch.setattr(kt_predict, "SCORE_SELECT_MAX_PAGES", 0)
+    monkeypatch.setattr(kt_predict, "NORMS_IN_SELECT", int(not path.endswith("bounds pass")))
     q, kt, tables, pages = kt_case(torch.float32, device, seed=7, blocks=128, lens=(150, 5, 61))
     got = predict_pages(q, kt, tables, pages, 16, 5, 4).cpu()
     scores = kt_page_scores(q, kt, tables, pages, 16, 4, newest=True)

@@ -225,7 +225,7 @@ if triton is not None:
         sq_b, sq_h, s_grp, s_h, st_b, so_b, so_h, max_pages, chunk, n_chunks,
         G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, TOPR: tl.constexpr, PPB: tl.constexpr,
         GROUP: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr, SIGN: tl.constexpr, PER_HEAD: tl.constexpr,
-        PDL: tl.constexpr,
+        FOLD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         b = tl.program_id(0)
@@ -254,10 +254,7 @@ if triton is not None:
         else:
             qp = tl.maximum(q, 0.0).to(DOT)
             qn = tl.minimum(q, 0.0).to(DOT)
-        if PER_HEAD:
-            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
-        else:
-            scale = tl.full([G_PAD], scale_value, tl.float32)
+        scale = _head_scale(scales_ptr, scale_value, b, h, G, G_PAD, PER_HEAD)
         m = tl.full([G_PAD], -1e30, tl.float32)  # finite, so pages at -inf add exp(-inf) = 0
         total = tl.zeros([G_PAD], tl.float32)
         rows = out_ptr + b * so_b + (h * G + g)[:, None] * so_h
@@ -272,10 +269,14 @@ if triton is not None:
                 lo = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, 0, keep, PPB, GROUP, D, BLOCK_P)
                 hi = _kt_tile(kt_ptr, tables_ptr, b, h, p0, end, s_grp, s_h, st_b, RUN, keep, PPB, GROUP, D, BLOCK_P)
                 bound = _dot(qp, hi.to(DOT)) + _dot(qn, lo.to(DOT))
-            m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
-        part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
-        tl.store(part_m_ptr + part, m, mask=g < G)
-        tl.store(part_l_ptr + part, total, mask=g < G)
+            if FOLD:
+                m, total = _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G)
+            else:
+                tl.store(rows + p[None, :], bound, mask=(g[:, None] < G) & (p[None, :] < end))
+        if FOLD:
+            part = (b * G * tl.num_programs(1) + h * G + g) * n_chunks + c
+            tl.store(part_m_ptr + part, m, mask=g < G)
+            tl.store(part_l_ptr + part, total, mask=g < G)
 
     @triton.jit
     def _fold(bound, p, n_pages, max_pages, rows, scale, m, total, G: tl.constexpr):
@@ -330,11 +331,15 @@ if triton is not None:
         pl = tl.load(part_l_ptr + part, mask=ok, other=0.0)
         top = tl.max(pm, 1)
         lse = top + tl.log(tl.sum(pl * tl.exp(pm - top[:, None]), 1))
+        return lse, _head_scale(scales_ptr, scale_value, b, h, G, G_PAD, PER_HEAD)
+
+    @triton.jit
+    def _head_scale(scales_ptr, scale_value, b, h, G: tl.constexpr, G_PAD: tl.constexpr, PER_HEAD: tl.constexpr):
+        # Each query head of KV head h: its softmax scale.
+        g = tl.arange(0, G_PAD)
         if PER_HEAD:
-            scale = tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
-        else:
-            scale = tl.full([G_PAD], scale_value, tl.float32)
-        return lse, scale
+            return tl.load(scales_ptr + b * tl.num_programs(1) * G + h * G + g, mask=g < G, other=1.0)
+        return tl.full([G_PAD], scale_value, tl.float32)
 
     @triton.jit
     def _group_score(bound, scale, lse, heads):
@@ -442,11 +447,12 @@ if triton is not None:
         bounds_ptr, part_m_ptr, part_l_ptr, pages_ptr, out_ptr, scales_ptr, scale_value,
         sb_b, sb_h, o_b, o_h, max_pages, n_chunks, k,
         G: tl.constexpr, G_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
-        PER_HEAD: tl.constexpr, PDL: tl.constexpr,
+        PER_HEAD: tl.constexpr, FOLD: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         gdc(PDL)
         # `_group_scores_kernel` (with the newest page at +inf) and `_select_kernel` for a row that fits one block,
-        # in one program per (sequence, KV head): the group's page scores never leave registers.
+        # in one program per (sequence, KV head): the group's page scores never leave registers. FOLD: each head's
+        # log-normaliser from the bounds pass's partials; else from the row itself, which this program holds.
         b = tl.program_id(0)
         h = tl.program_id(1)
         n = tl.minimum(tl.load(pages_ptr + b).to(tl.int32), max_pages)
@@ -457,12 +463,18 @@ if triton is not None:
         else:
             g = tl.arange(0, G_PAD)
             heads = g[:, None] < G
-            lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD,
-                                     C_PAD, PER_HEAD)  # fmt: skip
             p = tl.arange(0, BLOCK)
             valid = p < n
             bound = tl.load(bounds_ptr + b * sb_b + (h * G + g)[:, None] * sb_h + p[None, :],
                             mask=heads & valid[None, :], other=0.0)  # fmt: skip
+            if FOLD:
+                lse, scale = _head_norms(part_m_ptr, part_l_ptr, scales_ptr, scale_value, b, h, n_chunks, G, G_PAD,
+                                         C_PAD, PER_HEAD)  # fmt: skip
+            else:
+                scale = _head_scale(scales_ptr, scale_value, b, h, G, G_PAD, PER_HEAD)
+                logits = tl.where(heads & valid[None, :], bound * scale[:, None], -1e30)
+                top = tl.max(logits, 1)
+                lse = top + tl.log(tl.sum(tl.exp(logits - top[:, None]), 1))
             score = _group_score(bound, scale, lse, heads)
             # The newest page (always read) written last; the others searched over their own key range, which the
             # newest page's +inf would widen by a few bisection steps.
@@ -493,9 +505,15 @@ BOUNDS_STAGES = 1
 # warps, 87.5 on 4, 113.6 on 8; at batch 1: 3.98 us on 4, 4.25 on 2, 4.58 on 8 (BENCHMARKS.md).
 BOUNDS_WARPS = 2
 BOUNDS_FEW_WARPS = 4
+# Registers a bounds program's thread may hold at larger batches (0: what the compiler takes). The loop is latency-
+# bound: programs resident on an SM are its loads in flight. At 2 warps the sign rule's program takes 156-160
+# registers (sm_90, `benchmarks/ptx_check.py`), so 6 fit an SM and 124 requests' 992 programs run in two waves; at 128
+# (8 bytes spilled without the fold) 8 fit, one wave.
+BOUNDS_MAXNREG = 0
 
 
-def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False):  # noqa: ANN001, ANN202
+def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False, fold=True):  # noqa: ANN001, ANN202
+    # fold: also each head's softmax max and sum over each chunk (part_m, part_l); else those are unused stand-ins
     require_triton()
     batch, q_heads, d = q.shape
     if d & (d - 1) or d < 16:
@@ -513,26 +531,31 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     chunk = triton.cdiv(tiles, chunks) * block_p
     n_chunks = triton.cdiv(max_pages, chunk)
     bounds = torch.empty(batch, q_heads, max_pages, device=q.device, dtype=torch.float32)
-    part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
-    part_l = torch.empty_like(part_m)
+    if fold:
+        part_m = torch.empty(batch, q_heads, n_chunks, device=q.device, dtype=torch.float32)
+        part_l = torch.empty_like(part_m)
+    else:
+        part_m = part_l = bounds
     # A constant scale goes in as a float: no tensor for a CUDA graph to keep pointing at (q stands in for the
     # per-head tensor, which the kernels then never read).
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
+    few = few_rows(batch, kv_heads)
+    regs = {"maxnreg": BOUNDS_MAXNREG} if BOUNDS_MAXNREG and not few and q.is_cuda else {}
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
         q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
-        BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head,
-        num_warps=BOUNDS_FEW_WARPS if few_rows(batch, kv_heads) else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **pdl(q),
+        BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, FOLD=fold,
+        num_warps=BOUNDS_FEW_WARPS if few else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **regs, **pdl(q),
     )  # fmt: skip
-    return bounds, part_m, part_l, chunk, scales, per_head
+    return bounds, part_m, part_l, n_chunks, chunk, scales, per_head
 
 
 def kt_head_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True):  # noqa: ANN001, ANN201
     """Triton version of `kt_head_bounds_ref` (same arguments and result), the top-r channel choice fused in."""
-    bounds = _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select)[0]
+    bounds = _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select, fold=False)[0]
     past = torch.arange(bounds.shape[-1], device=bounds.device) >= num_pages.to(bounds.device)[:, None]
     return bounds.masked_fill_(past[:, None, :], float("-inf"))  # the kernel bounds only each sequence's pages
 
@@ -541,15 +564,14 @@ def kt_page_scores(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
                    newest=False):  # fmt: skip
     """Triton version of `kt_page_scores_ref` (same arguments and result); `newest=True` also scores
     each sequence's newest page +inf (as `select_pages_ref` does)."""
-    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
+    bounds, part_m, part_l, n_chunks, chunk, scales, per_head = _launch_bounds(
         q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature
     )
-    return _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kt.shape[1], newest)
+    return _launch_scores(bounds, part_m, part_l, num_pages, n_chunks, chunk, scales, per_head, kt.shape[1], newest)
 
 
-def _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest):  # noqa: ANN001, ANN202
+def _launch_scores(bounds, part_m, part_l, num_pages, n_chunks, chunk, scales, per_head, kv_heads, newest):  # noqa: ANN001, ANN202
     batch, q_heads, max_pages = bounds.shape
-    n_chunks = part_m.shape[-1]
     out = torch.empty(batch, kv_heads, max_pages, device=bounds.device, dtype=torch.float32)
     _group_scores_kernel[(batch, kv_heads, n_chunks)](
         bounds, part_m, part_l, num_pages, out, *scales,
@@ -572,6 +594,9 @@ SELECT_WARPS = 2
 # step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86; BENCHMARKS.md).
 SELECT_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
+# There, each head's log-normaliser comes from the row the selection holds in registers (1), not from per-chunk
+# softmax partials the bounds pass folds tile by tile (0): the bounds pass then only loads, dots and stores.
+NORMS_IN_SELECT = 1
 
 
 def select_pages(scores: torch.Tensor, num_pages: torch.Tensor, k: int) -> torch.Tensor:
@@ -596,23 +621,25 @@ def predict_pages(q, kt, block_tables, num_pages, topr, topk, ppb, sign_select=T
     """Triton version of `predict_pages_ref`: the bounds pass, then the group's scores and the selection in one
     kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
     `select_pages`."""
-    bounds, part_m, part_l, chunk, scales, per_head = _launch_bounds(
-        q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature
+    fused = block_tables.shape[1] * ppb <= SCORE_SELECT_MAX_PAGES
+    fold = not (fused and NORMS_IN_SELECT)
+    bounds, part_m, part_l, n_chunks, chunk, scales, per_head = _launch_bounds(
+        q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature, fold
     )
     batch, q_heads, max_pages = bounds.shape
     kv_heads = kt.shape[1]
     k = min(topk + 1, max_pages)
-    if max_pages > SCORE_SELECT_MAX_PAGES:
-        scores = _launch_scores(bounds, part_m, part_l, num_pages, chunk, scales, per_head, kv_heads, newest=True)
+    if not fused:
+        scores = _launch_scores(bounds, part_m, part_l, num_pages, n_chunks, chunk, scales, per_head, kv_heads,
+                                newest=True)  # fmt: skip
         return select_pages(scores, num_pages, k)
     out = torch.empty(batch, kv_heads, k, device=q.device, dtype=torch.int64)
-    n_chunks = part_m.shape[-1]
     group = q_heads // kv_heads
     _score_select_kernel[(batch, kv_heads)](
         bounds, part_m, part_l, num_pages, out, *scales, bounds.stride(0), bounds.stride(1), out.stride(0),
         out.stride(1), max_pages, n_chunks, k,
         G=group, G_PAD=max(2, triton.next_power_of_2(group)), C_PAD=max(2, triton.next_power_of_2(n_chunks)),
         BLOCK=max(16, triton.next_power_of_2(max_pages)), K_PAD=triton.next_power_of_2(k), PER_HEAD=per_head,
-        num_warps=SELECT_FEW_WARPS if few_rows(batch, kv_heads) else SELECT_WARPS, **pdl(bounds),
+        FOLD=fold, num_warps=SELECT_FEW_WARPS if few_rows(batch, kv_heads) else SELECT_WARPS, **pdl(bounds),
     )  # fmt: skip
     return out

@@ -207,12 +207,15 @@ if triton is not None:
 # Fewest tokens a split reads: below it a sequence is read by fewer programs, each reading more tiles (at one
 # split the output is written without the combine kernel).
 SPLIT_MIN_TOKENS = 64
+# Programs a decode launch aims for: enough to fill the GPU about twice (132 SMs on an H100 or H200).
+SPLIT_PROGRAMS = 264
+SPLIT_MAX = 64  # splits a sequence at most
 
 
 def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
-    # Enough programs to fill the GPU about twice (132 SMs on an H100), never a split without tokens.
-    target = -(-264 // max(1, batch * kv_heads))
-    return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), 64))
+    # never a split without tokens
+    target = -(-SPLIT_PROGRAMS // max(1, batch * kv_heads))
+    return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), SPLIT_MAX))
 
 
 # With PDL, dense attention (a bandwidth-bound read of the whole cache) lets the kernel after it start before it

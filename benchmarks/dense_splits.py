@@ -1,0 +1,83 @@
+"""Dense paged decode over long sequences at small batches, per split rule: one layer of Llama-3.1-8B (bf16 K/V in
+shuffled 32-token blocks), each launch replayed in a CUDA graph, against the copy bandwidth. Dense's step at its
+largest batch of 128k prompts (5 requests) ran at 1.53x its floor on the H200, against 1.16x at batch 1 and 1.007x at
+24 requests of 32k: the programs a launch makes (`SPLIT_PROGRAMS`, rows x splits) are the suspect.
+
+    python benchmarks/dense_splits.py --json out.json
+"""
+
+import argparse
+import json
+from functools import partial
+
+import torch
+from triton.testing import do_bench
+
+from rocket_trtllm.kernels import paged_decode as decode_module
+from rocket_trtllm.kernels.paged_decode import paged_decode
+
+KV_HEADS, Q_HEADS, D, BS = 8, 32, 128, 32
+CASES = [(5, 131072), (4, 131072), (6, 131072), (1, 131072), (10, 32768), (24, 32768), (2, 131072)]
+PROGRAMS = [132, 264, 396, 528, 792, 1056, 2112]
+
+
+def copy_bandwidth() -> float:
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.numel() / do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median") / 1e9
+
+
+def graphed(fn) -> float:  # noqa: ANN001
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(5):
+            fn()
+    return do_bench(graph.replay, warmup=5, rep=100, return_mode="median") / 5 * 1e3
+
+
+def case_rows(batch: int, n: int, copy_tbs: float) -> list[dict]:
+    blocks = batch * n // BS
+    k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
+    lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
+    q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+    decode = partial(paged_decode, q, k, v, tables, lens, D**-0.5)
+    nbytes = 2 * batch * n * KV_HEADS * D * 2
+    rows, want = [], None
+    for programs in PROGRAMS:
+        decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX = programs, 1024
+        splits = decode_module._num_splits(batch, KV_HEADS, n, 64)
+        out = decode().float()
+        want = out if want is None else want
+        ok = torch.allclose(out, want, atol=2e-2)
+        us = graphed(decode)
+        rows.append(dict(batch=batch, tokens=n, programs=programs, splits=splits, us=us,
+                         vs_copy=nbytes / us / 1e6 / copy_tbs, ok=ok))  # fmt: skip
+        print(f"batch {batch:3d} x {n:6d}: target {programs:5d} programs, {splits:3d} splits "
+              f"({batch * KV_HEADS * splits:5d} programs): {us:9.1f} us, {nbytes / us / 1e6:5.2f} TB/s "
+              f"({rows[-1]['vs_copy']:.2f} of copy){'' if ok else '  MISMATCH'}", flush=True)  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    ns = p.parse_args()
+    copy_tbs = copy_bandwidth()
+    print(f"copy bandwidth {copy_tbs:.2f} TB/s", flush=True)
+    saved = decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX
+    rows = []
+    for batch, n in CASES:
+        rows += case_rows(batch, n, copy_tbs)
+        torch.cuda.empty_cache()
+    decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX = saved
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"copy_tbs": copy_tbs, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
