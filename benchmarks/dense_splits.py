@@ -1,7 +1,7 @@
 """Dense paged decode over long sequences at small batches, per split rule: one layer of Llama-3.1-8B (bf16 K/V in
 shuffled 32-token blocks), each launch replayed in a CUDA graph, against the copy bandwidth. Dense's step at its
 largest batch of 128k prompts (5 requests) ran at 1.53x its floor on the H200, against 1.16x at batch 1 and 1.007x at
-24 requests of 32k: the programs a launch makes (`SPLIT_PROGRAMS`, rows x splits) are the suspect.
+24 requests of 32k: the programs a launch makes (rows x splits, `SPLIT_PROGRAMS_PER_SM` per SM) were the suspect.
 
     python benchmarks/dense_splits.py --json out.json
 """
@@ -18,7 +18,7 @@ from rocket_trtllm.kernels.paged_decode import paged_decode
 
 KV_HEADS, Q_HEADS, D, BS = 8, 32, 128, 32
 CASES = [(5, 131072), (4, 131072), (6, 131072), (1, 131072), (10, 32768), (24, 32768), (2, 131072)]
-PROGRAMS = [132, 264, 396, 528, 792, 1056, 2112]
+PER_SM = [1, 2, 3, 4, 6, 8, 16]  # programs a launch aims for, per SM
 
 
 def copy_bandwidth() -> float:
@@ -47,9 +47,11 @@ def case_rows(batch: int, n: int, copy_tbs: float) -> list[dict]:
     decode = partial(paged_decode, q, k, v, tables, lens, D**-0.5)
     nbytes = 2 * batch * n * KV_HEADS * D * 2
     rows, want = [], None
-    for programs in PROGRAMS:
-        decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX = programs, 1024
-        splits = decode_module._num_splits(batch, KV_HEADS, n, 64)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for per_sm in PER_SM:
+        decode_module.SPLIT_PROGRAMS_PER_SM, decode_module.SPLIT_MAX = per_sm, 1024
+        splits = decode_module._num_splits(batch, KV_HEADS, n, 64, sms)
+        programs = per_sm * sms
         out = decode().float()
         want = out if want is None else want
         ok = torch.allclose(out, want, atol=2e-2)
@@ -68,12 +70,12 @@ def main() -> None:
     ns = p.parse_args()
     copy_tbs = copy_bandwidth()
     print(f"copy bandwidth {copy_tbs:.2f} TB/s", flush=True)
-    saved = decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX
+    saved = decode_module.SPLIT_PROGRAMS_PER_SM, decode_module.SPLIT_MAX
     rows = []
     for batch, n in CASES:
         rows += case_rows(batch, n, copy_tbs)
         torch.cuda.empty_cache()
-    decode_module.SPLIT_PROGRAMS, decode_module.SPLIT_MAX = saved
+    decode_module.SPLIT_PROGRAMS_PER_SM, decode_module.SPLIT_MAX = saved
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"copy_tbs": copy_tbs, "rows": rows}, f, indent=1)

@@ -20,14 +20,12 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
 PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
-# The prediction's variants timed (sign rule): where each head's softmax normaliser is computed (the selection from
-# the row it holds, or the bounds pass folding tile by tile), the bounds pass's registers a thread (more programs
-# resident), warps and pages a tile, at large batches and with few rows (batch 1). What else was timed and dropped
-# (pipelining, tiles loaded a tile ahead, more programs, the early first tile, a kernel summing a channel at a time on
-# the CUDA cores): BENCHMARKS.md.
-VARIANTS_MANY = [dict(NORMS_IN_SELECT=n, BOUNDS_MAXNREG=r) for n in (1, 0) for r in (0, 128, 96)] + [
-    dict(NORMS_IN_SELECT=1, BOUNDS_WARPS=4, BOUNDS_MAXNREG=r) for r in (0, 64)
-]
+# The prediction's variants timed (sign rule): the bounds pass's warps and pages a tile at large batches; with few rows
+# (batch 1) its warps and where each head's softmax normaliser is computed (the selection from the row it holds, or the
+# bounds pass folding tile by tile). What else was timed and dropped (pipelining, tiles loaded a tile ahead, more
+# programs, the early first tile, a kernel summing a channel at a time on the CUDA cores, a register cap, the
+# normalisers in the selection at large batches): BENCHMARKS.md.
+VARIANTS_MANY = [dict(BOUNDS_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4) for p in (64, 128)]
 VARIANTS_FEW = [dict(NORMS_IN_SELECT=n, BOUNDS_FEW_WARPS=w) for n in (1, 0) for w in (2, 4, 8)]
 
 
@@ -97,7 +95,8 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
         return predict().sort(-1).values
 
     chosen = pages_chosen()
-    for variant in VARIANTS_MANY if batch * KV_HEADS > _triton.FEW_ROWS else VARIANTS_FEW:
+    few = batch * KV_HEADS <= _triton.FEW_ROWS
+    for variant in VARIANTS_FEW if few else VARIANTS_MANY:
         name = ", ".join(f"{k} {v}" for k, v in variant.items())
         saved = {k: getattr(kt_predict, k) for k in variant}
         for k, v in variant.items():
@@ -106,7 +105,7 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
             # the whole prediction (bounds, scores, selection)
             def own_bounds() -> object:
                 return _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"],
-                                      fold=not kt_predict.NORMS_IN_SELECT)  # fmt: skip
+                                      fold=not (kt_predict.NORMS_IN_SELECT and few))  # fmt: skip
 
             got = own_bounds()[0][..., :n_pages]
             if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):

@@ -502,14 +502,10 @@ BOUNDS_BLOCK_P = 64  # and in the bounds pass (a multiple of _BLOCK_P)
 # with 2 or 3 stages (BENCHMARKS.md).
 BOUNDS_STAGES = 1
 # Warps of a bounds program at larger batches, and with few rows (`few_rows`). At 124 requests (H200): 60.3 us on 2
-# warps, 87.5 on 4, 113.6 on 8; at batch 1: 3.98 us on 4, 4.25 on 2, 4.58 on 8 (BENCHMARKS.md).
+# warps, 87.5 on 4, 113.6 on 8; at batch 1 the prediction (bounds, scores, selection) 9.6 us on 2, 10.2 on 4, 10.3 on 8
+# with the normalisers in the selection (BENCHMARKS.md).
 BOUNDS_WARPS = 2
-BOUNDS_FEW_WARPS = 4
-# Registers a bounds program's thread may hold at larger batches (0: what the compiler takes). The loop is latency-
-# bound: programs resident on an SM are its loads in flight. At 2 warps the sign rule's program takes 156-160
-# registers (sm_90, `benchmarks/ptx_check.py`), so 6 fit an SM and 124 requests' 992 programs run in two waves; at 128
-# (8 bytes spilled without the fold) 8 fit, one wave.
-BOUNDS_MAXNREG = 0
+BOUNDS_FEW_WARPS = 2
 
 
 def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, temperature=False, fold=True):  # noqa: ANN001, ANN202
@@ -541,14 +537,13 @@ def _launch_bounds(q, kt, block_tables, num_pages, topr, ppb, sign_select=True, 
     per_head = per_head_scales(d, topr, temperature)
     scales = (head_scales(q, kv_heads, topr, temperature).contiguous() if per_head else q, d**-0.5)
     few = few_rows(batch, kv_heads)
-    regs = {"maxnreg": BOUNDS_MAXNREG} if BOUNDS_MAXNREG and not few and q.is_cuda else {}
     _kt_bounds_kernel[(batch, kv_heads, n_chunks)](
         q, kt, block_tables, num_pages, bounds, part_m, part_l, *scales,
         q.stride(0), q.stride(1), kt.stride(0), kt.stride(1), block_tables.stride(0),
         bounds.stride(0), bounds.stride(1), max_pages, chunk, n_chunks,
         G=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, TOPR=min(topr, d), PPB=ppb, GROUP=run // ppb,
         BLOCK_P=block_p, DOT=_DOT[kt.dtype], SIGN=sign_select, PER_HEAD=per_head, FOLD=fold,
-        num_warps=BOUNDS_FEW_WARPS if few else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **regs, **pdl(q),
+        num_warps=BOUNDS_FEW_WARPS if few else BOUNDS_WARPS, num_stages=BOUNDS_STAGES, **pdl(q),
     )  # fmt: skip
     return bounds, part_m, part_l, n_chunks, chunk, scales, per_head
 
@@ -594,8 +589,10 @@ SELECT_WARPS = 2
 # step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86; BENCHMARKS.md).
 SELECT_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
-# There, each head's log-normaliser comes from the row the selection holds in registers (1), not from per-chunk
-# softmax partials the bounds pass folds tile by tile (0): the bounds pass then only loads, dots and stores.
+# There, with few rows (`few_rows`), each head's log-normaliser comes from the row the selection holds in registers
+# (1), not from per-chunk softmax partials the bounds pass folds tile by tile (0): at batch 1 on the H200 the
+# prediction took 9.6 against 10.4-11.0 us a layer. At 124 requests the selection's own pass over the row cost 19 us
+# more than the fold saved (96.6 against 77.2 us), so larger batches fold (BENCHMARKS.md).
 NORMS_IN_SELECT = 1
 
 
@@ -622,7 +619,7 @@ def predict_pages(q, kt, block_tables, num_pages, topr, topk, ppb, sign_select=T
     kernel when a row's pages fit one block (RocketKV's ~600 kept pages), else the scores pass and
     `select_pages`."""
     fused = block_tables.shape[1] * ppb <= SCORE_SELECT_MAX_PAGES
-    fold = not (fused and NORMS_IN_SELECT)
+    fold = not (fused and NORMS_IN_SELECT and few_rows(q.shape[0], kt.shape[1]))
     bounds, part_m, part_l, n_chunks, chunk, scales, per_head = _launch_bounds(
         q, kt, block_tables, num_pages, topr, ppb, sign_select, temperature, fold
     )

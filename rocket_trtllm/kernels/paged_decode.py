@@ -207,14 +207,26 @@ if triton is not None:
 # Fewest tokens a split reads: below it a sequence is read by fewer programs, each reading more tiles (at one
 # split the output is written without the combine kernel).
 SPLIT_MIN_TOKENS = 64
-# Programs a decode launch aims for: enough to fill the GPU about twice (132 SMs on an H100 or H200).
-SPLIT_PROGRAMS = 264
+# Programs a decode launch aims for, per SM: one full wave of resident programs. Dense attention over one layer of
+# 5 x 128k tokens on the H200 (132 SMs) took 622 us at 4 programs an SM against 815 at 2 (the rule before), 754 at 6
+# and 655 at 8; at batch 1 of 128k 143 against 177 us, at 10 x 32k 317 against 384 (BENCHMARKS.md).
+SPLIT_PROGRAMS_PER_SM = 4
 SPLIT_MAX = 64  # splits a sequence at most
+_SMS: dict[int, int] = {}
 
 
-def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int) -> int:
+def _sm_count(t: torch.Tensor) -> int:
+    if not t.is_cuda:
+        return 132  # the interpreter's runs split as an H100 or H200 would
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
+
+
+def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int, sms: int = 132) -> int:
     # never a split without tokens
-    target = -(-SPLIT_PROGRAMS // max(1, batch * kv_heads))
+    target = -(-SPLIT_PROGRAMS_PER_SM * sms // max(1, batch * kv_heads))
     return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), SPLIT_MAX))
 
 
@@ -239,7 +251,7 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
     block_n, stages = TILES[k_cache.element_size()]
-    splits = _num_splits(batch, kv_heads, n_tokens, block_n)
+    splits = _num_splits(batch, kv_heads, n_tokens, block_n, _sm_count(q))
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
