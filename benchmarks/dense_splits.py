@@ -11,20 +11,15 @@ import json
 from functools import partial
 
 import torch
+from kernel_bandwidth import copy_bandwidth, paged_inputs  # benchmarks/, the script's folder
 from triton.testing import do_bench
 
 from rocket_trtllm.kernels import paged_decode as decode_module
 from rocket_trtllm.kernels.paged_decode import paged_decode
 
-KV_HEADS, Q_HEADS, D, BS = 8, 32, 128, 32
+KV_HEADS, D = 8, 128
 CASES = [(5, 131072), (4, 131072), (6, 131072), (1, 131072), (10, 32768), (24, 32768), (2, 131072)]
 PER_SM = [1, 2, 3, 4, 6, 8, 16]  # programs a launch aims for, per SM
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    return 2 * x.numel() / do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median") / 1e9
 
 
 def graphed(fn) -> float:  # noqa: ANN001
@@ -38,12 +33,7 @@ def graphed(fn) -> float:  # noqa: ANN001
 
 
 def case_rows(batch: int, n: int, copy_tbs: float) -> list[dict]:
-    blocks = batch * n // BS
-    k = torch.randn(blocks, KV_HEADS, BS, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    tables = torch.randperm(blocks, device="cuda").view(batch, -1).int()
-    lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
-    q = torch.randn(batch, Q_HEADS, D, device="cuda", dtype=torch.bfloat16)
+    k, v, tables, lens, q = paged_inputs(batch, n)
     decode = partial(paged_decode, q, k, v, tables, lens, D**-0.5)
     nbytes = 2 * batch * n * KV_HEADS * D * 2
     rows, want = [], None
