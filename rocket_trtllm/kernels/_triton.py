@@ -1,5 +1,6 @@
 """Triton when installed; the CPU-only install path keeps every kernel's torch reference."""
 
+import functools
 from typing import Any
 
 import torch
@@ -16,7 +17,6 @@ def require_triton() -> None:
         raise RuntimeError("Triton is not installed; use the torch path (attn_backend: VANILLA)")
 
 
-_PDL_DEVICES: dict[int, bool] = {}
 _PDL = {"enabled": True}
 
 
@@ -43,10 +43,18 @@ def pdl(t: torch.Tensor) -> dict[str, Any]:
     decode step is ~450 launches, most of them a few microseconds long."""
     if not t.is_cuda or not _PDL["enabled"]:
         return {"PDL": False}
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    if index not in _PDL_DEVICES:
-        _PDL_DEVICES[index] = torch.cuda.get_device_capability(index) >= (9, 0)
-    return {"PDL": True, "launch_pdl": True} if _PDL_DEVICES[index] else {"PDL": False}
+    props = device_properties(t)
+    return {"PDL": True, "launch_pdl": True} if (props.major, props.minor) >= (9, 0) else {"PDL": False}
+
+
+def device_properties(t: torch.Tensor) -> Any:
+    """The properties of the CUDA device t is on (SM count, capability), read once per device."""
+    return _properties(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _properties(index: int) -> Any:
+    return torch.cuda.get_device_properties(index)
 
 
 if triton is not None:

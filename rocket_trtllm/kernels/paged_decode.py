@@ -5,7 +5,7 @@ and the caller folds the per-tensor K scale into `scale` and multiplies the outp
 
 import torch
 
-from ._triton import few_rows, gdc, pdl, require_triton, tl, triton
+from ._triton import device_properties, few_rows, gdc, pdl, require_triton, tl, triton
 
 
 def attend_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
@@ -212,19 +212,9 @@ SPLIT_MIN_TOKENS = 64
 # and 655 at 8; at batch 1 of 128k 143 against 177 us, at 10 x 32k 317 against 384 (BENCHMARKS.md).
 SPLIT_PROGRAMS_PER_SM = 4
 SPLIT_MAX = 64  # splits a sequence at most
-_SMS: dict[int, int] = {}
 
 
-def _sm_count(t: torch.Tensor) -> int:
-    if not t.is_cuda:
-        return 132  # the interpreter's runs split as an H100 or H200 would
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
-
-
-def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int, sms: int = 132) -> int:
+def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int, sms: int) -> int:
     # never a split without tokens
     target = -(-SPLIT_PROGRAMS_PER_SM * sms // max(1, batch * kv_heads))
     return max(1, min(target, -(-n_tokens // max(block_n, SPLIT_MIN_TOKENS)), SPLIT_MAX))
@@ -251,7 +241,8 @@ def _decode(q, k_cache, v_cache, block_tables, cache_lens, pages, page_size, sca
     _, kv_heads, bs, _ = k_cache.shape
     group = q_heads // kv_heads
     block_n, stages = TILES[k_cache.element_size()]
-    splits = _num_splits(batch, kv_heads, n_tokens, block_n, _sm_count(q))
+    sms = device_properties(q).multi_processor_count if q.is_cuda else 132  # the interpreter splits as an H200 would
+    splits = _num_splits(batch, kv_heads, n_tokens, block_n, sms)
     chunk = -(-n_tokens // splits)
     chunk = -(-chunk // block_n) * block_n
     splits = -(-n_tokens // chunk)
