@@ -4,8 +4,10 @@ the dense baseline measured in the same run.
     rocket-bench --arch llama-3.1-8b --random-weights --config configs/rocket.yaml \\
         --input-len 131072 --output-len 256 --batch-size 1 --compare dense
 
-Two subcommands: `rocket-bench serve ...` loads a running OpenAI-compatible server (rocket-bench serve -h),
-and `rocket-bench --model MODEL throughput --dataset D --config Y` is trtllm-bench's offline throughput.
+Three subcommands: `rocket-bench serve ...` loads a running OpenAI-compatible server (rocket-bench serve -h);
+`rocket-bench --model MODEL throughput --dataset D --config Y` is trtllm-bench's offline throughput; and
+`rocket-bench --model MODEL sweep --config Y --compare dense` (or `--arch NAME --random-weights sweep ...`) is the
+end-to-end sweep over concurrencies, prefill included, of TensorRT-LLM's sparse-attention blog.
 """
 
 import argparse
@@ -51,6 +53,12 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
         dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
              rope_theta=1000000.0, sliding_window=None, rms_norm_eps=1e-5),
+    ),
+    "qwen3-8b": (
+        "Qwen3Config",
+        dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+             rope_theta=1000000.0, rms_norm_eps=1e-6, use_sliding_window=False, tie_word_embeddings=False),
     ),
     "qwen2.5-7b": (
         "Qwen2Config",
@@ -323,43 +331,72 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def subcommand(argv: list[str]) -> Optional[tuple[str, Optional[str], list[str]]]:
-    """(name, the --model given before it, the subcommand's own arguments) when `argv` names a subcommand."""
+def subcommand(argv: list[str]) -> Optional[tuple[str, dict[str, Any], list[str]]]:
+    """(name, the options given before it, the subcommand's own arguments) when `argv` names a subcommand."""
     at = next((i for i, a in enumerate(argv) if a in SUBCOMMANDS), None)
     if at is None:
         return None
     before = argparse.ArgumentParser(add_help=False)
     before.add_argument("--model", "--model_path", dest="model")
+    if argv[at] == "sweep":  # a public architecture too
+        before.add_argument("--arch", choices=sorted(ARCHS))
+        before.add_argument("--random-weights", action="store_true", default=None)
     known, unknown = before.parse_known_args(argv[:at])
     if unknown:
-        raise SystemExit(f"rocket-bench: before '{argv[at]}' only --model MODEL goes, got {' '.join(unknown)}")
-    return argv[at], known.model, argv[at + 1 :]
+        allowed = "--model MODEL" + (", --arch NAME, --random-weights" if argv[at] == "sweep" else "")
+        raise SystemExit(f"rocket-bench: before '{argv[at]}' only {allowed} go, got {' '.join(unknown)}")
+    return argv[at], {k: v for k, v in vars(known).items() if v is not None}, argv[at + 1 :]
 
 
-SUBCOMMANDS = ("serve", "throughput")
+SUBCOMMANDS = ("serve", "throughput", "sweep")
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `rocket-bench NAME` (its flags; the docs' CLI reference reads it too)."""
+    p = argparse.ArgumentParser(prog=f"rocket-bench {name}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    if name == "serve":
+        from .serve import benchmark
+
+        p.description = benchmark.__doc__
+        benchmark.add_arguments(p)
+    elif name == "throughput":
+        from . import throughput
+
+        p.description = throughput.__doc__
+        throughput.add_arguments(p)
+    else:
+        from . import sweep
+
+        p.description = sweep.__doc__
+        sweep.add_arguments(p)
+    return p
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     picked = subcommand(argv)
     if picked is not None:
-        name, model, rest = picked
-        p = argparse.ArgumentParser(prog=f"rocket-bench {name}", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        name, given, rest = picked
+        p = subcommand_parser(name)
         if name == "serve":
             from .serve import benchmark
 
-            benchmark.add_arguments(p)
             sub = p.parse_args(rest)
-            sub.model = sub.model or model
+            sub.model = sub.model or given.get("model")
             benchmark.main(sub)
-        else:
+        elif name == "throughput":
             from . import throughput
 
-            throughput.add_arguments(p)
-            if model is None:
+            if "model" not in given:
                 p.error("give the model before the subcommand: rocket-bench --model MODEL throughput ...")
-            throughput.main(model, p.parse_args(rest))
+            throughput.main(given["model"], p.parse_args(rest))
+        else:
+            from . import sweep
+
+            p.set_defaults(**given)
+            sub = p.parse_args(rest)
+            sweep.check_arguments(p, sub)
+            sweep.main(sub)
         return
     ns = parse_args(argv)
     copy_bpms = copy_bandwidth() if torch.cuda.is_available() else 0.0

@@ -158,6 +158,8 @@ class LLMEngine:
             "decode_step_seconds": 0.0,  # wall time of decode-only steps
             "prefill_step_count": 0,  # steps, by the same two kinds
             "decode_step_count": 0,
+            "decode_step_requests": 0,  # requests decoded, summed over decode-only steps (their mean batch)
+            "gpu_peak_bytes": 0,  # the most GPU memory allocated at any step (a benchmark may zero it)
         }
         self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
         self._ids = itertools.count()
@@ -238,7 +240,7 @@ class LLMEngine:
             raise RequestError(
                 f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) exceeds max_seq_len ({self.max_seq_len})"
             )
-        seq = Sequence(next(self._ids), list(prompt_token_ids), params)
+        seq = Sequence(next(self._ids), list(prompt_token_ids), params, arrival_time=time.perf_counter())
         seq.kept_prompt_len = self.backend.kept_len(n)
         seq.keeps_history = self.backend.keeps_history
         self.scheduler.check_fits(seq)
@@ -375,12 +377,16 @@ class LLMEngine:
         kind = "prefill" if batch.contexts else "decode"
         self.totals[f"{kind}_step_seconds"] += seconds
         self.totals[f"{kind}_step_count"] += 1
+        if not batch.contexts:
+            self.totals["decode_step_requests"] += len(batch.generations)
         self.stats.append(self._iteration_stats(batch, seconds))
         return updates
 
     def _append(self, seq: Sequence, token: int) -> Update:
         p = seq.sampling_params
         seq.output_token_ids.append(token)
+        if seq.first_token_time is None:
+            seq.first_token_time = time.perf_counter()
         self.totals["generated_tokens"] += 1
         update = Update(seq, [token])
         stop_ids = set(p.stop_token_ids) | (
@@ -395,6 +401,7 @@ class LLMEngine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
+        seq.finish_time = time.perf_counter()
         seq.cache_len -= seq.inflight  # a step in flight wrote a token it will not keep
         seq.inflight = 0
         self.backend.release(seq.block_table)
@@ -481,6 +488,7 @@ class LLMEngine:
         if self.device.type == "cuda":
             stats["gpuMemUsage"] = torch.cuda.memory_allocated(self.device)
             stats["gpuPeakMemUsage"] = torch.cuda.max_memory_allocated(self.device)  # during this iteration
+            self.totals["gpu_peak_bytes"] = max(self.totals["gpu_peak_bytes"], stats["gpuPeakMemUsage"])
         stats["sparseAttentionStats"] = self.sparse_stats()
         return stats
 

@@ -92,6 +92,34 @@ def test_serving_benchmark_against_rocket_serve(shipped, tmp_path):
     assert png.stat().st_size > 1000 and json.loads(out.read_text())["runs"][-1]["failed"] == 1
 
 
+def test_clients_leaving_mid_stream_at_an_operating_point(shipped, tmp_path):
+    out = tmp_path / "point.json"
+    with local_server(shipped, "model") as base:
+        bench_main(["serve", "--base-url", base, "--num-prompts", "8", "--input-len", "48", "--output-len", "12",
+                    "--max-concurrency", "3", "--disconnect-fraction", "0.25", "--check",
+                    "--json", str(out)])  # fmt: skip
+        run = json.loads(out.read_text())["runs"][0]
+        assert (run["completed"], run["disconnected"], run["failed"], run["server_errors"]) == (6, 2, 0, 0)
+        assert run["server_after"]["rocket_kv_blocks_used"] == 0
+        assert run["output_throughput"] * run["duration_s"] < 8 * 12  # the two who left took fewer tokens
+        # --duration: the prompts again (rotated) until the time is up, then the run drains
+        bench_main(["serve", "--base-url", base, "--num-prompts", "2", "--input-len", "48", "--output-len", "4",
+                    "--max-concurrency", "2", "--duration", "1", "--check", "--json", str(out)])  # fmt: skip
+    run = json.loads(out.read_text())["runs"][-1]
+    assert run["completed"] >= 1 and run["failed"] == run["disconnected"] == 0
+    assert run["output_throughput"] == pytest.approx(run["completed"] * 4 / run["duration_s"])
+
+
+def test_requests_past_the_first_round_share_no_prefix():
+    from rocket_trtllm.serve.benchmark import BenchRequest, request_at
+
+    reqs = [BenchRequest([1, 2, 3, 4], 5, 4), BenchRequest([5, 6, 7, 8], 5, 4, disconnect_after=2)]
+    assert request_at(reqs, 1) is reqs[1]
+    again = request_at(reqs, 3)
+    assert again.prompt == [6, 7, 8, 5] and again.disconnect_after == 2
+    assert {tuple(request_at(reqs, i).prompt[:1]) for i in range(0, 8, 2)} == {(1,), (2,), (3,), (4,)}
+
+
 def test_soak_at_ci_size(shipped):
     with local_server(shipped, "model") as base:
         report = soak(base, requests=300, rate=150, seed=0, time_limit=120)

@@ -4,7 +4,7 @@ sync (`result()`) or async (`async for` / `aresult()`)."""
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Optional
 
 import torch
@@ -29,6 +29,7 @@ class GenerationResult:
         self._lock = threading.Lock()
         self._early: list[Optional[tuple[list[int], str]]] = []
         self._ended = False
+        self._callbacks: list[Callable[[GenerationResult], None]] = []
         self._stop_strings: list[str] = list(seq.sampling_params.stop or [])
         # Incremental detokenization: text is decoded from a window of recent tokens, never the whole output
         # (decoding all of it every step costs O(length) per token: ~0.5 ms at 2k tokens, x the batch).
@@ -63,6 +64,19 @@ class GenerationResult:
                 self._early.append(delta)
         if delta is None:
             self._done.set()
+            with self._lock:
+                callbacks, self._callbacks = self._callbacks, []
+            for fn in callbacks:
+                fn(self)
+
+    def add_done_callback(self, fn: Callable[["GenerationResult"], None]) -> None:
+        """Call `fn(self)` once the request has finished: on the engine's thread between two steps (what it submits
+        joins the next step), or at once if it has finished already."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
     def result(self, timeout: Optional[float] = None) -> RequestOutput:
         """Block until the request finishes and return its final output."""

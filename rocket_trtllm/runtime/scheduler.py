@@ -75,9 +75,13 @@ class Scheduler:
         prompt = self.pool.blocks_for(seq.prompt_len) if self.chunked else 0
         return max(prompt, self.pool.blocks_for(self.final_cache_len(seq)))
 
+    def blocks_needed(self, seq: Sequence) -> int:
+        """The most KV blocks `seq` holds at once over its life (its prompt's while chunks prefill, its history)."""
+        return self._peak_blocks(seq) + self._history_blocks(seq)
+
     def check_fits(self, seq: Sequence) -> None:
         """Raise RequestError if `seq` could never be admitted, even into an empty engine."""
-        need = self._peak_blocks(seq) + self._history_blocks(seq)
+        need = self.blocks_needed(seq)
         if need > self.pool.allocator.num_blocks:
             raise RequestError(
                 f"the request needs {need} KV blocks ({max(seq.prompt_len, self.final_cache_len(seq))} tokens) but "

@@ -50,6 +50,10 @@ class Sequence:
     # generated token; per prompt token, None for the first.
     logprobs: list[dict] = field(default_factory=list)
     prompt_logprobs: list[Optional[dict]] = field(default_factory=list)
+    # When (time.perf_counter) the request was made, the host had its first output token, and it finished.
+    arrival_time: float = 0.0
+    first_token_time: Optional[float] = None
+    finish_time: Optional[float] = None
 
     @property
     def prefilled(self) -> bool:

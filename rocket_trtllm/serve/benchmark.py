@@ -10,10 +10,15 @@ flight; prompts are random token ids of --input-len (or a trtllm-bench JSONL --d
 exactly its output length (ignore_eos). Streaming gives time to first token (TTFT), inter-token latency
 (ITL: the gaps between streamed chunks, one per token from rocket-serve) and time per output token (TPOT:
 after the first, per request).
+
+A soak at one operating point: `--max-concurrency C --duration 480 --disconnect-fraction 0.1 --check` keeps C
+requests in flight for 8 minutes, a tenth of the clients leaving mid-stream, then requires no 5xx and, once the
+server is idle, no KV block in use (its /metrics).
 """
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -33,6 +38,7 @@ class BenchRequest:
     prompt: Union[str, list[int]]
     output_len: int
     prompt_len: int = 0
+    disconnect_after: int = 0  # a client that closes its stream after this many tokens (0: reads it all)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class RequestRecord:
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
     error: str = ""
+    disconnected: bool = False  # the client left mid-stream on purpose (its tokens count, its latencies do not)
 
     @property
     def tpot(self) -> float:
@@ -77,19 +84,22 @@ def summarize(
     slo_tpot_ms: Optional[float] = None,
 ) -> dict[str, Any]:
     """The benchmark's figures from the requests' timelines and the run's wall time."""
-    done = [r for r in records if r.ok]
+    left = [r for r in records if r.ok and r.disconnected]
+    done = [r for r in records if r.ok and not r.disconnected]
     good = [
         r for r in done
         if (slo_ttft_ms is None or r.ttft * 1e3 <= slo_ttft_ms) and (slo_tpot_ms is None or r.tpot * 1e3 <= slo_tpot_ms)
     ]  # fmt: skip
-    output = sum(r.output_tokens for r in done)
+    output = sum(r.output_tokens for r in done + left)
     return {
         "completed": len(done),
-        "failed": len(records) - len(done),
+        "disconnected": len(left),
+        "failed": len(records) - len(done) - len(left),
+        "server_errors": sum(r.error.startswith("HTTP 5") for r in records),
         "duration_s": duration,
         "request_throughput": len(done) / duration,
         "output_throughput": output / duration,
-        "total_token_throughput": (output + sum(r.prompt_len for r in done)) / duration,
+        "total_token_throughput": (output + sum(r.prompt_len for r in done + left)) / duration,
         "goodput": len(good) / duration,
         "ttft_ms": distribution([r.ttft for r in done]),
         "tpot_ms": distribution([r.tpot for r in done if r.output_tokens > 1]),
@@ -168,8 +178,11 @@ async def send(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
                 else:
                     record.itl.append(now - last)
                 last, chunks = now, chunks + 1
+                if chunks == req.disconnect_after:  # leaving closes the connection: the server must abort it
+                    record.disconnected = True
+                    break
         record.latency = time.perf_counter() - start
-        record.output_tokens = record.output_tokens or chunks
+        record.output_tokens = chunks if record.disconnected else record.output_tokens or chunks
         record.ok = True
     except httpx.HTTPError as e:
         record.error = type(e).__name__
@@ -178,32 +191,81 @@ async def send(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
 
 async def run_rate(
     base_url: str, model: str, requests: list[BenchRequest], rate: float, max_concurrency: Optional[int],
-    stream: bool, seed: int, api_key: Optional[str] = None,
+    stream: bool, seed: int, api_key: Optional[str] = None, duration: Optional[float] = None,
 ) -> tuple[list[RequestRecord], float]:  # fmt: skip
-    """Send every request, arrivals Poisson at `rate` per second (inf: at once); the records and wall time."""
+    """Send the requests, arrivals Poisson at `rate` per second (inf: as fast as `max_concurrency` lets them in); the
+    records and wall time. With `duration`: requests go on (the list over again, each prompt rotated by its round so
+    that no two share a prefix) until that many seconds have passed, and the run ends when the last one does."""
     rng = random.Random(seed)
     limit = asyncio.Semaphore(max_concurrency or len(requests))
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/completions"
     pool = httpx.Limits(max_connections=max_concurrency or len(requests), max_keepalive_connections=32)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), headers=headers, limits=pool) as client:
-        bar = tqdm(total=len(requests), desc=f"rate {rate:g}/s", leave=False)
+        bar = tqdm(total=None if duration else len(requests), desc=f"rate {rate:g}/s", leave=False)
 
-        async def one(req: BenchRequest) -> RequestRecord:
-            async with limit:
+        async def one(req: BenchRequest, held: bool) -> RequestRecord:
+            if not held:
+                await limit.acquire()
+            try:
                 record = await send(client, url, model, req, stream)
+            finally:
+                limit.release()
             bar.update(1)
             return record
 
         start = time.perf_counter()
+        deadline = start + duration if duration else math.inf
+        # A closed loop that runs for a duration takes its next request only when one is let in (else it would
+        # queue requests without end).
+        gated = duration is not None and not math.isfinite(rate)
         tasks = []
-        for req in requests:
-            tasks.append(asyncio.create_task(one(req)))
+        for i in itertools.count() if duration else range(len(requests)):
+            if gated:
+                await limit.acquire()
+            if time.perf_counter() >= deadline:
+                if gated:
+                    limit.release()
+                break
+            tasks.append(asyncio.create_task(one(request_at(requests, i), held=gated)))
             if math.isfinite(rate):
                 await asyncio.sleep(rng.expovariate(rate))
         records = await asyncio.gather(*tasks)
         bar.close()
     return list(records), time.perf_counter() - start
+
+
+def request_at(requests: list[BenchRequest], i: int) -> BenchRequest:
+    """The i-th request sent: the list's, in rounds; past the first round a token-id prompt is rotated by its round."""
+    req = requests[i % len(requests)]
+    turn = i // len(requests)
+    if not turn or not isinstance(req.prompt, list):
+        return req
+    shift = turn % len(req.prompt)
+    return BenchRequest(req.prompt[shift:] + req.prompt[:shift], req.output_len, req.prompt_len, req.disconnect_after)
+
+
+def mark_disconnects(requests: list[BenchRequest], fraction: float, seed: int) -> None:
+    """That fraction of the requests (picked at random) close their stream after a random number of tokens."""
+    rng = random.Random(seed + 1)
+    for req in rng.sample(requests, round(fraction * len(requests))):
+        req.disconnect_after = rng.randrange(1, max(2, req.output_len))
+
+
+def drained(base_url: str, api_key: Optional[str], timeout: float = 120.0) -> dict[str, float]:
+    """The server's /metrics once nothing runs or waits (a request a client left is aborted at the engine's next
+    step), or after `timeout` seconds: requests running and waiting, KV blocks in use."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/").rsplit("/v1", 1)[0] + "/metrics"
+    names = ("rocket_requests_running", "rocket_requests_waiting", "rocket_kv_blocks_used")
+    end = time.monotonic() + timeout
+    while True:
+        text = httpx.get(url, headers=headers, timeout=30).text
+        state = {n: float(line.split()[1]) for line in text.splitlines() for n in names if line.startswith(n + " ")}
+        idle = state.get("rocket_requests_running", 0) == state.get("rocket_requests_waiting", 0) == 0
+        if (idle and not state.get("rocket_kv_blocks_used")) or time.monotonic() > end:
+            return state
+        time.sleep(0.5)
 
 
 def served_model(base_url: str, api_key: Optional[str]) -> str:
@@ -253,6 +315,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming requests (no TTFT/ITL)")
     p.add_argument("--slo-ttft-ms", type=float, help="goodput counts requests within this TTFT ...")
     p.add_argument("--slo-tpot-ms", type=float, help="... and this TPOT")
+    p.add_argument("--duration", type=float,
+                   help="seconds to keep sending (the prompts over again, rotated) before the run drains")  # fmt: skip
+    p.add_argument("--disconnect-fraction", type=float, default=0.0,
+                   help="this fraction of the clients close their stream after a random number of tokens")  # fmt: skip
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if an answer was a 5xx or, once the server is idle, a KV block is in use")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the runs to this JSON file (appends to its runs if it exists)")
     p.add_argument("--plot", help="write latency vs request rate for every run in --json (needs matplotlib)")
@@ -261,6 +329,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(ns: argparse.Namespace) -> None:
     if ns.num_prompts < 1 or ns.input_len < 1 or ns.output_len < 1 or min(ns.request_rate) <= 0:
         raise SystemExit("rocket-bench serve: --num-prompts, --input-len, --output-len and --request-rate must be > 0")
+    if not 0.0 <= ns.disconnect_fraction < 1.0 or (ns.duration is not None and ns.duration <= 0):
+        raise SystemExit("rocket-bench serve: --disconnect-fraction must be in [0, 1) and --duration > 0")
+    if ns.disconnect_fraction and not ns.stream:
+        raise SystemExit("rocket-bench serve: --disconnect-fraction needs streaming (clients leave mid-stream)")
     try:
         requests = (
             dataset_requests(ns.dataset, ns.num_prompts)
@@ -270,18 +342,26 @@ def main(ns: argparse.Namespace) -> None:
         model = ns.model or served_model(ns.base_url, ns.api_key)
     except (ValueError, httpx.HTTPError, KeyError, IndexError) as e:
         raise SystemExit(f"rocket-bench serve: {e}") from None
-    runs = []
+    mark_disconnects(requests, ns.disconnect_fraction, ns.seed)
+    runs, faults = [], []
     for rate in ns.request_rate:
         records, duration = asyncio.run(
-            run_rate(ns.base_url, model, requests, rate, ns.max_concurrency, ns.stream, ns.seed, ns.api_key)
+            run_rate(
+                ns.base_url, model, requests, rate, ns.max_concurrency, ns.stream, ns.seed, ns.api_key, ns.duration
+            )  # fmt: skip
         )
         run = {"label": ns.label or model, "request_rate": rate, "max_concurrency": ns.max_concurrency,
                **summarize(records, duration, ns.slo_ttft_ms, ns.slo_tpot_ms)}  # fmt: skip
+        if ns.check:
+            run["server_after"] = after = drained(ns.base_url, ns.api_key)
+            if run["server_errors"] or after.get("rocket_kv_blocks_used", 1) or after.get("rocket_requests_running"):
+                faults.append(f"rate {rate:g}/s: {run['server_errors']} answers were 5xx; after the run {after}")
         runs.append(run)
         t, p = run["ttft_ms"], run["tpot_ms"]
-        print(f"rate {rate:g}/s: {run['completed']} ok, {run['failed']} failed, {run['request_throughput']:.2f} req/s, "
-              f"{run['output_throughput']:.1f} out tok/s, goodput {run['goodput']:.2f} req/s; TTFT p50/p99 "
-              f"{t['p50']:.1f}/{t['p99']:.1f} ms, TPOT p50/p99 {p['p50']:.2f}/{p['p99']:.2f} ms")  # fmt: skip
+        print(f"rate {rate:g}/s: {run['completed']} ok, {run['disconnected']} left mid-stream, {run['failed']} failed, "
+              f"{run['request_throughput']:.2f} req/s, {run['output_throughput']:.1f} out tok/s, goodput "
+              f"{run['goodput']:.2f} req/s; TTFT p50/p99 {t['p50']:.1f}/{t['p99']:.1f} ms, TPOT p50/p99 "
+              f"{p['p50']:.2f}/{p['p99']:.2f} ms")  # fmt: skip
     if ns.json:
         path = Path(ns.json)
         earlier = json.loads(path.read_text())["runs"] if path.is_file() else []
@@ -296,6 +376,8 @@ def main(ns: argparse.Namespace) -> None:
             print(f"{label}: highest rate with {within}: {rate if rate else 'none'}")
     if ns.plot:
         plot(runs, ns.plot)
+    if faults:
+        raise SystemExit("rocket-bench serve --check failed: " + "; ".join(faults))
 
 
 def sustained(
