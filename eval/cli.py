@@ -110,7 +110,7 @@ def trtllm_shape(argv: list[str]) -> list[str]:
     return argv
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rocket-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -159,6 +159,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", help="write every result to this JSON file")
     p.add_argument("--markdown", help="write the results table to this file")
     p.add_argument("--plot", help="write accuracy vs budget per algorithm to this image (needs matplotlib)")
+    return p
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = build_parser()
     ns = p.parse_args(trtllm_shape(sys.argv[1:] if argv is None else list(argv)))
     if min(ns.budgets) < 16 or ns.samples < 1 or min(ns.lengths) < 64 or ns.truncate < 256 or ns.window_size < 1:
         p.error("--budgets must be >= 16, --samples >= 1, --lengths >= 64, --truncate >= 256 and --window-size >= 1")

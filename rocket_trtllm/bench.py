@@ -82,7 +82,7 @@ def write_arch(name: str, root: Path) -> Path:
     return path
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rocket-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -106,6 +106,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile", help="after the run, profile a prefill step and 32 decode steps (torch.profiler) of "
                    "fresh requests and write where each step's time goes to this text file")  # fmt: skip
     p.add_argument("--profile-batch", type=int, default=1, help="how many requests --profile decodes together")
+    return p
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.model and not args.arch:
         p.error("give a MODEL folder or --arch NAME")

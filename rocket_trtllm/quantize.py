@@ -130,7 +130,7 @@ def _version() -> str:
         return "unknown"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rocket-quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("model", type=Path, help="a bf16/fp16/fp32 safetensors checkpoint folder")
@@ -138,7 +138,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--fp8", action="store_true", required=True, help="FP8 weights (the only format written)")
     p.add_argument("--kv-cache-fp8", action="store_true", help="also write K/V scales for an FP8 KV cache")
     p.add_argument("--calib-prompts", type=int, default=len(CALIBRATION), help="calibration prompts (built in)")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ns = build_parser().parse_args(argv)
     print(quantize(ns.model, ns.out, ns.kv_cache_fp8, ns.calib_prompts))
 
 

@@ -31,9 +31,9 @@ class Tile:
 
 
 # Per (weight bytes per element, one row?): the tiles with the least time over Llama-3.1-8B's projections in the
-# H100 sweeps of benchmarks/kernel_bandwidth.py (BENCHMARKS.md): at one row 4 weight rows of 1024 a program without the
-# dot (`--only gemv`, with PDL: 5.03 ms a step in bf16, 2.82 in fp8); at 4 and 16 rows, 32 channels per program
-# with the dot.
+# H100 sweeps of benchmarks/experiments/kernel_bandwidth.py (the performance log): at one row 4 weight rows of 1024 a
+# program without the dot (`--only gemv`, with PDL: 5.03 ms a step in bf16, 2.82 in fp8); at 4 and 16 rows, 32
+# channels per program with the dot.
 TILES = {(2, True): Tile(4, 1024, 4, 3, False), (1, True): Tile(4, 1024, 4, 3, False),
          (2, False): Tile(32, 256, 4, 4), (1, False): Tile(32, 256, 4, 4)}  # fmt: skip
 

@@ -497,9 +497,9 @@ _BLOCK_P = 64  # pages per tile in the scores pass
 BOUNDS_BLOCK_P = 64  # and in the bounds pass (a multiple of _BLOCK_P)
 # The bounds pass's loop unpipelined: pipelined, Triton copies each fp8 tile into shared memory as stored (pages
 # contiguous) and gathers the dot's operand from there a byte at a time (64 ld.shared.b8 a thread a tile in the sm_90
-# PTX, `benchmarks/ptx_check.py`); unpipelined, it loads 8-byte vectors into registers, widens them there and stages
-# the fp16 operand with vector stores. At 124 requests on the H200: 87.7 us a layer unpipelined against 111-145 us
-# with 2 or 3 stages (BENCHMARKS.md).
+# PTX, `benchmarks/experiments/ptx_check.py`); unpipelined, it loads 8-byte vectors into registers, widens them there
+# and stages the fp16 operand with vector stores. At 124 requests on the H200: 87.7 us a layer unpipelined against
+# 111-145 us with 2 or 3 stages (the performance log).
 BOUNDS_STAGES = 1
 # Warps of a bounds program at larger batches, and with few rows (`few_rows`). At 124 requests (H200): 60.3 us on 2
 # warps, 87.5 on 4, 113.6 on 8; at batch 1 the prediction (bounds, scores, selection) 9.6 us on 2, 10.2 on 4, 10.3 on 8

@@ -36,6 +36,7 @@ class KvCacheConfig(StrictModel):
     @field_validator("free_gpu_memory_fraction")
     @classmethod
     def _fraction(cls, v: Optional[float]) -> Optional[float]:
+        """in (0, 1]"""
         if v is not None and not 0.0 < v <= 1.0:
             raise ValueError("must be in (0, 1]")
         return v
@@ -43,6 +44,7 @@ class KvCacheConfig(StrictModel):
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v: Optional[int]) -> Optional[int]:
+        """>= 1, or null"""
         if v is not None and v < 1:
             raise ValueError("must be >= 1 or null")
         return v
@@ -50,6 +52,7 @@ class KvCacheConfig(StrictModel):
     @field_validator("tokens_per_block")
     @classmethod
     def _block(cls, v: int) -> int:
+        """a power of two"""
         return check_power_of_two(v)
 
 
@@ -67,6 +70,7 @@ class CudaGraphConfig(StrictModel):
     @field_validator("batch_sizes")
     @classmethod
     def _sizes(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        """a non-empty list of integers >= 1, or null"""
         if v is not None and (not v or min(v) < 1):
             raise ValueError("must be a non-empty list of integers >= 1")
         return v
@@ -74,6 +78,7 @@ class CudaGraphConfig(StrictModel):
     @field_validator("max_batch_size")
     @classmethod
     def _max(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -154,6 +159,7 @@ class LlmArgs(StrictModel):
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
+        """`pytorch` (the only backend)"""
         if v != "pytorch":
             raise ValueError("only the PyTorch backend exists in rocket-trtllm; use backend: pytorch")
         return v
@@ -161,6 +167,7 @@ class LlmArgs(StrictModel):
     @field_validator("attn_backend")
     @classmethod
     def _attn_backend(cls, v: str) -> str:
+        """`TRTLLM` or `VANILLA` (any case)"""
         if v.upper() not in ATTN_BACKENDS:
             raise ValueError(f"must be one of {', '.join(ATTN_BACKENDS)}")
         return v.upper()
@@ -168,6 +175,7 @@ class LlmArgs(StrictModel):
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v: str) -> str:
+        """`auto`, `bfloat16`, `float16` or `float32`"""
         if v not in DTYPES:
             raise ValueError(f"must be one of {', '.join(DTYPES)}")
         return v
@@ -175,6 +183,7 @@ class LlmArgs(StrictModel):
     @field_validator("max_batch_size", "max_num_tokens")
     @classmethod
     def _positive(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -182,6 +191,7 @@ class LlmArgs(StrictModel):
     @field_validator("max_seq_len")
     @classmethod
     def _seq(cls, v: Optional[int]) -> Optional[int]:
+        """>= 2, or null"""
         if v is not None and v < 2:
             raise ValueError("must be >= 2 or null")
         return v
@@ -189,6 +199,7 @@ class LlmArgs(StrictModel):
     @field_validator("tensor_parallel_size")
     @classmethod
     def _tp(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -196,6 +207,7 @@ class LlmArgs(StrictModel):
     @field_validator("sparse_attention_config", mode="before")
     @classmethod
     def _sparse(cls, v: Any) -> Any:
+        """a mapping whose `algorithm` names a registered method"""
         return None if v is None else sparse_config_from_dict(v)
 
     def _check_cross_field(self) -> None:

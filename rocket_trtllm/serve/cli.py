@@ -6,7 +6,7 @@ import logging
 from ..errors import ConfigError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rocket-serve", description=__doc__)
     p.add_argument("model", help="Hugging Face checkpoint folder or .gguf file")
     p.add_argument("--config", "--extra_llm_api_options", dest="config", help="TensorRT-LLM-style YAML of LLM options")
@@ -29,7 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true", default=None,
                    help="prefill long prompts in chunks of what max_num_tokens leaves beside the decodes")  # fmt: skip
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

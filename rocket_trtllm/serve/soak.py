@@ -229,7 +229,7 @@ def local_server(llm: Any, name: str, **options: Any) -> Iterator[str]:
         thread.join()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rocket_trtllm.serve.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("model", nargs="?", help="checkpoint to serve here (or --base-url of a running server)")
@@ -246,6 +246,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="soak one server this many times (seeds SEED, SEED+1...): does memory level off?")  # fmt: skip
     p.add_argument("--json", help="write the report (a list of them with --rounds > 1) here")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = build_parser()
     ns = p.parse_args(argv)
     if not ns.model and not ns.base_url:
         p.error("give a MODEL to serve here or the --base-url of a running server")

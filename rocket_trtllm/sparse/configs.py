@@ -33,6 +33,7 @@ class EvictionFields(BaseSparseAttentionConfig):
     @field_validator("window_size")
     @classmethod
     def _window(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -40,6 +41,7 @@ class EvictionFields(BaseSparseAttentionConfig):
     @field_validator("kernel_size")
     @classmethod
     def _odd(cls, v: int) -> int:
+        """odd, >= 1"""
         if v < 1 or v % 2 == 0:
             raise ValueError("must be an odd integer >= 1 (1, 3, 5, ..., 63, ...)")
         return v
@@ -47,6 +49,7 @@ class EvictionFields(BaseSparseAttentionConfig):
     @field_validator("prompt_budget")
     @classmethod
     def _budget(cls, v: int) -> int:
+        """>= 2"""
         if v < 2:
             raise ValueError("must be >= 2")
         return v
@@ -92,6 +95,7 @@ class PageSelectionFields(BaseSparseAttentionConfig):
     @field_validator("topk")
     @classmethod
     def _topk(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -99,11 +103,13 @@ class PageSelectionFields(BaseSparseAttentionConfig):
     @field_validator("page_size")
     @classmethod
     def _pow2(cls, v: int) -> int:
+        """a power of two that divides `kv_cache_config.tokens_per_block`"""
         return check_power_of_two(v)
 
     @field_validator("topr", mode="before")
     @classmethod
     def _topr(cls, v: object) -> Union[int, float]:
+        """an int >= 1 (a channel count) or a float in (0, 1] (a fraction of head_dim)"""
         ok_int = isinstance(v, int) and not isinstance(v, bool) and v >= 1
         ok_float = isinstance(v, float) and 0.0 < v <= 1.0
         if not (ok_int or ok_float):
@@ -113,6 +119,7 @@ class PageSelectionFields(BaseSparseAttentionConfig):
     @field_validator("kt_cache_dtype")
     @classmethod
     def _dtype(cls, v: str) -> str:
+        """`float8_e5m2`, `bfloat16` or `float16`"""
         if v not in KT_CACHE_DTYPES:
             raise ValueError(f"must be one of {', '.join(KT_CACHE_DTYPES)}")
         return v
@@ -211,6 +218,7 @@ class StreamingLLMSparseAttentionConfig(BaseSparseAttentionConfig):
     @field_validator("sink_size", "window_size")
     @classmethod
     def _positive(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v
@@ -225,6 +233,7 @@ class TopkOracleSparseAttentionConfig(BaseSparseAttentionConfig):
     @field_validator("topk")
     @classmethod
     def _positive(cls, v: int) -> int:
+        """>= 1"""
         if v < 1:
             raise ValueError("must be >= 1")
         return v

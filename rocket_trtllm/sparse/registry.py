@@ -38,6 +38,7 @@ class BaseSparseAttentionConfig(StrictModel):
     @field_validator("seq_len_threshold")
     @classmethod
     def _check_threshold(cls, v: Optional[int]) -> Optional[int]:
+        """>= 1, or null"""
         if v is not None and v < 1:
             raise ValueError("must be >= 1 or null")
         return v

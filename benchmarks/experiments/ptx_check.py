@@ -3,7 +3,7 @@ the memory instructions each variant's code holds (vector widths, byte-wise shar
 tensor-core instructions), as the launchers specialize them (16-byte aligned pointers and strides), and the registers
 a thread holds (`ptxas -v`, from Triton's own ptxas).
 
-    python benchmarks/ptx_check.py            # the KT bounds pass at RocketKV's shapes, every variant
+    python benchmarks/experiments/ptx_check.py            # the KT bounds pass at RocketKV's shapes, every variant
 """
 
 import itertools

@@ -5,7 +5,7 @@ the prefix scored four ways:
 - `layer-sum`: the same scores, one choice per layer (`eviction_scope: layer`);
 - `max`, `layer-max`: each query head's strongest window row instead of the rows' total (this probe only).
 
-    python benchmarks/stage1_scoring.py --variants sum layer-sum max layer-max --seed 1 --samples 40 \\
+    python benchmarks/experiments/stage1_scoring.py --variants sum layer-sum max layer-max --seed 1 --samples 40 \\
         --tasks niah_multivalue variable_tracking --json stage1.json
 """
 

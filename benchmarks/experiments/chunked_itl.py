@@ -6,9 +6,10 @@ decoding request's inter-token latency is the time between two of its tokens. Ru
 one step and once in chunks (`max_num_tokens` = `--chunk`); prints the latency percentiles, the long prompt's TTFT and
 the peak GPU memory, and with `--plot` draws each step's latency over time.
 
-    python benchmarks/chunked_itl.py MODEL [--config Y] --long 131072 --chunk 8192 --plot itl.png --json out.json
-    python benchmarks/chunked_itl.py --arch llama-3.1-8b --config Y ...    # a public architecture, random weights
-    python benchmarks/chunked_itl.py --replot out.json --plot itl.png     # the plot of a saved run
+    python benchmarks/experiments/chunked_itl.py MODEL [--config Y] --long 131072 --chunk 8192 --plot itl.png \
+        --json out.json
+    python benchmarks/experiments/chunked_itl.py --arch llama-3.1-8b --config Y ...  # an architecture, random weights
+    python benchmarks/experiments/chunked_itl.py --replot out.json --plot itl.png     # the plot of a saved run
 """
 
 import argparse

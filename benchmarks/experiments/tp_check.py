@@ -1,7 +1,7 @@
 """Tensor parallelism's exactness in a low precision: TP=N logits against TP=1's in the same dtype, beside how far
 TP=1's own dtype is from float32 (the yardstick: TP=N should be no further from TP=1 than that).
 
-    python benchmarks/tp_check.py --tp 2 [--dtype bfloat16] [--json out.json]
+    python benchmarks/experiments/tp_check.py --tp 2 [--dtype bfloat16] [--json out.json]
 
 Uses a random checkpoint of the Llama architecture (small, so it runs on the CPU with gloo too) and the first
 token and 15 forced decode steps' logits of a few prompts, dense and RocketKV (where the decode

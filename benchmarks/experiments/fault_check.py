@@ -1,7 +1,7 @@
 """rocket-bench with every Triton kernel launch and every CUDA-graph replay synchronized and checked: an
 asynchronous CUDA fault (an illegal memory access) is named where it happens, with the faulting call's arguments.
 
-    python benchmarks/fault_check.py [--static-eager] ROCKET-BENCH ARGS...
+    python benchmarks/experiments/fault_check.py [--static-eager] ROCKET-BENCH ARGS...
 
 --static-eager runs what each CUDA graph would capture (the static-metadata forward) eagerly instead, with every
 kernel checked: a fault there is a kernel's; a fault only in the replay is the graph's (e.g. a tensor it captured

@@ -3,7 +3,7 @@
 consecutive ids as the allocator gives them): the K/V + KT store, the KT bounds pass, the scores + selection (per
 warp count), sparse attention, and the whole chain, each replayed 20 times in a CUDA graph.
 
-    python benchmarks/stage2_batch.py --json out.json [--batches 124 1] [--tokens 2176]
+    python benchmarks/experiments/stage2_batch.py --json out.json [--batches 124 1] [--tokens 2176]
 """
 
 import argparse
@@ -19,7 +19,7 @@ from rocket_trtllm.kernels.paged_decode import sparse_decode
 
 KV_HEADS, Q_HEADS, D, BS, PS, TOPK = 8, 32, 128, 32, 4, 64
 REPEAT = 20
-PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/bench_patched.py patches them
+PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/experiments/bench_patched.py patches them
 # The prediction's variants timed (sign rule): the bounds pass's warps and pages a tile at large batches; with few rows
 # (batch 1) its warps and where each head's softmax normaliser is computed (the selection from the row it holds, or the
 # bounds pass folding tile by tile). What else was timed and dropped (pipelining, tiles loaded a tile ahead, more
@@ -154,7 +154,7 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument(
         "--best",
-        help="write each batch's fastest prediction variant (a benchmarks/bench_patched.py patch) to BEST-<batch>.txt",
+        help="write each batch's fastest prediction variant (a bench_patched.py patch) to BEST-<batch>.txt",
     )
     ns = p.parse_args()
     copy_tbs = copy_bandwidth()

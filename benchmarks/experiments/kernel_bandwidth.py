@@ -4,7 +4,7 @@ the FP8 pieces (paged decode over an fp8 cache at each tile shape, per-token qua
 torch's top-k, the decode GEMMs (cuBLAS against the Triton GEMV at every candidate tile, bf16 and fp8), and
 RocketKV's scoring and sparse attention at batch 64 and 128 per tile shape.
 
-    python benchmarks/kernel_bandwidth.py --json out.json      # --only fp8|select|batched|gemv for a part
+    python benchmarks/experiments/kernel_bandwidth.py --json out.json      # --only fp8|select|batched|gemv for a part
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tensor parallelism on nvidia-h200-x2, in one device call from the repo root with .whl carried:
-#   bash benchmarks/tp_gpu.sh          (PART=check: the exactness check only; PART=bench: the rocket-bench runs only)
-# 1. benchmarks/tp_check.py: TP2 vs TP1 logits in bf16 beside TP1's bf16 vs float32 (dense and RocketKV).
+#   bash benchmarks/experiments/tp_gpu.sh          (PART=check: the exactness check only; PART=bench: the rocket-bench runs only)
+# 1. benchmarks/experiments/tp_check.py: TP2 vs TP1 logits in bf16 beside TP1's bf16 vs float32 (dense and RocketKV).
 # 2. Llama-3.1-8B arch, 128k prompt, batch 1: TP2 vs TP1 decode step (TP1 on one GPU of the same machine).
 # 3. Llama-3.1-70B arch TP2: RocketKV vs dense at 128k batch 1, and 32k prompts at the largest batch dense fits
 #    vs RocketKV at 64.
@@ -13,7 +13,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 PART=${PART:-all}
 if [ "$PART" != bench ]; then
-  python3 benchmarks/tp_check.py --tp 2 --json "$OUT/tp_check.json" 2>&1 | grep -v "Processed\|Writing" \
+  python3 benchmarks/experiments/tp_check.py --tp 2 --json "$OUT/tp_check.json" 2>&1 | grep -v "Processed\|Writing" \
     | tee "$OUT/tp_check.txt"
 fi
 [ "$PART" = check ] && exit 0

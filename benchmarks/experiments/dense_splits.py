@@ -3,7 +3,7 @@ shuffled 32-token blocks), each launch replayed in a CUDA graph, against the cop
 largest batch of 128k prompts (5 requests) ran at 1.53x its floor on the H200, against 1.16x at batch 1 and 1.007x at
 24 requests of 32k: the programs a launch makes (rows x splits, `SPLIT_PROGRAMS_PER_SM` per SM) were the suspect.
 
-    python benchmarks/dense_splits.py --json out.json
+    python benchmarks/experiments/dense_splits.py --json out.json
 """
 
 import argparse

@@ -2,7 +2,7 @@
 graph: the K/V + KT write (RoPE inside it, or the rotary kernel before it on commits before 5c74b0b), page
 prediction, sparse attention. Runs on whichever rocket_trtllm is first on PYTHONPATH (an older commit's: see ab.sh):
 
-    python benchmarks/attn_block.py new       # prints "<tag> as-is <us> us/layer"
+    python benchmarks/experiments/attn_block.py new       # prints "<tag> as-is <us> us/layer"
 """
 
 import inspect

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/fp8_gpu.sh
+# FP8 on the H100, in one device call from the repo root with .whl carried: bash benchmarks/experiments/fp8_gpu.sh
 # RocketKV vs dense at 128k batch 1, Llama-3.1-8B architecture (random weights): bf16, FP8 weights, and FP8 KV
 # cache (bf16 weights); then bf16 at 32k batch 1 (RUN_32K) and RocketKV's KV dtypes at batch 128 (RUN_BATCH). The bf16 and RocketKV runs also profile 32 decode steps (--profile).
 # sync: bf16 with the overlap scheduler off; nopdl: bf16 without programmatic dependent
@@ -20,7 +20,7 @@ fi
 # The pieces one by one: paged decode over an fp8 cache per tile shape, quantization, page selection, and the
 # decode GEMMs (cuBLAS and the Triton GEMV's tiles, bf16 and fp8 weights).
 K=${KERNELS:-fp8}  # none: skip
-[ "$K" = none ] || timeout 300 python3 benchmarks/kernel_bandwidth.py --only $K --json "$OUT/kernels-$K.json" > "$OUT/kernels-$K.txt" 2>&1
+[ "$K" = none ] || timeout 300 python3 benchmarks/experiments/kernel_bandwidth.py --only $K --json "$OUT/kernels-$K.json" > "$OUT/kernels-$K.txt" 2>&1
 for kv in auto fp8; do  # the same pool dtype for both methods
   for name in rocket-long-context dense; do
     sed "s/^kv_cache_config:/kv_cache_config:\n  dtype: $kv/" configs/$name.yaml > /tmp/$name-$kv.yaml

@@ -2,7 +2,7 @@
 the per-query-head KT bounds combined three ways: `softmax` (what the engine does: each head's softmax
 over pages, summed), `sum` (the bounds added in raw logits, the engine before the fix) and `max`.
 
-    python benchmarks/stage2_aggregation.py softmax sum max
+    python benchmarks/experiments/stage2_aggregation.py softmax sum max
 """
 
 import sys

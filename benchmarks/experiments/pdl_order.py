@@ -3,7 +3,7 @@ before `griddepcontrol.wait` (a load hoisted above the wait would read the kerne
 is left out: it loads its first weight tile before the wait on purpose; so do the RMSNorms with their EARLY switch
 (their weight), checked with it off and counted with it on.
 
-    python benchmarks/pdl_order.py
+    python benchmarks/experiments/pdl_order.py
 """
 
 import inspect

@@ -1,7 +1,7 @@
 """Where a chunked prompt's steps go: a lone prompt prefilled in chunks, each step timed, and the steps named by
 `--profile` run under torch's profiler (the top operators by self time on the host and on the device, per step).
 
-    python benchmarks/chunk_profile.py --arch llama-3.1-8b --config configs/rocket-long-context.yaml \\
+    python benchmarks/experiments/chunk_profile.py --arch llama-3.1-8b --config configs/rocket-long-context.yaml \\
         --long 131072 --chunk 8192 --profile 1 2 3
 """
 

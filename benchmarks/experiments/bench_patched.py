@@ -1,6 +1,7 @@
 """rocket-bench with module constants patched first, for A/B runs of one tree's variants on one machine:
 
-    python benchmarks/bench_patched.py "rocket_trtllm.kernels.paged_decode:SPLIT_MIN_TOKENS=1048576" <rocket-bench args>
+    python benchmarks/experiments/bench_patched.py \
+        "rocket_trtllm.kernels.paged_decode:SPLIT_MIN_TOKENS=1048576" <rocket-bench args>
 
 (comma-separated `module:ATTR=integer` items; an empty string patches nothing)."""
 
