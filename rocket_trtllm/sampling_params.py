@@ -17,23 +17,39 @@ class SamplingParams:
         SamplingParams(max_tokens=64, temperature=0.8, top_p=0.95, seed=0, stop=["\\n\\n"])
     """
 
-    max_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    end_id: Optional[int] = None
-    include_stop_str_in_output: bool = False
-    detokenize: bool = True
-    return_generation_logits: bool = False
+    max_tokens: int = field(default=32, metadata={"doc": "Tokens to generate at most (>= 1)."})
+    temperature: float = field(default=1.0, metadata={"doc": "Softmax temperature (>= 0); 0 is greedy."})
+    top_p: float = field(default=1.0, metadata={"doc": "Nucleus sampling: the smallest set of tokens holding this "
+                                                       "much probability, in (0, 1]."})  # fmt: skip
+    top_k: int = field(default=0, metadata={"doc": "Sample among the k likeliest tokens (>= 0; 0: all; 1: greedy)."})
+    seed: Optional[int] = field(default=None, metadata={"doc": "This request's sampling seed (default: random)."})
+    stop: Optional[Union[str, list[str]]] = field(
+        default=None, metadata={"doc": "Non-empty strings that end the output (cut from the text)."}
+    )
+    stop_token_ids: list[int] = field(default_factory=list, metadata={"doc": "Token ids that end the output."})
+    ignore_eos: bool = field(default=False, metadata={"doc": "Keep generating past end-of-sequence tokens."})
+    end_id: Optional[int] = field(default=None, metadata={"doc": "The end token (default: the model's EOS ids)."})
+    include_stop_str_in_output: bool = field(default=False, metadata={"doc": "Keep the stop string in the text."})
+    detokenize: bool = field(default=True, metadata={"doc": "Decode the tokens to text (false: token ids only)."})
+    return_generation_logits: bool = field(
+        default=False, metadata={"doc": "Return each generated token's logits (`generation_logits`)."}
+    )
     # Log-probabilities (the model's log-softmax over its logits, before temperature, top-k or top-p): for each
     # generated token, that token's and the `logprobs` most likely ones'; for each prompt token after the first,
     # the same with `prompt_logprobs` alternatives (from the prefill, which sees the whole prompt for every method).
-    logprobs: Optional[int] = None
-    prompt_logprobs: Optional[int] = None
+    logprobs: Optional[int] = field(
+        default=None,
+        metadata={
+            "doc": "Each generated token's logprob and this many alternatives (0-20), before any sampling setting."
+        },  # fmt: skip
+    )
+    prompt_logprobs: Optional[int] = field(
+        default=None,
+        metadata={
+            "doc": "The same for each prompt token after the first (0-20); such a request "
+            "computes its whole prompt, past the prefix cache."
+        },  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

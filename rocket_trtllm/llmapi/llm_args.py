@@ -127,16 +127,22 @@ class LlmArgs(StrictModel):
         description="A prompt longer than what a step's budget leaves prefills over several steps, decode tokens "
         "first, so that running requests keep decoding; any method (RocketKV evicts after the last chunk).",
     )
-    kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig)
-    sparse_attention_config: Optional[BaseSparseAttentionConfig] = None
-    cuda_graph_config: Optional[CudaGraphConfig] = Field(default_factory=CudaGraphConfig)
+    kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig, description="The paged KV cache.")
+    sparse_attention_config: Optional[BaseSparseAttentionConfig] = Field(
+        default=None, description="The sparse-attention method, picked by its `algorithm` key (null: dense)."
+    )
+    cuda_graph_config: Optional[CudaGraphConfig] = Field(
+        default_factory=CudaGraphConfig, description="Decode steps as CUDA graphs (null: none)."
+    )
     tensor_parallel_size: int = Field(
         default=1, description="Ranks per model (GPUs on CUDA, processes on the CPU); the LLM starts them itself."
     )
     load_format: Literal["auto", "dummy"] = Field(
         default="auto", description="auto: the checkpoint's safetensors; dummy: random weights (benchmarks)."
     )
-    quant_config: QuantConfig = Field(default_factory=QuantConfig)
+    quant_config: QuantConfig = Field(
+        default_factory=QuantConfig, description="A quantization for random weights (a checkpoint's is read from it)."
+    )
     disable_overlap_scheduler: bool = Field(
         default=False,
         description="Off: while a greedy decode step runs on the device, the host processes the step before it "
@@ -211,6 +217,8 @@ class LlmArgs(StrictModel):
         return None if v is None else sparse_config_from_dict(v)
 
     def _check_cross_field(self) -> None:
+        """With a method that evicts prompt tokens, `kv_cache_config.enable_block_reuse` defaults to false; the
+        method's own rules apply; `quant_config.quant_algo` only with `load_format: dummy`."""
         sparse = self.sparse_attention_config
         if sparse is not None:
             if sparse.evicts_prompt_tokens and "enable_block_reuse" not in self.kv_cache_config.model_fields_set:

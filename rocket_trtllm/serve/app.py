@@ -80,22 +80,26 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.get("/health")
     async def health() -> PlainTextResponse:
+        """`ok`, or 503 with the reason once the engine has died."""
         if llm.failure is not None:  # a dead engine: load balancers should take this server out
             return PlainTextResponse(llm.failure, status_code=503)
         return PlainTextResponse("ok")
 
     @app.get("/version")
     async def version() -> dict[str, str]:
+        """The package version."""
         return {"version": __version__}
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
+        """The counters below, in the Prometheus text format (503 once the engine has died)."""
         if llm.failure is not None:
             return PlainTextResponse(llm.failure, status_code=503)
         return PlainTextResponse(metrics.render(llm.snapshot()), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        """The one model served, with its `max_model_len`."""
         card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "rocket-trtllm",
                 "max_model_len": llm.max_seq_len}  # fmt: skip
         return {"object": "list", "data": [card]}
@@ -198,6 +202,7 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
+        """Text completions (OpenAI's), streamed as server-sent events with `stream: true`."""
         check_common(req)
         echo_lp = req.logprobs if req.echo else None
         params = sampling(req, req.max_tokens, logprobs=req.logprobs, prompt_logprobs=echo_lp)
@@ -235,6 +240,7 @@ def create_app(llm: LLM, model_name: str, api_key: Optional[str] = None, max_que
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest) -> Any:
+        """Chat completions through the tokenizer's chat template, streamed with `stream: true`."""
         check_common(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

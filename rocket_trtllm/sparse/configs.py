@@ -60,6 +60,7 @@ class EvictionFields(BaseSparseAttentionConfig):
 
     @model_validator(mode="after")
     def _window_within_budget(self) -> "EvictionFields":
+        """`window_size` < `prompt_budget` (the budget holds the window and the prefix tokens kept)."""
         if self.window_size >= self.prompt_budget:
             raise ConfigError(
                 f"{self.window_size} must be < prompt_budget ({self.prompt_budget}): "
@@ -132,6 +133,7 @@ class PageSelectionFields(BaseSparseAttentionConfig):
         return min(self.topr, head_dim)
 
     def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:
+        """`page_size` divides `kv_cache_config.tokens_per_block` (checked when the model loads)."""
         if tokens_per_block % self.page_size:
             raise ConfigError(
                 f"{self.page_size} must divide kv_cache_config.tokens_per_block ({tokens_per_block}), "
@@ -155,6 +157,8 @@ class TokenBudgetFields(EvictionFields, PageSelectionFields):
 
     @model_validator(mode="after")
     def _derive(self) -> "TokenBudgetFields":
+        """With `token_budget`, leave `prompt_budget`, `page_size`, `topr` and `topk` unset (they are derived), and
+        `token_budget` > 2 x `window_size`."""
         if self.token_budget is None:
             return self
         clash = sorted({"prompt_budget", "page_size", "topr", "topk"} & self.model_fields_set)

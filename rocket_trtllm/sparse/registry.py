@@ -47,7 +47,8 @@ class BaseSparseAttentionConfig(StrictModel):
         return backend == "pytorch"
 
     def check_llm_args(self, args: RunOptions) -> None:
-        """Cross-field rules against the rest of the run's arguments; raises ConfigError."""
+        """A method that evicts prompt tokens needs `kv_cache_config.enable_block_reuse: false` (its default when
+        not given)."""
         name = type(self).__name__
         if self.evicts_prompt_tokens and args.kv_cache_config.enable_block_reuse:
             raise ConfigError(
@@ -57,7 +58,8 @@ class BaseSparseAttentionConfig(StrictModel):
             )
 
     def check_model(self, shape: "ModelShape", tokens_per_block: int) -> None:
-        """Rules that need the model's numbers; raises ConfigError."""
+        # Rules that need the model's numbers (checked when it loads); raises ConfigError. None here.
+        return
 
 
 @dataclass(frozen=True)
