@@ -10,9 +10,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from rocket_trtllm.eval import cli as eval_cli
 
 from rocket_trtllm import LlmArgs, bench, docgen
-from rocket_trtllm.eval import cli as eval_cli
 from rocket_trtllm.sparse import algorithms
 
 ROOT = Path(__file__).resolve().parent.parent
