@@ -8,6 +8,8 @@
 #   llama32k-dense-low llama32k-dense-max                        32k/4k dense: 1 4, then 16 max (~3, ~8)
 #   llama32k-fp8kv-max                      32k/4k RocketKV with an FP8 KV cache, its largest batch (~8)
 #   qwen32k-rocket-low qwen32k-rocket-64 qwen32k-rocket-max qwen32k-dense-low qwen32k-dense-max   Qwen3-8B, 32k/4k
+#   kt-runs          issue 42's hypothesis: the KT bounds pass at 124 requests with 32-, 64- and 128-byte runs
+#                    (benchmarks/experiments/stage2_batch.py; ~2)
 #   served-32k       rocket-serve at RocketKV's 32k/4k largest batch for ~8 minutes, 10% of the clients leaving
 #                    mid-stream, --check (no 5xx, no KV block in use once idle); CONCURRENCY= the offline capacity
 # Each sweep part writes $OUT/PART.json; merge a workload's parts afterwards (no GPU):
@@ -38,6 +40,8 @@ for part in ${PARTS:?name the parts (see the header)}; do
     qwen32k-rocket-max) sweep $part qwen3-8b 32768 4096 570 --config $R --concurrency max ;;
     qwen32k-dense-low) sweep $part qwen3-8b 32768 4096 560 --config $D --concurrency 1 4 ;;
     qwen32k-dense-max) sweep $part qwen3-8b 32768 4096 570 --config $D --concurrency 16 max ;;
+    kt-runs) timeout 300 python3 benchmarks/experiments/stage2_batch.py --batches 124 --json "$OUT/kt-runs.json" 2>&1 \
+               | grep -v Warn ;;
     served-32k)
       source benchmarks/serve_env.sh || exit 1
       start_server rocket-32k $R --max_seq_len 36864 --max_num_tokens 34816 || exit 1

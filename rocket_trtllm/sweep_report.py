@@ -34,6 +34,14 @@ def ratios(points: list[dict[str, Any]]) -> dict[str, Any]:
             "min_latency": per_user[min(per_user, key=int)] if per_user else None,
             "slower_per_user_at": [c for c, r in per_user.items() if r < 1.0],
         }
+        if per_user:  # a prompt's prefill step against dense's, at the lowest concurrency both ran (stage 1's cost)
+            low = min(per_user, key=int)
+            mine_low = next(p for p in mine if str(p["concurrency_arg"]) == low)
+            out[method]["prefill_s_per_request"] = {
+                "concurrency": int(low),
+                "ratio": (mine_low["prefill_s"] / mine_low["num_requests"])
+                / (by_c[int(low)]["prefill_s"] / by_c[int(low)]["num_requests"]),
+            }
     return out
 
 

@@ -88,6 +88,10 @@ def test_ratios_against_dense(report):
     both = {p["concurrency_arg"] for p in dense} & {p["concurrency_arg"] for p in rocket} - {"max"}
     assert set(r["tokens_per_s_per_user"]) == {str(c) for c in both}
     assert r["slower_per_user_at"] == [c for c, v in r["tokens_per_s_per_user"].items() if v < 1]
+    low = {p["method"]: p for p in data["points"] if p["concurrency_arg"] == 1}
+    per_request = {m: p["prefill_s"] / p["num_requests"] for m, p in low.items()}
+    ratio = pytest.approx(per_request["rocket"] / per_request["dense"])
+    assert r["prefill_s_per_request"] == {"concurrency": 1, "ratio": ratio}
 
 
 def test_merge_replaces_a_point_and_keeps_the_rest(report, tmp_path):

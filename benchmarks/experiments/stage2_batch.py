@@ -26,6 +26,10 @@ PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/experi
 # programs, the early first tile, a kernel summing a channel at a time on the CUDA cores, a register cap, the
 # normalisers in the selection at large batches): BENCHMARKS.md.
 VARIANTS_MANY = [dict(BOUNDS_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4) for p in (64, 128)]
+# Issue 42's hypothesis, separated from the unpipelined loop it landed with (b2699bf): the KT layout's run of one
+# channel's bound as 32 or 64 bytes (4 or 8 blocks of 8 fp8 pages, the other bound beside it in the same 128-byte
+# line) against 128 (one line), at the kept tile and warps.
+VARIANTS_MANY += [dict(RUN_BYTES=r, BOUNDS_WARPS=2, BOUNDS_BLOCK_P=64) for r in (32, 64)]
 VARIANTS_FEW = [dict(NORMS_IN_SELECT=n, BOUNDS_FEW_WARPS=w) for n in (1, 0) for w in (2, 4, 8)]
 
 
@@ -41,6 +45,8 @@ def graphed(fn) -> float:  # noqa: ANN001
 
 
 def inputs(batch: int, n: int) -> dict:
+    """The same tensors at every call (a fixed seed), the KT layout's runs as kt_predict.RUN_BYTES says."""
+    torch.manual_seed(0)
     ppb = BS // PS
     per_seq = -(-n // BS)
     blocks = batch * per_seq + 8
@@ -101,19 +107,24 @@ def rows_for(batch: int, n: int, copy_tbs: float) -> list[dict]:
         saved = {k: getattr(kt_predict, k) for k in variant}
         for k, v in variant.items():
             setattr(kt_predict, k, v)
+        # A variant of the layout packs the same bounds into its own runs.
+        xv = inputs(batch, n) if "RUN_BYTES" in variant else x
         try:  # each variant checked against the default, and timed: its bounds pass as the prediction runs it, and
             # the whole prediction (bounds, scores, selection)
-            def own_bounds() -> object:
-                return _launch_bounds(x["q"], x["kt"], x["tables"], x["pages"], 128, x["ppb"],
+            def own_bounds(xv: dict = xv) -> object:
+                return _launch_bounds(xv["q"], xv["kt"], xv["tables"], xv["pages"], 128, xv["ppb"],
                                       fold=not (kt_predict.NORMS_IN_SELECT and few))  # fmt: skip
+
+            def own_predict(xv: dict = xv) -> torch.Tensor:
+                return predict_pages(xv["q"], xv["kt"], xv["tables"], xv["pages"], 128, TOPK, xv["ppb"])
 
             got = own_bounds()[0][..., :n_pages]
             if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
                 raise AssertionError(f"bounds differ from the default's by {(got - want).abs().max()}")
-            if not torch.equal(pages_chosen(), chosen):
+            if not torch.equal(own_predict().sort(-1).values, chosen):
                 raise AssertionError("the prediction chose other pages than the default")
             row(f"  bounds: {name}", own_bounds, kt_bytes)
-            row(f"  prediction: {name}", predict, kt_bytes)
+            row(f"  prediction: {name}", own_predict, kt_bytes)
             rows[-1]["patch"] = ",".join(f"{PATCH}{k}={v}" for k, v in variant.items())
         except Exception as e:  # noqa: BLE001 (a variant that fails is reported, not fatal)
             print(f"  {name}: {type(e).__name__} {e}")
