@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md's serving runs: rocket-serve with RocketKV vs dense, each loaded by rocket-bench serve at several
+# docs/log/benchmarks.md's serving runs: rocket-serve with RocketKV vs dense, each loaded by rocket-bench serve at several
 # request rates on two workloads, one device call per workload, from the repo root with .whl carried:
 #   WORKLOADS=decode bash benchmarks/serve_gpu.sh      (then WORKLOADS=prefill in a second call)
 # decode: 8192-token prompts, 2048-token outputs; prefill: 32768-token prompts, 256-token outputs.

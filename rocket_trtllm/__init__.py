@@ -20,7 +20,7 @@ from .llmapi import (
 __version__ = "0.1.0"
 
 # The one environment switch below the command lines: ROCKET_PDL=0 launches the Triton kernels without
-# programmatic dependent launch (BENCHMARKS.md compares both); every process that imports the package reads it.
+# programmatic dependent launch (docs/log/benchmarks.md compares both); every process that imports the package reads it.
 set_pdl(os.environ.get("ROCKET_PDL", "1") != "0")
 
 __all__ = [

@@ -185,7 +185,7 @@ def run_one(name: str, llm_args: LlmArgs, ns: argparse.Namespace, batch: int, co
         # Warm up every path the run takes: a prompt past the eviction budget, and a few decode steps; its own
         # tokens, so that no prompt of the run finds it in the prefix cache (the dense run may have one). Chunked, a
         # prompt of the run's length for every method: the same chunks, so the same attention shapes (cuDNN builds
-        # a graph per new shape: 3.3 ms a call on a 128k prompt's second chunk on the H200, BENCHMARKS.md).
+        # a graph per new shape: 3.3 ms a call on a 128k prompt's second chunk on the H200, docs/log/benchmarks.md).
         warm_len = ns.input_len if llm_args.enable_chunked_prefill else kept_len(llm_args, ns.input_len) + 512
         warm = random_prompts(1, min(ns.input_len, warm_len), seed=1)[0]
         llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False), use_tqdm=False)

@@ -1,4 +1,4 @@
-"""Stage 1's scoring on the shipped model (EVAL.md): RocketKV as `rocket-eval --sweep` configures it, with
+"""Stage 1's scoring on the shipped model (docs/log/eval.md): RocketKV as `rocket-eval --sweep` configures it, with
 the prefix scored four ways:
 
 - `sum`: the window rows' softmax added up, one choice per KV head (the paper's SnapKV++; the default);

@@ -1,4 +1,4 @@
-"""Stage 2's aggregation over a GQA group, on the shipped model (EVAL.md): the same page selection with
+"""Stage 2's aggregation over a GQA group, on the shipped model (docs/log/eval.md): the same page selection with
 the per-query-head KT bounds combined three ways: `softmax` (what the engine does: each head's softmax
 over pages, summed), `sum` (the bounds added in raw logits, the engine before the fix) and `max`.
 

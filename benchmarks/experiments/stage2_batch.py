@@ -24,7 +24,7 @@ PATCH = "rocket_trtllm.kernels.kt_predict:"  # the variants as benchmarks/experi
 # (batch 1) its warps and where each head's softmax normaliser is computed (the selection from the row it holds, or the
 # bounds pass folding tile by tile). What else was timed and dropped (pipelining, tiles loaded a tile ahead, more
 # programs, the early first tile, a kernel summing a channel at a time on the CUDA cores, a register cap, the
-# normalisers in the selection at large batches): BENCHMARKS.md.
+# normalisers in the selection at large batches): docs/log/benchmarks.md.
 VARIANTS_MANY = [dict(BOUNDS_WARPS=w, BOUNDS_BLOCK_P=p) for w in (2, 4) for p in (64, 128)]
 # Issue 42's hypothesis, separated from the unpipelined loop it landed with (b2699bf): the KT layout's run of one
 # channel's bound as 32 or 64 bytes (4 or 8 blocks of 8 fp8 pages, the other bound beside it in the same 128-byte

@@ -22,7 +22,7 @@ _PDL = {"enabled": True}
 
 # At most this many (sequence, KV head) rows (batch 8 of 8 KV heads) a decode kernel's programs leave most of the GPU
 # idle, and the batch-1 chain (K/V store, KT bounds, selection, sparse attention) takes other warp counts
-# (BENCHMARKS.md, sixth session).
+# (docs/log/benchmarks.md, sixth session).
 FEW_ROWS = 64
 
 

@@ -3,7 +3,7 @@
 At decode a step multiplies 1-16 rows by every weight, so the GEMM is a weight read: what matters is reading the
 weight bytes at the memory's bandwidth. cuBLAS tiles for larger problems: at one row its bf16 GEMM read at
 0.55-0.81 of copy bandwidth on the H100 and its FP8 GEMM (`torch._scaled_mm`, after a kernel that quantizes the
-activations) at 0.31-0.60 (BENCHMARKS.md). Here each program streams `block_n` weight rows once; fp8 weights
+activations) at 0.31-0.60 (docs/log/benchmarks.md). Here each program streams `block_n` weight rows once; fp8 weights
 widen in registers (weight-only FP8: the activations stay bf16). Two inner loops: a tensor-core dot over 16 rows
 of activations, or, for one row, products summed across K at the end (no dot layout to convert into).
 """
@@ -17,7 +17,7 @@ from ._triton import gdc, pdl, require_triton, tl, triton
 
 MAX_ROWS = 16  # the rows one program's dot covers; more rows go to the tiled GEMM
 # Weight tiles a program loads before it waits for the kernel before (1 or 2): with 2, 32k batch 1 on the H100 took
-# 5.79 against 5.82 ms a step (RocketKV) and 6.81 against 6.88 (dense; BENCHMARKS.md).
+# 5.79 against 5.82 ms a step (RocketKV) and 6.81 against 6.88 (dense; docs/log/benchmarks.md).
 PREFETCH_TILES = 2
 
 

@@ -3,7 +3,7 @@
 Each query head estimates its logit on every page from the page's key bounds; a KV head ranks its pages by the
 sum over its query heads of their softmax weights over those estimates (computed in log space, so far pages do not
 tie at zero). Summing the raw estimates instead lets one head's large logits drown the others': on the shipped
-model that loses the question's pages (EVAL.md).
+model that loses the question's pages (docs/log/eval.md).
 
 The estimate, as TensorRT-LLM's backend and the paper compute it (`sign_select`): per channel ONE bound, the max where
 the query summed over the GQA group is positive and the min elsewhere, over the group's top-r channels (the largest
@@ -503,7 +503,7 @@ BOUNDS_BLOCK_P = 64  # and in the bounds pass (a multiple of _BLOCK_P)
 BOUNDS_STAGES = 1
 # Warps of a bounds program at larger batches, and with few rows (`few_rows`). At 124 requests (H200): 60.3 us on 2
 # warps, 87.5 on 4, 113.6 on 8; at batch 1 the prediction (bounds, scores, selection) 9.6 us on 2, 10.2 on 4, 10.3 on 8
-# with the normalisers in the selection (BENCHMARKS.md).
+# with the normalisers in the selection (docs/log/benchmarks.md).
 BOUNDS_WARPS = 2
 BOUNDS_FEW_WARPS = 2
 
@@ -583,16 +583,16 @@ def _launch_scores(bounds, part_m, part_l, num_pages, n_chunks, chunk, scales, p
 SELECT_MAX_PAGES = 4096
 # At 124 requests of ~2.2k kept tokens on the H200, scores + selection took 16.4 us with the newest page set apart on
 # 2 warps, 17.3 on 4, 20.0 on 8; with the newest in the search (its +inf in the key range) 20.2 / 21.6 / 26.1, and a
-# radix search (8 passes of 4 bits) 104-610 us (BENCHMARKS.md).
+# radix search (8 passes of 4 bits) 104-610 us (docs/log/benchmarks.md).
 SELECT_WARPS = 2
 # With few rows (`few_rows`) more warps a program shorten the prediction's chain: at 32k batch 1 on the H100, RocketKV's
-# step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86; BENCHMARKS.md).
+# step took 5.780 against 5.790 ms with 8 warps for scores and selection (16: 5.86; docs/log/benchmarks.md).
 SELECT_FEW_WARPS = 8
 SCORE_SELECT_MAX_PAGES = 1024  # widest rows `predict_pages` scores and selects in one kernel
 # There, with few rows (`few_rows`), each head's log-normaliser comes from the row the selection holds in registers
 # (1), not from per-chunk softmax partials the bounds pass folds tile by tile (0): at batch 1 on the H200 the
 # prediction took 9.6 against 10.4-11.0 us a layer. At 124 requests the selection's own pass over the row cost 19 us
-# more than the fold saved (96.6 against 77.2 us), so larger batches fold (BENCHMARKS.md).
+# more than the fold saved (96.6 against 77.2 us), so larger batches fold (docs/log/benchmarks.md).
 NORMS_IN_SELECT = 1
 
 

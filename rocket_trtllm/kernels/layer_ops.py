@@ -113,7 +113,7 @@ if triton is not None:
 
 
 # The RMSNorms read their weight before they wait for the kernel before (PDL): RocketKV's 32k batch-1 step on the H100
-# 5.90 against 5.93 ms (BENCHMARKS.md).
+# 5.90 against 5.93 ms (docs/log/benchmarks.md).
 NORM_EARLY = 1
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest value

@@ -209,7 +209,7 @@ if triton is not None:
 SPLIT_MIN_TOKENS = 64
 # Programs a decode launch aims for, per SM: one full wave of resident programs. Dense attention over one layer of
 # 5 x 128k tokens on the H200 (132 SMs) took 622 us at 4 programs an SM against 815 at 2 (the rule before), 754 at 6
-# and 655 at 8; at batch 1 of 128k 143 against 177 us, at 10 x 32k 317 against 384 (BENCHMARKS.md).
+# and 655 at 8; at batch 1 of 128k 143 against 177 us, at 10 x 32k 317 against 384 (docs/log/benchmarks.md).
 SPLIT_PROGRAMS_PER_SM = 4
 SPLIT_MAX = 64  # splits a sequence at most
 
@@ -222,8 +222,8 @@ def _num_splits(batch: int, kv_heads: int, n_tokens: int, block_n: int, sms: int
 
 # With PDL, dense attention (a bandwidth-bound read of the whole cache) lets the kernel after it start before it
 # waits, and so on to the output projection, whose first weight tiles then load during the attention: dense's 32k
-# batch-1 step 6.83 against 6.91 ms on the H100 (BENCHMARKS.md). Sparse attention does not: every kernel so made
-# RocketKV's step 5.93 against 5.82 ms (its chain is latency-bound, and the weight loads slow it).
+# batch-1 step 6.83 against 6.91 ms on the H100 (docs/log/benchmarks.md). Sparse attention does not: every kernel so
+# made RocketKV's step 5.93 against 5.82 ms (its chain is latency-bound, and the weight loads slow it).
 DENSE_TRIGGER_FIRST = 1
 
 # (tokens per tile, pipeline stages) per cache element size: an fp8 tile of 64 tokens is half a bf16 one, too
@@ -231,7 +231,7 @@ DENSE_TRIGGER_FIRST = 1
 TILES = {1: (128, 3), 2: (64, 2), 4: (64, 2)}
 # Sparse attention over a bf16 cache with few rows (`few_rows`) takes 2 warps a program (others: 4): RocketKV's 32k
 # batch-1 step 5.745 against 5.772 ms on the H100 (8 warps: 5.765); over an fp8 cache's 128-token tiles 2 warps made
-# its 128k step 5.90 ms against 5.81 with 4 (BENCHMARKS.md).
+# its 128k step 5.90 ms against 5.81 with 4 (docs/log/benchmarks.md).
 SPARSE_FEW_WARPS = 2
 COMBINE_FEW_WARPS = 1  # its combine's warps there: 5.730 against 5.740 ms with 4
 

@@ -168,7 +168,7 @@ class DecoderLayer(nn.Module):
         # The fused q/k/v projection of every token, each slice's normed input made only for its own projection (a
         # whole normed input is 1 GiB of a 128k prompt's peak). Attention itself takes the whole prompt: SDPA's
         # Hopper kernel (cuDNN) runs only square causal masks, and a prompt's chunks after its first would need the
-        # bottom-right one, 1.9x the time (BENCHMARKS.md).
+        # bottom-right one, 1.9x the time (docs/log/benchmarks.md).
         attn = self.self_attn
         qkv = x.new_empty(x.shape[0], attn.qkv_weight.shape[0])
         for part, rows in zip(qkv.split(CHUNK_TOKENS), x.split(CHUNK_TOKENS)):

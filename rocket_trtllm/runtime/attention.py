@@ -272,7 +272,8 @@ SPLIT_MIN_QUERIES = 256
 def _split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> bool:
     """`causal_attention` after a prefix as two unmasked-or-square-causal parts that keep SDPA on cuDNN's Hopper
     kernel: the chunk's queries over the prefix (no mask) and over the chunk itself (causal, square), merged by their
-    log-sum-exps. (A bottom-right causal mask in one call runs FlashAttention-2 at 1.9x the time, BENCHMARKS.md.)
+    log-sum-exps. (A bottom-right causal mask in one call runs FlashAttention-2 at 1.9x the time: the performance
+    log.)
     False, with nothing written, where this torch has no cuDNN attention op returning the log-sum-exp or it refuses
     the inputs."""
     op = getattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention", None)
