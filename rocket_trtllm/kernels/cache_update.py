@@ -152,8 +152,9 @@ def store_token(k, v, k_cache, v_cache, block_tables, cache_lens, kt=None, page_
     # Launched plainly, never with programmatic dependent launch: with it, an fp8 cache's dense decode at 128k batch 1
     # took 11.09 against 9.65 ms a step on the H100, and RocketKV's step with RoPE in this kernel 6.05 against 5.91 ms
     # (docs/log/benchmarks.md; the cause was not found). Nor does it let the next kernel start early: dense decode
-    # started early made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two machines), and the KT bounds pass's
-    # reads before its wait were dropped (docs/log/benchmarks.md, "The bounds pass tuned, chunked prefill on the H200").
+    # started early made dense's step slower (128k, fp8 cache: 11.05 against 9.40 ms, on two machines), and the KT
+    # bounds pass's reads before its wait were dropped (docs/log/benchmarks.md, "The bounds pass tuned, chunked prefill
+    # on the H200").
     _store_token_kernel[(batch, kv_heads)](
         k, v, k_cache, v_cache, block_tables, cache_lens, kt, float(k_scale), float(v_scale),
         q, cos, sin, q.stride(0), q.stride(1), cos.stride(0),
