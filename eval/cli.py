@@ -136,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: prompts go in the user turn of the model's chat template when it has one")  # fmt: skip
     p.add_argument("--ppl-tokens", type=int, default=128, help=f"{DOC_PPL}: the last tokens of each document scored")
     p.add_argument("--samples", type=int, default=20, help="samples per task and length")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the samples' seed")
     p.add_argument("--max-tokens", type=int, default=48, help="tokens generated per answer")
     p.add_argument("--turns", type=int, default=5, help=f"{MULTITURN}: questions asked in turn about one context")
     p.add_argument("--sweep", action="store_true", help="every --algorithms x --budgets instead of --config's method")
-    p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS)
+    p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS,
+                   help="--sweep: the methods evaluated (full: dense KV)")  # fmt: skip
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="decode token budgets")
     p.add_argument("--window-size", type=int, default=32,
                    help="--sweep: SnapKV's observation window of rocket and snapkv (<= snapkv budget / 2)")  # fmt: skip

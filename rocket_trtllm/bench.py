@@ -93,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", choices=["dense"], help="also measure the dense baseline in the same run")
     p.add_argument("--fp8", action="store_true", help="FP8 weights (with --random-weights: quant_algo FP8)")
     p.add_argument("--tp-size", "--tp_size", dest="tp_size", type=int, default=1, help="tensor-parallel ranks (GPUs)")
-    p.add_argument("--input-len", type=int, default=32768)
-    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--input-len", type=int, default=32768, help="prompt tokens (random ids)")
+    p.add_argument("--output-len", type=int, default=256, help="tokens each request generates (ignore_eos)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--batch-size", type=int, default=1)
+    group.add_argument("--batch-size", type=int, default=1, help="requests decoding together")
     group.add_argument("--max-batch", action="store_true", help="the largest batch whose KV fits in memory")
     p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true",
                    help="prefill in chunks of --max_num_tokens (default: each prompt in one step)")  # fmt: skip

@@ -183,7 +183,9 @@ def action_row(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 
 def command_section(name: str, parser: argparse.ArgumentParser) -> str:
-    usage = parser.format_usage().removeprefix("usage: ").strip()
+    formatter = argparse.HelpFormatter(parser.prog, width=110)  # not the terminal's: the same page anywhere
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, prefix="")
+    usage = formatter.format_help().strip()
     lines = [f"### {name}", "", "```text", usage, "```", ""]
     description = (parser.description or "").strip()
     if description:

@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "--extra_llm_api_options", dest="config", help="YAML of LLM options")
     p.add_argument("--num_requests", "--num-requests", dest="num_requests", type=int, help="first N requests only")
     p.add_argument("--tp", "--tp_size", dest="tensor_parallel_size", type=int, help="tensor-parallel ranks")
-    p.add_argument("--max_batch_size", type=int)
-    p.add_argument("--max_num_tokens", type=int)
+    p.add_argument("--max_batch_size", type=int, help="most requests in flight (LlmArgs.max_batch_size)")
+    p.add_argument("--max_num_tokens", type=int, help="a step's token budget (LlmArgs.max_num_tokens)")
     p.add_argument("--report_json", "--json", dest="json", help="write the report to this JSON file")
 
 

@@ -303,7 +303,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model id to send (default: the first of GET /v1/models)")
     p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     p.add_argument("--label", help="this run's name in the JSON and the plot (default: the model id)")
-    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--num-prompts", type=int, default=100, help="requests sent at each rate")
     p.add_argument("--request-rate", type=float, nargs="+", default=[math.inf],
                    help="requests per second, Poisson arrivals; inf = all at once; several: one run each")  # fmt: skip
     p.add_argument("--max-concurrency", type=int, help="most requests in flight (default: no limit)")
@@ -321,7 +321,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="this fraction of the clients close their stream after a random number of tokens")  # fmt: skip
     p.add_argument("--check", action="store_true",
                    help="exit 1 if an answer was a 5xx or, once the server is idle, a KV block is in use")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the prompts', the arrivals' and the leaving clients' seed")
     p.add_argument("--json", help="write the runs to this JSON file (appends to its runs if it exists)")
     p.add_argument("--plot", help="write latency vs request rate for every run in --json (needs matplotlib)")
 

@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "--extra_llm_api_options", dest="config", help="TensorRT-LLM-style YAML of LLM options")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's own)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--api-key", "--api_key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/")
     p.add_argument(
         "--served-model-name", dest="served_model_name", help="model id clients send (default: the folder or file name)"
@@ -23,12 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dummy: random weights, for benchmarks of an architecture without its checkpoint")  # fmt: skip
     p.add_argument("--tp_size", "--tp-size", dest="tensor_parallel_size", type=int,
                    help="tensor-parallel ranks (GPUs); the server starts them itself")  # fmt: skip
-    p.add_argument("--max_batch_size", type=int)
-    p.add_argument("--max_seq_len", type=int)
+    p.add_argument("--max_batch_size", type=int, help="most requests in flight (LlmArgs.max_batch_size)")
+    p.add_argument("--max_seq_len", type=int, help="longest prompt + output (default: the model's)")
     p.add_argument("--max_num_tokens", type=int, help="a step's token budget (decode tokens and prompt chunks)")
     p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true", default=None,
                    help="prefill long prompts in chunks of what max_num_tokens leaves beside the decodes")  # fmt: skip
-    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"], help="server log level")
     return p
 
 

@@ -235,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="checkpoint to serve here (or --base-url of a running server)")
     p.add_argument("--config", help="YAML of LLM options")
     p.add_argument("--base-url", help="a running server's API root on loopback (http://127.0.0.1:8000/v1)")
-    p.add_argument("--api-key")
-    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (to a --base-url server that asks for one)")
+    p.add_argument("--requests", type=int, default=5000, help="requests sent at most")
     p.add_argument("--rate", type=float, default=200.0, help="requests per second offered (Poisson)")
     p.add_argument("--concurrency", type=int, default=64, help="most requests the client keeps open")
     p.add_argument("--max-queue", type=int, help="the local server answers 429 past this queue depth")
     p.add_argument("--max-seq-len", type=int, default=2048, help="the local server's max_seq_len")
     p.add_argument("--time-limit", type=float, default=600.0, help="stop sending after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the mix's seed")
     p.add_argument("--rounds", type=int, default=1,
                    help="soak one server this many times (seeds SEED, SEED+1...): does memory level off?")  # fmt: skip
     p.add_argument("--json", help="write the report (a list of them with --rounds > 1) here")
