@@ -162,6 +162,7 @@ class LLMEngine:
             "gpu_peak_bytes": 0,  # the most GPU memory allocated at any step (a benchmark may zero it)
         }
         self.kept_tokens: deque[tuple[int, int]] = deque(maxlen=1000)  # (prompt_len, kept) per request
+        self._decode_costs: dict[int, tuple[int, int]] = {}  # cache_len -> (tokens attended, bytes read) a step
         self._ids = itertools.count()
 
     def _max_seq_len(self) -> int:
@@ -366,10 +367,9 @@ class LLMEngine:
         self.totals["peak_batch"] = max(self.totals["peak_batch"], len(batch.sequences))
         if batch.generations:
             self.totals["decode_steps"] += 1
-            attended = [self.backend.attended_tokens(s.cache_len) for s in batch.generations]
-            self.totals["tokens_attended"] += sum(attended) / len(attended)
-            read = [self.backend.decode_read_bytes(s.cache_len) for s in batch.generations]
-            self.totals["attention_bytes"] += sum(read) / len(read)
+            costs = [self._decode_cost(s.cache_len) for s in batch.generations]
+            self.totals["tokens_attended"] += sum(c[0] for c in costs) / len(costs)
+            self.totals["attention_bytes"] += sum(c[1] for c in costs) / len(costs)
         updates = [self._append(seq, tok) for seq, tok in zip(emitting, tokens)]
         self.iteration += 1
         self._last_landed = time.perf_counter()
@@ -382,6 +382,16 @@ class LLMEngine:
         self.stats.append(self._iteration_stats(batch, seconds))
         return updates
 
+    def _decode_cost(self, cache_len: int) -> tuple[int, int]:
+        """(tokens attended, bytes read) by a sequence's decode step over `cache_len` cached tokens, remembered: both
+        depend on the length alone, and asking the backend for every request at every step was half the host's
+        bookkeeping at 256 requests."""
+        cost = self._decode_costs.get(cache_len)
+        if cost is None:
+            cost = (self.backend.attended_tokens(cache_len), self.backend.decode_read_bytes(cache_len))
+            self._decode_costs[cache_len] = cost
+        return cost
+
     def _append(self, seq: Sequence, token: int) -> Update:
         p = seq.sampling_params
         seq.output_token_ids.append(token)
@@ -389,10 +399,8 @@ class LLMEngine:
             seq.first_token_time = time.perf_counter()
         self.totals["generated_tokens"] += 1
         update = Update(seq, [token])
-        stop_ids = set(p.stop_token_ids) | (
-            set() if p.ignore_eos else ({p.end_id} if p.end_id is not None else self.eos_ids)
-        )
-        if token in stop_ids:
+        eos = not p.ignore_eos and (token == p.end_id if p.end_id is not None else token in self.eos_ids)
+        if eos or token in p.stop_token_ids:
             self._finish(seq, "stop")
         elif len(seq.output_token_ids) >= p.max_tokens:
             self._finish(seq, "length")
