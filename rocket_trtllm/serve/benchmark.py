@@ -252,22 +252,6 @@ def mark_disconnects(requests: list[BenchRequest], fraction: float, seed: int) -
         req.disconnect_after = rng.randrange(1, max(2, req.output_len))
 
 
-def drained(base_url: str, api_key: Optional[str], timeout: float = 120.0) -> dict[str, float]:
-    """The server's /metrics once nothing runs or waits (a request a client left is aborted at the engine's next
-    step), or after `timeout` seconds: requests running and waiting, KV blocks in use."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = base_url.rstrip("/").rsplit("/v1", 1)[0] + "/metrics"
-    names = ("rocket_requests_running", "rocket_requests_waiting", "rocket_kv_blocks_used")
-    end = time.monotonic() + timeout
-    while True:
-        text = httpx.get(url, headers=headers, timeout=30).text
-        state = {n: float(line.split()[1]) for line in text.splitlines() for n in names if line.startswith(n + " ")}
-        idle = state.get("rocket_requests_running", 0) == state.get("rocket_requests_waiting", 0) == 0
-        if (idle and not state.get("rocket_kv_blocks_used")) or time.monotonic() > end:
-            return state
-        time.sleep(0.5)
-
-
 def served_model(base_url: str, api_key: Optional[str]) -> str:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=30).json()["data"][0]["id"]
@@ -353,7 +337,9 @@ def main(ns: argparse.Namespace) -> None:
         run = {"label": ns.label or model, "request_rate": rate, "max_concurrency": ns.max_concurrency,
                **summarize(records, duration, ns.slo_ttft_ms, ns.slo_tpot_ms)}  # fmt: skip
         if ns.check:
-            run["server_after"] = after = drained(ns.base_url, ns.api_key)
+            from .soak import settle  # the soak's wait for an idle server (aborts land a step late)
+
+            run["server_after"] = after = settle(ns.base_url, ns.api_key)
             if run["server_errors"] or after.get("rocket_kv_blocks_used", 1) or after.get("rocket_requests_running"):
                 faults.append(f"rate {rate:g}/s: {run['server_errors']} answers were 5xx; after the run {after}")
         runs.append(run)
